@@ -1,0 +1,166 @@
+"""One typed, frozen configuration for a pipeline run: a dataclass per stage, nested.
+
+`run_pipeline.py` turns flags into a `PipelineConfig`; the supervisor passes each child
+process the whole config as JSON (`to_json` / `from_json`), and each stage gets its own
+section. Defaults are what `python run_pipeline.py --camera 0` uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Where frames come from: exactly one of camera / video / images (camera 0 if none)."""
+
+    camera: int | None = None  # OpenCV camera index (/dev/videoN)
+    video: str | None = None  # a video file
+    images: str | None = None  # a glob of image files, sent in sorted order
+    as_fast_as_possible: bool = False  # video/images: don't pace at the file's fps
+    images_fps: float = 30.0  # pacing for --images unless as_fast_as_possible
+    max_frames: int | None = None  # stop after this many frames (None: until the source ends)
+    camera_width: int | None = None  # request a camera resolution (None: driver default)
+    camera_height: int | None = None
+    camera_fps: float | None = None  # request a camera frame rate (None: driver default)
+
+    def source_kind(self) -> str:
+        """"camera", "video" or "images"."""
+        if self.video is not None:
+            return "video"
+        if self.images is not None:
+            return "images"
+        return "camera"
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.camera, self.video, self.images) if x is not None]
+        if len(given) > 1:
+            raise ValueError("give one source: --camera N, --video FILE or --images GLOB")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """2D keypoints with mediapipe BlazePose (only model_complexity=1 ships in the wheel)."""
+
+    model_complexity: int = 1  # 0 and 2 need a download: keep 1 offline
+    static_image_mode: bool = False  # True for unrelated images; False tracks across video
+    min_detection_confidence: float = 0.5  # person detector threshold
+    min_tracking_confidence: float = 0.5  # below this the detector re-runs
+
+
+@dataclass(frozen=True)
+class LiftConfig:
+    """2D -> metric 3D: the lifter engine, the camera intrinsics, the subject's scale."""
+
+    engine_path: str | None = None  # None: engines/default/lifter.onnx
+    backend: str = "auto"  # auto | tensorrt | onnxruntime
+    fov_deg: float = 60.0  # horizontal field of view when no calibration (a typical webcam)
+    calib_path: str | None = None  # file with an OpenCV 3x3 camera matrix (overrides fov_deg)
+    height_m: float | None = 1.70  # subject height for metric scale; None: bone-length prior
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "tensorrt", "onnxruntime"):
+            raise ValueError(
+                f"backend must be auto, tensorrt or onnxruntime, got {self.backend!r}"
+            )
+        if not 1.0 < self.fov_deg < 179.0:
+            raise ValueError(f"fov_deg must be between 1 and 179 degrees, got {self.fov_deg}")
+        if self.height_m is not None and not 0.5 <= self.height_m <= 2.6:
+            raise ValueError(f"height_m must be 0.5 to 2.6 m, got {self.height_m}")
+
+
+@dataclass(frozen=True)
+class SmoothConfig:
+    """One Euro filter on the 3D joints (MediaPipe's world-landmark settings), metres."""
+
+    enabled: bool = True
+    min_cutoff: float = 0.1  # Hz; lower: steadier when still, more lag
+    beta: float = 40.0  # speed coefficient; higher: less lag when moving fast
+    d_cutoff: float = 1.0  # Hz, cutoff of the derivative filter
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """The public stream: a PUB socket, topic then Pose3D frames."""
+
+    publish: str = "tcp://127.0.0.1:5556"  # endpoint to bind
+    topic: str = "pose3d"
+    status_topic: str = "status"  # Status messages (gaps, restarts) go out on this topic
+    sndhwm: int = 64  # per subscriber; a stalled subscriber loses messages, never slows us
+    allow_remote: bool = False  # binding to a non-loopback interface must be asked for
+    wait_for_subscribers: int = 0  # hold the start until this many subscribers are connected
+    wait_for_subscribers_s: float = 10.0  # ... for at most this long, then start anyway
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Internal edges between stages (never exposed: ipc in a private dir, or loopback tcp)."""
+
+    kind: str = "ipc"  # "ipc": unix sockets in a per-run temp dir; "tcp": 127.0.0.1 ports
+    run_dir: str | None = None  # ipc directory (None: a fresh temp dir, removed at exit)
+    tcp_base_port: int = 0  # tcp: first port (0: the OS picks free ports)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ipc", "tcp"):
+            raise ValueError(f"transport kind must be ipc or tcp, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """How the supervisor starts, watches and stops the stage processes."""
+
+    startup_timeout_s: float = 120.0  # all stages opened (models loaded) within this
+    stop_timeout_s: float = 2.5  # stop message -> SIGTERM -> SIGKILL, all within this
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one run needs."""
+
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    lift: LiftConfig = field(default_factory=LiftConfig)
+    smooth: SmoothConfig = field(default_factory=SmoothConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+
+    def to_json(self) -> str:
+        """JSON text of the whole config (what child processes receive)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PipelineConfig":
+        """Inverse of to_json. Raises ValueError naming an unknown or mistyped field."""
+        return _from_dict(cls, json.loads(text))
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a JSON object, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = _from_dict(hint, value)
+        elif isinstance(hint, types.UnionType) and float in hint.__args__ and isinstance(
+            value, int
+        ):
+            value = float(value)
+        elif hint is float and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    return cls(**kwargs)

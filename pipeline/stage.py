@@ -1,0 +1,64 @@
+"""The Stage API every file in stages/ implements (fixed in docs/DESIGN.md).
+
+A stage is a plain object with a fixed life: `open()` in its own process, then
+`process(msg)` per message (`produce()` for a source, `consume(msg)` for a sink), then
+`close()`. The framework (pipeline/runner.py) receives, decodes, stamps
+`(name, t_in_ns, t_out_ns)`, encodes and sends; stages never touch internal sockets, so a
+test may call `open/process/close` in-process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pipeline.schema import Message
+
+
+class EndOfStream(Exception):
+    """Raised by `Source.produce()` when the source has no more frames (end of a video)."""
+
+
+class Stage:
+    """One processing step. Subclasses set `name`, `inputs` and `outputs` (message classes)."""
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[tuple[type, ...]] = ()
+    outputs: ClassVar[tuple[type, ...]] = ()
+
+    def __init__(self, config: Any) -> None:
+        """config: this stage's own frozen dataclass from pipeline/config.py."""
+        self.config = config
+
+    def open(self) -> None:
+        """Load models, open devices. Runs in the stage's own process, before the first message."""
+
+    def process(self, msg: Message) -> Message | None:
+        """One input message -> one output message, or None for "nothing to send"."""
+        raise NotImplementedError(f"{type(self).__name__} must implement process(msg)")
+
+    def close(self) -> None:
+        """Release what open() took. Called once, also after an error."""
+
+
+class Source(Stage):
+    """A stage with no inputs: the framework calls `produce()` in a loop."""
+
+    def produce(self) -> Message | None:
+        """The next message (with frame_id and t_capture_ns set), None to skip a turn.
+
+        Raise EndOfStream when done. A source may block (e.g. to pace a video) but should
+        return within ~100 ms so a stop request is seen promptly.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement produce()")
+
+
+class Sink(Stage):
+    """A stage with no internal outputs (it publishes to the outside world itself).
+
+    The framework appends this stage's stamp (t_out_ns = the moment it hands the message
+    over) before calling `consume(msg)`, so what a sink publishes carries every stamp.
+    """
+
+    def consume(self, msg: Message) -> None:
+        """Deliver one message to the outside (e.g. publish it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement consume(msg)")
