@@ -1,0 +1,191 @@
+"""The lifter's codec: detector pixels -> network input, network output -> metres (numpy only).
+
+docs/DESIGN.md fixes the contract; this module is its only implementation on the runtime side and
+must not import torch. The trainer keeps a torch twin of `normalise_2d`
+(`engines.losses.normalise_2d_torch`); tests/test_codec.py checks the two agree.
+
+Normalisation (Chen et al. 2019): pixels -> normalised image coordinates ((u - cx) / fx,
+(v - cy) / fy) -> subtract the root (pelvis) -> scale each pose so the head-to-root distance is
+1/c (c = `depth_offset`, 10). The lifter's output is root-relative, camera axes, in the matching
+scale-free units; `to_metric` turns it into metres with a bone-length prior: the pose is scaled
+so its bone lengths best match (least squares) the canonical bone lengths stored in the metadata,
+or those lengths rescaled to a given subject height.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.skeleton import BONES, NUM_JOINTS, ROOT, Joint
+
+logger = logging.getLogger(__name__)
+
+CODEC_VERSION: int = 1
+#: Smallest head-to-root distance (normalised image units) accepted as a pose scale; below this
+#: the pose is degenerate (head on the pelvis) and is scaled as if it had this distance.
+MIN_SCALE_DISTANCE: float = 1e-6
+#: Ankle joint to sole of the foot, metres: added to the head-to-ankle chain to get a stature.
+ANKLE_TO_SOLE_M: float = 0.08
+
+_CHILD = np.array([c for c, _ in BONES], dtype=np.int64)
+_PARENT = np.array([p for _, p in BONES], dtype=np.int64)
+
+
+def normalise_2d(
+    joints_2d_img: np.ndarray, depth_offset: float, scale_joint: int = int(Joint.HEAD)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Root-centre 2D poses and scale each so its head-to-root distance is 1/depth_offset.
+
+    joints_2d_img: (B, J, 2) normalised image coordinates ((u - cx) / fx, (v - cy) / fy).
+    Returns (joints_2d_norm (B, J, 2) float32, scale (B,) float32): norm = (img - root) * scale.
+    """
+    joints = np.asarray(joints_2d_img, dtype=np.float64)
+    if joints.ndim != 3 or joints.shape[-1] != 2:
+        raise ValueError(f"joints_2d_img must be (B, J, 2), got shape {joints.shape}")
+    centred = joints - joints[:, ROOT : ROOT + 1]
+    dist = np.linalg.norm(centred[:, scale_joint], axis=-1)
+    scale = 1.0 / (depth_offset * np.maximum(dist, MIN_SCALE_DISTANCE))
+    return (centred * scale[:, None, None]).astype(np.float32), scale.astype(np.float32)
+
+
+def pixels_to_image(
+    joints_2d_px: np.ndarray, fx: np.ndarray | float, fy: np.ndarray | float,
+    cx: np.ndarray | float, cy: np.ndarray | float,
+) -> np.ndarray:
+    """(B, J, 2) pixels -> (B, J, 2) float64 normalised image coordinates.
+
+    fx, fy, cx, cy: scalars (one camera) or (B,) arrays (one camera per pose), pixels.
+    """
+    px = np.asarray(joints_2d_px, dtype=np.float64)
+    if px.ndim != 3 or px.shape[-1] != 2:
+        raise ValueError(f"joints_2d_px must be (B, J, 2), got shape {px.shape}")
+    try:
+        f = np.stack([np.broadcast_to(np.asarray(v, np.float64), (px.shape[0],)) for v in (fx, fy)], -1)
+        c = np.stack([np.broadcast_to(np.asarray(v, np.float64), (px.shape[0],)) for v in (cx, cy)], -1)
+    except ValueError as err:
+        raise ValueError(
+            f"fx, fy, cx, cy must be scalars or ({px.shape[0]},) arrays, one per pose"
+        ) from err
+    if np.any(f <= 0):
+        raise ValueError("focal lengths fx, fy must be positive pixels")
+    return (px - c[:, None, :]) / f[:, None, :]
+
+
+def stature_from_bone_lengths(bone_lengths_m: np.ndarray) -> float:
+    """Standing height (m) of a skeleton with these (16,) bone lengths in `BONES` order:
+    head -> neck -> thorax -> spine -> pelvis, plus the mean leg (hip -> knee -> ankle),
+    plus `ANKLE_TO_SOLE_M`."""
+    lengths = dict(zip(((int(c), int(p)) for c, p in BONES), np.asarray(bone_lengths_m)))
+    trunk = sum(lengths[(c, p)] for c, p in (
+        (Joint.HEAD, Joint.NECK_NOSE), (Joint.NECK_NOSE, Joint.THORAX),
+        (Joint.THORAX, Joint.SPINE), (Joint.SPINE, Joint.PELVIS)))
+    right = lengths[(Joint.R_KNEE, Joint.R_HIP)] + lengths[(Joint.R_ANKLE, Joint.R_KNEE)]
+    left = lengths[(Joint.L_KNEE, Joint.L_HIP)] + lengths[(Joint.L_ANKLE, Joint.L_KNEE)]
+    return float(trunk + 0.5 * (right + left) + ANKLE_TO_SOLE_M)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Network input/output conventions of one lifter; travels with it as metadata.
+
+    canonical_bone_lengths_m: (16,) in `BONES` order, metres: the bone-length prior of `to_metric`.
+    depth_offset: Chen's c; head-to-root is scaled to 1/c in 2D.
+    """
+
+    canonical_bone_lengths_m: tuple[float, ...]
+    depth_offset: float = 10.0
+    root_joint: int = ROOT
+    scale_joint: int = int(Joint.HEAD)
+    version: int = CODEC_VERSION
+
+    def __post_init__(self) -> None:
+        lengths = np.asarray(self.canonical_bone_lengths_m, dtype=np.float64)
+        if lengths.shape != (len(BONES),) or not np.all(np.isfinite(lengths)) or np.any(lengths <= 0):
+            raise ValueError(
+                f"canonical_bone_lengths_m must be {len(BONES)} positive lengths in metres "
+                f"(BONES order), got {self.canonical_bone_lengths_m!r}"
+            )
+        if self.depth_offset <= 1.0:
+            raise ValueError(f"depth_offset must be > 1, got {self.depth_offset}")
+        if self.root_joint != ROOT:
+            raise ValueError(f"this codec needs the root at joint {ROOT}, got {self.root_joint}")
+
+    # --- metadata -------------------------------------------------------------------------------
+    def to_metadata(self) -> dict:
+        """JSON-able dict; `Codec.from_metadata(c.to_metadata()) == c`."""
+        return {
+            "version": self.version,
+            "normalisation": "root-centred, head-to-root 2D distance = 1/depth_offset",
+            "depth_offset": float(self.depth_offset),
+            "root_joint": int(self.root_joint),
+            "scale_joint": int(self.scale_joint),
+            "canonical_bone_lengths_m": [float(x) for x in self.canonical_bone_lengths_m],
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "Codec":
+        """Inverse of `to_metadata`; a missing key or a newer version raises ValueError."""
+        if not isinstance(meta, dict):
+            raise ValueError(f"codec metadata must be a dict, got {type(meta).__name__}")
+        try:
+            version = int(meta["version"])
+            if version > CODEC_VERSION:
+                raise ValueError(
+                    f"codec metadata version {version} is newer than this code ({CODEC_VERSION}); "
+                    "update posestream or re-export the engine"
+                )
+            return cls(
+                canonical_bone_lengths_m=tuple(float(x) for x in meta["canonical_bone_lengths_m"]),
+                depth_offset=float(meta["depth_offset"]),
+                root_joint=int(meta.get("root_joint", ROOT)),
+                scale_joint=int(meta.get("scale_joint", int(Joint.HEAD))),
+                version=version,
+            )
+        except KeyError as err:
+            raise ValueError(f"codec metadata lacks key {err}; re-export the engine") from err
+
+    # --- encode / decode ------------------------------------------------------------------------
+    def encode(
+        self, joints_2d_px: np.ndarray, fx: np.ndarray | float, fy: np.ndarray | float,
+        cx: np.ndarray | float, cy: np.ndarray | float,
+    ) -> np.ndarray:
+        """(B, J, 2) pixels -> (B, J, 2) float32 network input (root-centred, head-root = 1/c)."""
+        return self.encode_with_scale(joints_2d_px, fx, fy, cx, cy)[0]
+
+    def encode_with_scale(
+        self, joints_2d_px: np.ndarray, fx: np.ndarray | float, fy: np.ndarray | float,
+        cx: np.ndarray | float, cy: np.ndarray | float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As `encode`, also returning scale (B,): codec units per normalised image unit."""
+        if np.shape(joints_2d_px)[-2:] != (NUM_JOINTS, 2):
+            raise ValueError(f"joints_2d_px must be (B, {NUM_JOINTS}, 2), got {np.shape(joints_2d_px)}")
+        image = pixels_to_image(joints_2d_px, fx, fy, cx, cy)
+        return normalise_2d(image, self.depth_offset, self.scale_joint)
+
+    def target_bone_lengths_m(self, height_m: float | None = None) -> np.ndarray:
+        """(16,) bone lengths (m) `to_metric` fits to: canonical, or rescaled to `height_m`."""
+        lengths = np.asarray(self.canonical_bone_lengths_m, dtype=np.float64)
+        if height_m is None:
+            return lengths
+        if not (0.3 < float(height_m) < 3.0):
+            raise ValueError(f"height_m must be a human height in metres (0.3-3), got {height_m}")
+        return lengths * (float(height_m) / stature_from_bone_lengths(lengths))
+
+    def to_metric(self, joints_3d_norm: np.ndarray, height_m: float | None = None) -> np.ndarray:
+        """(B, J, 3) network output (codec units, root-relative) -> (B, J, 3) float32 metres.
+
+        Each pose is scaled by the factor that best matches (least squares) its bone lengths to
+        the canonical ones, or to the canonical ones rescaled to `height_m` when given.
+        """
+        pose = np.asarray(joints_3d_norm, dtype=np.float64)
+        if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
+            raise ValueError(f"joints_3d_norm must be (B, {NUM_JOINTS}, 3), got {pose.shape}")
+        target = self.target_bone_lengths_m(height_m)
+        lengths = np.linalg.norm(pose[:, _CHILD] - pose[:, _PARENT], axis=-1)  # (B, 16)
+        denom = np.sum(lengths * lengths, axis=-1)
+        factor = np.sum(lengths * target, axis=-1) / np.maximum(denom, 1e-12)
+        rel = pose - pose[:, ROOT : ROOT + 1]
+        return (rel * factor[:, None, None]).astype(np.float32)

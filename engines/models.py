@@ -1,0 +1,232 @@
+"""Lifter networks and the discriminators used to train them (torch; training side only).
+
+The lifter maps one codec-normalised 2D pose to a root-relative 3D pose in the same scale-free
+units (see `engines/codec.py` and docs/DESIGN.md):
+
+    joints_2d_norm: (B, J, 2) float32, normalised image coordinates, root-centred, scaled so the
+                    head-to-root distance is 1/c (c = `depth_offset`, 10 by default)
+    joints_3d_norm: (B, J, 3) float32, root-relative, camera axes (+X right, +Y down, +Z forward),
+                    scale-free units (roughly: head-to-root distance ~ 1)
+
+Two output heads:
+- ``"depth"`` (Chen et al. 2019): the network predicts one depth offset d_j per joint; the joint
+  sits at depth z_j = max(1, d_j + c) on the ray through its 2D point, X_j = (x_j z_j, y_j z_j, z_j).
+  Such a pose re-projects exactly onto its input in a unit-focal camera, which is what makes the
+  rotate-and-reproject self-supervision work.
+- ``"xyz"``: the network predicts the 3D offsets from the root directly (Li et al. 2020, Martinez
+  et al. 2017); re-projection is then a loss, not a constraint.
+
+Model size: the papers use width 1024 with 4 residual blocks. On a shared 2-core CPU we default to
+width 1024 with 2 blocks: the issue's measurement shows that size reaching useful accuracy in
+minutes of CPU, and the extra two blocks double the cost per step for a gain that needs hours of
+training to appear. Width and blocks are configurable.
+
+Nothing in the runtime imports this module; the exported ONNX graph carries the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engines.skeleton import NUM_JOINTS, ROOT
+
+#: Chen et al.'s depth offset c: the normalised root sits at depth c and head-to-root is 1/c in 2D.
+DEFAULT_DEPTH_OFFSET: float = 10.0
+
+HEADS: tuple[str, ...] = ("depth", "xyz")
+
+
+class ResidualBlock(nn.Module):
+    """Two (Linear, [BatchNorm], ReLU, Dropout) layers with an identity skip (Martinez et al.)."""
+
+    def __init__(self, width: int, dropout: float, batch_norm: bool) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(2):
+            layers.append(nn.Linear(width, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.ReLU(inplace=True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (B, width) -> (B, width)."""
+        return features + self.body(features)
+
+
+class ResidualMLP(nn.Module):
+    """in_features -> width -> `blocks` residual blocks -> out_features."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        width: int,
+        blocks: int,
+        dropout: float,
+        batch_norm: bool,
+    ) -> None:
+        super().__init__()
+        stem: list[nn.Module] = [nn.Linear(in_features, width)]
+        if batch_norm:
+            stem.append(nn.BatchNorm1d(width))
+        stem.append(nn.ReLU(inplace=True))
+        if dropout > 0:
+            stem.append(nn.Dropout(dropout))
+        self.stem = nn.Sequential(*stem)
+        self.blocks = nn.Sequential(
+            *[ResidualBlock(width, dropout, batch_norm) for _ in range(blocks)]
+        )
+        self.out = nn.Linear(width, out_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (B, in_features) -> (B, out_features)."""
+        return self.out(self.blocks(self.stem(features)))
+
+
+class Lifter(nn.Module):
+    """Single-frame 2D-to-3D lifter (receptive field 1).
+
+    forward(joints_2d_norm (B, J, 2)) -> joints_3d_norm (B, J, 3), root-relative.
+    `lift_camera` gives the same pose placed in the normalised camera (root at depth ~c).
+    """
+
+    receptive_field: int = 1
+
+    def __init__(
+        self,
+        num_joints: int = NUM_JOINTS,
+        width: int = 1024,
+        blocks: int = 2,
+        dropout: float = 0.25,
+        batch_norm: bool = True,
+        head: str = "depth",
+        depth_offset: float = DEFAULT_DEPTH_OFFSET,
+    ) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if width < 1 or blocks < 0 or not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"bad lifter size: width={width} (>= 1), blocks={blocks} (>= 0), "
+                f"dropout={dropout} (in [0, 1))"
+            )
+        self.num_joints = num_joints
+        self.head = head
+        self.depth_offset = float(depth_offset)
+        out_per_joint = 1 if head == "depth" else 3
+        self.mlp = ResidualMLP(
+            num_joints * 2, num_joints * out_per_joint, width, blocks, dropout, batch_norm
+        )
+
+    def _check(self, joints_2d_norm: torch.Tensor) -> None:
+        if joints_2d_norm.dim() != 3 or tuple(joints_2d_norm.shape[1:]) != (self.num_joints, 2):
+            raise ValueError(
+                f"lifter expects joints_2d_norm of shape (B, {self.num_joints}, 2), "
+                f"got {tuple(joints_2d_norm.shape)}"
+            )
+
+    def lift_camera(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, J, 2) normalised 2D -> (B, J, 3) pose in the normalised camera.
+
+        Head "depth": X_j = (x_j z_j, y_j z_j, z_j), z_j = max(1, d_j + c); re-projects exactly
+        onto the input. Head "xyz": predicted root-relative offsets placed with the root at (0, 0, c).
+        """
+        self._check(joints_2d_norm)
+        batch = joints_2d_norm.shape[0]
+        out = self.mlp(joints_2d_norm.reshape(batch, -1))
+        if self.head == "depth":
+            depth = torch.clamp(out + self.depth_offset, min=1.0).unsqueeze(-1)  # (B, J, 1)
+            return torch.cat([joints_2d_norm * depth, depth], dim=-1)
+        offsets = out.reshape(batch, self.num_joints, 3)
+        offsets = offsets - offsets[:, ROOT : ROOT + 1]
+        root = offsets.new_tensor([0.0, 0.0, self.depth_offset])
+        return offsets + root
+
+    def forward(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, J, 2) codec-normalised 2D -> (B, J, 3) root-relative 3D, codec units."""
+        posed = self.lift_camera(joints_2d_norm)
+        return posed - posed[:, ROOT : ROOT + 1]
+
+
+class RootBranch(nn.Module):
+    """Li et al. 2020's separate root branch: how big the pose is, which places it in depth.
+
+    forward(joints_2d_norm (B, J, 2)) -> metres_per_unit (B,) > 0: the factor that turns the
+    lifter's scale-free output into metres. With the codec's per-pose scale `s` (normalised image
+    units -> codec units) the root depth follows as Z_root_m = c * s * metres_per_unit, because the
+    codec fixes the projected head-to-root length to 1/c. Used only in training (the runtime fits
+    the root translation to the 2D joints instead); not exported.
+    """
+
+    def __init__(
+        self, num_joints: int = NUM_JOINTS, width: int = 256, init_metres_per_unit: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.num_joints = num_joints
+        self.mlp = ResidualMLP(num_joints * 2, 1, width, 1, 0.0, False)
+        self.log_init = float(torch.log(torch.tensor(init_metres_per_unit)))
+
+    def forward(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, J, 2) -> (B,) metres per codec unit."""
+        batch = joints_2d_norm.shape[0]
+        return torch.exp(self.mlp(joints_2d_norm.reshape(batch, -1)).squeeze(-1) + self.log_init)
+
+
+class PoseDiscriminator(nn.Module):
+    """Scores single 2D poses (B, J, 2) -> (B,) real-ness; no sigmoid (LSGAN / WGAN losses).
+
+    No batch norm, so a gradient penalty on interpolates is well defined.
+    """
+
+    def __init__(self, num_joints: int = NUM_JOINTS, width: int = 512, blocks: int = 2) -> None:
+        super().__init__()
+        self.num_joints = num_joints
+        self.mlp = _leaky_mlp(num_joints * 2, width, blocks)
+
+    def forward(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, J, 2) -> (B,)."""
+        return self.mlp(joints_2d_norm.reshape(joints_2d_norm.shape[0], -1)).squeeze(-1)
+
+
+class TemporalDiscriminator(nn.Module):
+    """Scores short 2D pose sequences (B, T, J, 2) -> (B,): the poses and their frame-to-frame
+    motion, so a lifter whose rotated projections jitter or move implausibly is penalised."""
+
+    def __init__(
+        self, num_frames: int = 3, num_joints: int = NUM_JOINTS, width: int = 512, blocks: int = 2
+    ) -> None:
+        super().__init__()
+        if num_frames < 2:
+            raise ValueError(f"a temporal discriminator needs >= 2 frames, got {num_frames}")
+        self.num_frames = num_frames
+        self.num_joints = num_joints
+        features = num_frames * num_joints * 2 + (num_frames - 1) * num_joints * 2
+        self.mlp = _leaky_mlp(features, width, blocks)
+
+    def forward(self, sequences_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, T, J, 2) -> (B,)."""
+        batch = sequences_2d_norm.shape[0]
+        motion = sequences_2d_norm[:, 1:] - sequences_2d_norm[:, :-1]
+        features = torch.cat([sequences_2d_norm.reshape(batch, -1), motion.reshape(batch, -1)], 1)
+        return self.mlp(features).squeeze(-1)
+
+
+def _leaky_mlp(in_features: int, width: int, blocks: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(in_features, width), nn.LeakyReLU(0.2)]
+    for _ in range(blocks):
+        layers += [nn.Linear(width, width), nn.LeakyReLU(0.2)]
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def build_lifter(**model_config) -> Lifter:
+    """The lifter from its config (the checkpoint's and the ONNX metadata's `model_config`).
+
+    Keys: num_joints (17), width (1024), blocks (2), dropout (0.25), batch_norm (True),
+    head ("depth" | "xyz"), depth_offset (10.0). Unknown keys raise a TypeError naming them.
+    """
+    return Lifter(**model_config)

@@ -1,0 +1,87 @@
+"""Codec (numpy) against its torch twin, metadata round trip, metric scaling."""
+
+import numpy as np
+import pytest
+import torch
+
+from engines.codec import Codec, normalise_2d, stature_from_bone_lengths
+from engines.losses import normalise_2d_torch
+from engines.skeleton import NUM_JOINTS, ROOT, Joint, bone_lengths
+
+
+def _pose_3d_m(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 17, 3) random but skeleton-shaped poses, metres, root-relative."""
+    base = np.array([
+        [0, 0, 0], [-.13, 0, 0], [-.13, .45, 0], [-.13, .9, 0], [.13, 0, 0], [.13, .45, 0],
+        [.13, .9, 0], [0, -.23, 0], [0, -.48, 0], [0, -.58, 0], [0, -.7, 0], [.14, -.46, 0],
+        [.14, -.2, 0], [.14, .05, 0], [-.14, -.46, 0], [-.14, -.2, 0], [-.14, .05, 0]])
+    return (base[None] + rng.normal(0, 0.05, (n, NUM_JOINTS, 3))).astype(np.float32)
+
+
+def _codec() -> Codec:
+    lengths = bone_lengths(_pose_3d_m(np.random.default_rng(1), 1)[0])
+    return Codec(canonical_bone_lengths_m=tuple(float(x) for x in lengths))
+
+
+def test_numpy_and_torch_normalisation_agree():
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 0.2, (64, NUM_JOINTS, 2)).astype(np.float32)
+    norm_np, scale_np = normalise_2d(img, 10.0)
+    norm_t, scale_t = normalise_2d_torch(torch.from_numpy(img).double(), 10.0)
+    np.testing.assert_allclose(norm_np, norm_t.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scale_np, scale_t.numpy(), rtol=1e-5)
+
+
+def test_encode_centres_and_scales_head_root_to_one_over_c():
+    rng = np.random.default_rng(2)
+    codec = _codec()
+    px = rng.uniform(100, 600, (10, NUM_JOINTS, 2))
+    fx, fy, cx, cy = 1145.0, 1143.8, 512.5, 515.4
+    norm = codec.encode(px, fx, fy, cx, cy)
+    assert norm.dtype == np.float32 and norm.shape == (10, NUM_JOINTS, 2)
+    np.testing.assert_allclose(norm[:, ROOT], 0.0, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(norm[:, Joint.HEAD], axis=-1), 0.1, rtol=1e-5)
+    # direction is preserved: same as the normalised image coordinates up to a positive scale
+    img = np.stack([(px[..., 0] - cx) / fx, (px[..., 1] - cy) / fy], -1)
+    rel = img - img[:, :1]
+    ratio = norm[:, Joint.L_WRIST] / rel[:, Joint.L_WRIST]
+    np.testing.assert_allclose(ratio[:, 0], ratio[:, 1], rtol=1e-4)
+
+
+def test_encode_per_pose_cameras_and_bad_shapes():
+    codec = _codec()
+    px = np.random.default_rng(3).uniform(0, 500, (3, NUM_JOINTS, 2))
+    per_pose = codec.encode(px, np.array([500.0, 600, 700]), 500.0, 250.0, 250.0)
+    one = codec.encode(px[1:2], 600.0, 500.0, 250.0, 250.0)
+    np.testing.assert_allclose(per_pose[1], one[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="joints_2d_px"):
+        codec.encode(px[:, :10], 1.0, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="focal"):
+        codec.encode(px, 0.0, 1.0, 0.0, 0.0)
+
+
+def test_metadata_round_trip_and_errors():
+    codec = _codec()
+    assert Codec.from_metadata(codec.to_metadata()) == codec
+    meta = codec.to_metadata()
+    del meta["canonical_bone_lengths_m"]
+    with pytest.raises(ValueError, match="canonical_bone_lengths_m"):
+        Codec.from_metadata(meta)
+    with pytest.raises(ValueError, match="positive lengths"):
+        Codec(canonical_bone_lengths_m=(0.1,) * 5)
+
+
+def test_to_metric_recovers_scale_from_bone_lengths_and_height():
+    codec = _codec()
+    canonical = np.asarray(codec.canonical_bone_lengths_m)
+    # a pose with exactly the canonical bone lengths, given in arbitrary units (x 0.37)
+    poses = _pose_3d_m(np.random.default_rng(1), 1)
+    lengths = bone_lengths(poses[0])
+    assert np.allclose(lengths, canonical, rtol=1e-5)
+    metric = codec.to_metric(poses * 0.37)
+    np.testing.assert_allclose(metric, poses - poses[:, :1], atol=1e-6)
+    # with a height: the fitted skeleton has that stature
+    tall = codec.to_metric(poses * 0.37, height_m=2.0)
+    assert stature_from_bone_lengths(bone_lengths(tall[0])) == pytest.approx(2.0, rel=1e-5)
+    with pytest.raises(ValueError, match="height_m"):
+        codec.to_metric(poses, height_m=170.0)
