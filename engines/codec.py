@@ -172,7 +172,8 @@ class Codec:
             return lengths
         if not (0.3 < float(height_m) < 3.0):
             raise ValueError(f"height_m must be a human height in metres (0.3-3), got {height_m}")
-        return lengths * (float(height_m) / stature_from_bone_lengths(lengths))
+        chain_m = stature_from_bone_lengths(lengths) - ANKLE_TO_SOLE_M
+        return lengths * ((float(height_m) - ANKLE_TO_SOLE_M) / chain_m)
 
     def to_metric(self, joints_3d_norm: np.ndarray, height_m: float | None = None) -> np.ndarray:
         """(B, J, 3) network output (codec units, root-relative) -> (B, J, 3) float32 metres.
