@@ -1,0 +1,192 @@
+"""Temporal smoothing of the 3D pose: a numba One Euro filter per coordinate.
+
+One Euro filter (Casiez, Roussel and Vogel, CHI 2012): a first-order low-pass filter whose
+cutoff rises with the (low-pass filtered) speed of the signal, so a still pose is steady and a
+fast movement is followed with little lag. Per sample, with `dt` the time since the last one:
+
+    alpha(fc)  = r / (r + 1),  r = 2 * pi * fc * dt
+    dx         = (x - x_prev_raw) / dt
+    dx_hat     = alpha(d_cutoff) * dx + (1 - alpha(d_cutoff)) * dx_hat_prev
+    cutoff     = min_cutoff + beta * |dx_hat|
+    x_hat      = alpha(cutoff) * x + (1 - alpha(cutoff)) * x_hat_prev
+
+The first sample passes through unchanged (dx_hat = 0). `x_prev_raw` is the previous *raw*
+value, as in the authors' reference code and MediaPipe's `OneEuroFilter`. Settings default to
+MediaPipe's world-landmark smoothing (min_cutoff 0.1 Hz, beta 40, d_cutoff 1 Hz, metres).
+
+`dt` comes from the capture timestamps (`t_capture_ns`), never from an assumed frame rate, so
+dropped frames and uneven cameras are handled. The stage filters the root-relative pose and the
+root translation separately and recomposes them, so a pose whose `joints_3d_m[ROOT] == root_m` keeps
+that property. It resets when the person is lost or after a gap of more than
+`RESET_AFTER_GAP_S` (the old state says nothing about the new pose).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+from numba import njit
+
+from pipeline.schema import Pose3D
+from pipeline.stage import Stage
+
+logger = logging.getLogger(__name__)
+
+#: A gap between frames longer than this (seconds of capture time) resets the filter.
+RESET_AFTER_GAP_S: float = 0.5
+
+
+@njit(cache=True, fastmath=False)
+def _alpha(cutoff_hz: float, dt_s: float) -> float:
+    r = 2.0 * math.pi * cutoff_hz * dt_s
+    return r / (r + 1.0)
+
+
+@njit(cache=True, fastmath=False)
+def one_euro_step(
+    x: np.ndarray,
+    dt_s: float,
+    x_prev_raw: np.ndarray,
+    x_hat: np.ndarray,
+    dx_hat: np.ndarray,
+    min_cutoff_hz: float,
+    beta: float,
+    d_cutoff_hz: float,
+) -> None:
+    """One One Euro update of N independent coordinates, in place.
+
+    x: (N,) float64 new raw sample (any unit; beta is per unit/s). dt_s > 0: seconds since the
+    previous sample. x_prev_raw, x_hat, dx_hat: (N,) float64 state (previous raw sample,
+    filtered value, filtered derivative in unit/s), updated in place; x_hat is the output.
+    """
+    a_d = _alpha(d_cutoff_hz, dt_s)
+    for i in range(x.shape[0]):
+        dx = (x[i] - x_prev_raw[i]) / dt_s
+        dx_hat[i] = a_d * dx + (1.0 - a_d) * dx_hat[i]
+        a = _alpha(min_cutoff_hz + beta * abs(dx_hat[i]), dt_s)
+        x_hat[i] = a * x[i] + (1.0 - a) * x_hat[i]
+        x_prev_raw[i] = x[i]
+
+
+class OneEuroFilter:
+    """One Euro filter over an array of any fixed shape (e.g. (17, 3) joints in metres).
+
+    `filter(values, t_s)` returns the smoothed values (float64, same shape). Timestamps must
+    increase; a repeated or older timestamp returns the last output unchanged.
+    """
+
+    def __init__(self, min_cutoff_hz: float = 0.1, beta: float = 40.0, d_cutoff_hz: float = 1.0):
+        if not (min_cutoff_hz > 0 and d_cutoff_hz > 0 and beta >= 0):
+            raise ValueError(
+                f"One Euro needs min_cutoff > 0, d_cutoff > 0 (Hz) and beta >= 0; got "
+                f"min_cutoff={min_cutoff_hz}, d_cutoff={d_cutoff_hz}, beta={beta}"
+            )
+        self.min_cutoff_hz = float(min_cutoff_hz)
+        self.beta = float(beta)
+        self.d_cutoff_hz = float(d_cutoff_hz)
+        self._shape: tuple[int, ...] | None = None
+        self._t_s: float | None = None
+        self._x_prev_raw = self._x_hat = self._dx_hat = np.zeros(0)
+
+    @property
+    def initialised(self) -> bool:
+        """True once a sample has been seen since construction or the last reset."""
+        return self._t_s is not None
+
+    @property
+    def last_time_s(self) -> float | None:
+        """Timestamp (s) of the last accepted sample, None after a reset."""
+        return self._t_s
+
+    def reset(self) -> None:
+        """Forget the past: the next sample passes through unchanged."""
+        self._t_s = None
+
+    def filter(self, values: np.ndarray, t_s: float) -> np.ndarray:
+        """Smooth one sample. values: any shape (fixed between resets); t_s: seconds."""
+        x = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+        shape = np.shape(values)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("One Euro filter got non-finite values; drop the frame before it")
+        if self._t_s is None or shape != self._shape:
+            self._shape = shape
+            self._x_prev_raw = x.copy()
+            self._x_hat = x.copy()
+            self._dx_hat = np.zeros_like(x)
+            self._t_s = float(t_s)
+            return self._x_hat.reshape(shape).copy()
+        dt_s = float(t_s) - self._t_s
+        if dt_s <= 0.0:
+            logger.debug("One Euro: timestamp %.6f s not after %.6f s; output held", t_s, self._t_s)
+            return self._x_hat.reshape(shape).copy()
+        one_euro_step(
+            x, dt_s, self._x_prev_raw, self._x_hat, self._dx_hat,
+            self.min_cutoff_hz, self.beta, self.d_cutoff_hz,
+        )
+        self._t_s = float(t_s)
+        return self._x_hat.reshape(shape).copy()
+
+
+class SmoothStage(Stage):
+    """Pose3D -> Pose3D with One Euro smoothed joints (config: `pipeline.config.SmoothConfig`).
+
+    The root-relative pose (17, 3) and the root translation (3,) are filtered separately, in
+    metres, and recomposed. No person, or a capture-time gap over RESET_AFTER_GAP_S, resets
+    both filters; a "no person" message passes through unchanged.
+    """
+
+    name = "smooth"
+    inputs = (Pose3D,)
+    outputs = (Pose3D,)
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._pose_filter: OneEuroFilter | None = None
+        self._root_filter: OneEuroFilter | None = None
+        self.resets = 0  # how many times the filter started afresh (person lost, gap)
+
+    def open(self) -> None:
+        cfg = self.config
+        self._pose_filter = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+        self._root_filter = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+        # compile (or load from numba's cache) now, not on the first live frame
+        warm = OneEuroFilter()
+        warm.filter(np.zeros(3), 0.0)
+        warm.filter(np.zeros(3), 0.033)
+        logger.info(
+            "smooth: One Euro min_cutoff=%.3g Hz beta=%.3g d_cutoff=%.3g Hz%s",
+            cfg.min_cutoff, cfg.beta, cfg.d_cutoff, "" if cfg.enabled else " (disabled)",
+        )
+
+    def _reset(self, why: str) -> None:
+        if self._pose_filter.initialised:
+            self.resets += 1
+            logger.debug("smooth: reset (%s)", why)
+        self._pose_filter.reset()
+        self._root_filter.reset()
+
+    def process(self, msg: Pose3D) -> Pose3D:
+        if self._pose_filter is None:
+            raise RuntimeError("SmoothStage.process called before open()")
+        if not self.config.enabled:
+            return msg
+        if not msg.person_present:
+            self._reset("person lost")
+            return msg
+        t_s = msg.t_capture_ns * 1e-9
+        last = self._pose_filter.last_time_s
+        if last is not None and t_s - last > RESET_AFTER_GAP_S:
+            self._reset(f"gap of {t_s - last:.3f} s")
+        root_m = np.asarray(msg.root_m, dtype=np.float64)
+        rel_m = np.asarray(msg.joints_3d_m, dtype=np.float64) - root_m  # (17, 3)
+        rel_smooth_m = self._pose_filter.filter(rel_m, t_s)
+        root_smooth_m = self._root_filter.filter(root_m, t_s)
+        joints_smooth_m = rel_smooth_m + root_smooth_m
+        return dataclasses.replace(
+            msg,
+            joints_3d_m=joints_smooth_m.astype(np.float32),
+            root_m=root_smooth_m.astype(np.float32),
+        )
