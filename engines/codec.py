@@ -4,9 +4,13 @@ docs/DESIGN.md fixes the contract; this module is its only implementation on the
 must not import torch. The trainer keeps a torch twin of `normalise_2d`
 (`engines.losses.normalise_2d_torch`); tests/test_codec.py checks the two agree.
 
-Normalisation (Chen et al. 2019): pixels -> normalised image coordinates ((u - cx) / fx,
-(v - cy) / fy) -> subtract the root (pelvis) -> scale each pose so the head-to-root distance is
-1/c (c = `depth_offset`, 10). The lifter's output is root-relative, camera axes, in the matching
+Normalisation (Chen et al. 2019, made perspective-correct): pixels -> normalised image coordinates
+((u - cx) / fx, (v - cy) / fy) -> root-centred by turning a virtual camera about its centre until
+its optical axis passes through the root (pelvis) and re-projecting (for a root near the image
+centre this is the plain subtraction of the root; off-centre it removes the skew a subtraction
+leaves) -> scale each pose so the head-to-root distance is 1/c (c = `depth_offset`, 10).
+The lifter's 3D output is in that virtual camera's axes; `to_metric` turns it back into the real
+camera's axes when given `rotation_to_camera` (from `encode_full`). The lifter's output is root-relative, camera axes, in the matching
 scale-free units; `to_metric` turns it into metres with a bone-length prior: the pose is scaled
 so its bone lengths best match (least squares) the canonical bone lengths stored in the metadata,
 or those lengths rescaled to a given subject height.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,6 +77,49 @@ def pixels_to_image(
     if np.any(f <= 0):
         raise ValueError("focal lengths fx, fy must be positive pixels")
     return (px - c[:, None, :]) / f[:, None, :]
+
+
+def virtual_rotation(root_img: np.ndarray) -> np.ndarray:
+    """(B, 2) root in normalised image coordinates -> (B, 3, 3) float64 rotation R (camera axes
+    -> virtual camera axes) that turns the root's ray onto +Z by the smallest rotation."""
+    root = np.asarray(root_img, dtype=np.float64)
+    ray = np.concatenate([root, np.ones_like(root[:, :1])], axis=-1)
+    ray /= np.linalg.norm(ray, axis=-1, keepdims=True)
+    # Rodrigues for unit a onto unit b = +Z: v = a x b, R = I + [v]x + [v]x^2 / (1 + a.b)
+    v = np.stack([ray[:, 1], -ray[:, 0], np.zeros_like(ray[:, 0])], axis=-1)
+    cos = ray[:, 2]
+    vx = np.zeros((len(ray), 3, 3))
+    vx[:, 0, 1], vx[:, 0, 2] = -v[:, 2], v[:, 1]
+    vx[:, 1, 0], vx[:, 1, 2] = v[:, 2], -v[:, 0]
+    vx[:, 2, 0], vx[:, 2, 1] = -v[:, 1], v[:, 0]
+    return np.eye(3)[None] + vx + (vx @ vx) / (1.0 + cos)[:, None, None]
+
+
+def centre_on_root(joints_2d_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Re-project (B, J, 2) normalised image points into the virtual camera looking at the root.
+
+    Returns (joints_2d_virtual (B, J, 2) float64 with the root at (0, 0),
+    rotation_to_camera (B, 3, 3): virtual camera axes -> camera axes).
+    """
+    img = np.asarray(joints_2d_img, dtype=np.float64)
+    rot = virtual_rotation(img[:, ROOT])
+    rays = np.concatenate([img, np.ones_like(img[..., :1])], axis=-1)
+    turned = np.einsum("bij,bkj->bki", rot, rays)
+    if np.any(turned[..., 2] <= 1e-6):
+        raise ValueError("2D joints more than 90 degrees from the root's ray; check the intrinsics")
+    return turned[..., :2] / turned[..., 2:], np.transpose(rot, (0, 2, 1))
+
+
+class Encoded(NamedTuple):
+    """`Codec.encode_full` result.
+
+    joints_2d_norm: (B, J, 2) float32 network input. scale: (B,) codec units per normalised image
+    unit. rotation_to_camera: (B, 3, 3) float32, virtual (network) axes -> camera axes.
+    """
+
+    joints_2d_norm: np.ndarray
+    scale: np.ndarray
+    rotation_to_camera: np.ndarray
 
 
 def stature_from_bone_lengths(bone_lengths_m: np.ndarray) -> float:
@@ -153,17 +201,19 @@ class Codec:
         cx: np.ndarray | float, cy: np.ndarray | float,
     ) -> np.ndarray:
         """(B, J, 2) pixels -> (B, J, 2) float32 network input (root-centred, head-root = 1/c)."""
-        return self.encode_with_scale(joints_2d_px, fx, fy, cx, cy)[0]
+        return self.encode_full(joints_2d_px, fx, fy, cx, cy).joints_2d_norm
 
-    def encode_with_scale(
+    def encode_full(
         self, joints_2d_px: np.ndarray, fx: np.ndarray | float, fy: np.ndarray | float,
         cx: np.ndarray | float, cy: np.ndarray | float,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """As `encode`, also returning scale (B,): codec units per normalised image unit."""
+    ) -> Encoded:
+        """As `encode`, also returning each pose's scale and its virtual-to-camera rotation."""
         if np.shape(joints_2d_px)[-2:] != (NUM_JOINTS, 2):
             raise ValueError(f"joints_2d_px must be (B, {NUM_JOINTS}, 2), got {np.shape(joints_2d_px)}")
         image = pixels_to_image(joints_2d_px, fx, fy, cx, cy)
-        return normalise_2d(image, self.depth_offset, self.scale_joint)
+        virtual, rotation = centre_on_root(image)
+        norm, scale = normalise_2d(virtual, self.depth_offset, self.scale_joint)
+        return Encoded(norm, scale, rotation.astype(np.float32))
 
     def target_bone_lengths_m(self, height_m: float | None = None) -> np.ndarray:
         """(16,) bone lengths (m) `to_metric` fits to: canonical, or rescaled to `height_m`."""
@@ -175,11 +225,17 @@ class Codec:
         chain_m = stature_from_bone_lengths(lengths) - ANKLE_TO_SOLE_M
         return lengths * ((float(height_m) - ANKLE_TO_SOLE_M) / chain_m)
 
-    def to_metric(self, joints_3d_norm: np.ndarray, height_m: float | None = None) -> np.ndarray:
+    def to_metric(
+        self, joints_3d_norm: np.ndarray, height_m: float | None = None,
+        rotation_to_camera: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(B, J, 3) network output (codec units, root-relative) -> (B, J, 3) float32 metres.
 
         Each pose is scaled by the factor that best matches (least squares) its bone lengths to
         the canonical ones, or to the canonical ones rescaled to `height_m` when given.
+        rotation_to_camera: (B, 3, 3) from `encode_full`; turns the result from the network's
+        virtual-camera axes into the real camera's axes (without it the axes are the virtual
+        camera's, which differ by the root's angle off the optical axis).
         """
         pose = np.asarray(joints_3d_norm, dtype=np.float64)
         if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
@@ -188,5 +244,10 @@ class Codec:
         lengths = np.linalg.norm(pose[:, _CHILD] - pose[:, _PARENT], axis=-1)  # (B, 16)
         denom = np.sum(lengths * lengths, axis=-1)
         factor = np.sum(lengths * target, axis=-1) / np.maximum(denom, 1e-12)
-        rel = pose - pose[:, ROOT : ROOT + 1]
-        return (rel * factor[:, None, None]).astype(np.float32)
+        rel = (pose - pose[:, ROOT : ROOT + 1]) * factor[:, None, None]
+        if rotation_to_camera is not None:
+            rot = np.asarray(rotation_to_camera, dtype=np.float64)
+            if rot.shape != (pose.shape[0], 3, 3):
+                raise ValueError(f"rotation_to_camera must be ({pose.shape[0]}, 3, 3), got {rot.shape}")
+            rel = np.einsum("bij,bkj->bki", rot, rel)
+        return rel.astype(np.float32)

@@ -35,13 +35,14 @@ def test_numpy_and_torch_normalisation_agree():
 def test_encode_centres_and_scales_head_root_to_one_over_c():
     rng = np.random.default_rng(2)
     codec = _codec()
-    px = rng.uniform(100, 600, (10, NUM_JOINTS, 2))
     fx, fy, cx, cy = 1145.0, 1143.8, 512.5, 515.4
+    px = rng.uniform(100, 600, (10, NUM_JOINTS, 2))
+    px += np.array([cx, cy]) - px[:, :1]  # root on the principal point: no virtual turn
     norm = codec.encode(px, fx, fy, cx, cy)
     assert norm.dtype == np.float32 and norm.shape == (10, NUM_JOINTS, 2)
     np.testing.assert_allclose(norm[:, ROOT], 0.0, atol=1e-7)
     np.testing.assert_allclose(np.linalg.norm(norm[:, Joint.HEAD], axis=-1), 0.1, rtol=1e-5)
-    # direction is preserved: same as the normalised image coordinates up to a positive scale
+    # root on the axis: the plain root-subtracted image coordinates up to a positive scale
     img = np.stack([(px[..., 0] - cx) / fx, (px[..., 1] - cy) / fy], -1)
     rel = img - img[:, :1]
     ratio = norm[:, Joint.L_WRIST] / rel[:, Joint.L_WRIST]
@@ -85,3 +86,29 @@ def test_to_metric_recovers_scale_from_bone_lengths_and_height():
     assert stature_from_bone_lengths(bone_lengths(tall[0])) == pytest.approx(2.0, rel=1e-5)
     with pytest.raises(ValueError, match="height_m"):
         codec.to_metric(poses, height_m=170.0)
+
+
+def test_off_centre_pose_round_trips_through_the_virtual_camera():
+    """A pose far off the optical axis: encode sees it from a camera turned onto the root, and
+    to_metric with the returned rotation gives the pose back in the real camera's axes."""
+    codec = _codec()
+    pose_rel_m = _pose_3d_m(np.random.default_rng(1), 1)[0].astype(np.float64)
+    root_m = np.array([1.8, -0.4, 3.0])  # ~31 degrees right of the axis
+    cam = pose_rel_m + root_m
+    fx, fy, cx, cy = 900.0, 905.0, 640.0, 360.0
+    px = np.stack([fx * cam[:, 0] / cam[:, 2] + cx, fy * cam[:, 1] / cam[:, 2] + cy], -1)[None]
+    enc = codec.encode_full(px, fx, fy, cx, cy)
+    # the virtual camera sees the root on its axis and the pose turned by R = rotation^T
+    rot = enc.rotation_to_camera[0].astype(np.float64)
+    np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-6)
+    virtual = (rot.T @ cam.T).T
+    np.testing.assert_allclose(virtual[0, :2], 0.0, atol=1e-6)
+    proj = virtual[:, :2] / virtual[:, 2:]
+    np.testing.assert_allclose(enc.joints_2d_norm[0], proj * enc.scale[0], rtol=1e-4, atol=1e-6)
+    # an ideal lifter output (the virtual-frame pose in arbitrary units) comes back in metres
+    ideal_units = (virtual - virtual[:1]) * 2.7
+    metric = codec.to_metric(ideal_units[None], rotation_to_camera=enc.rotation_to_camera)
+    np.testing.assert_allclose(metric[0], pose_rel_m - pose_rel_m[:1], atol=1e-5)
+    # without the rotation the axes stay the virtual camera's: a ~31 degree error
+    unturned = codec.to_metric(ideal_units[None])
+    assert np.abs(unturned[0] - (pose_rel_m - pose_rel_m[:1])).max() > 0.1
