@@ -1,0 +1,163 @@
+"""pipeline.render draws the right pixels (skeleton colours at the projected joints, nothing for
+unsure joints, an orbiting 3D view)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.skeleton import BONES, NUM_JOINTS, Joint
+from pipeline.render import (
+    COLOR_BLANK_BG,
+    JOINT_COLORS,
+    RenderStyle,
+    ViewStats,
+    camera_panel_size,
+    project_orbit,
+    render,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = (1280, 720)  # (width, height) px
+F_PX = 800.0
+STYLE = RenderStyle()
+# a T-pose, camera frame metres (+Y down), relative to the pelvis; subject faces the camera,
+# so its left (l_*) joints have +X
+T_POSE_REL_M = np.array(
+    [[0, 0, 0], [-.13, 0, 0], [-.13, .45, 0], [-.13, .88, 0], [.13, 0, 0], [.13, .45, 0],
+     [.13, .88, 0], [0, -.23, 0], [0, -.48, 0], [0, -.58, 0], [0, -.68, 0], [.17, -.45, 0],
+     [.45, -.45, 0], [.7, -.45, 0], [-.17, -.45, 0], [-.45, -.45, 0], [-.7, -.45, 0]],
+    dtype=np.float32,
+)
+JOINTS_3D_M = T_POSE_REL_M + np.array([0.1, 0.0, 3.0], dtype=np.float32)
+
+
+def _project(joints_3d_m: np.ndarray) -> np.ndarray:
+    """(17, 2) px: pinhole projection into the IMAGE_SIZE camera."""
+    return (joints_3d_m[:, :2] / joints_3d_m[:, 2:] * F_PX + np.array(IMAGE_SIZE) / 2).astype(
+        np.float32
+    )
+
+
+JOINTS_2D_PX = _project(JOINTS_3D_M)
+STATS = ViewStats(fps=29.9, latency_ms=42.0, dropped=3, received=100, frame_id=100)
+
+
+def _is_color(pixel: np.ndarray, bgr: tuple[int, int, int], tol: int = 12) -> bool:
+    return bool(np.all(np.abs(pixel.astype(int) - np.array(bgr)) <= tol))
+
+
+def _camera_panel(img: np.ndarray) -> np.ndarray:
+    return img[:, : camera_panel_size(IMAGE_SIZE, STYLE)[0]]
+
+
+def _panel_3d(img: np.ndarray) -> np.ndarray:
+    return img[:, camera_panel_size(IMAGE_SIZE, STYLE)[0]:]
+
+
+def test_layout_and_skeleton_pixels_at_the_scaled_2d_joints():
+    img = render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
+                 image_size=IMAGE_SIZE)
+    cam_w, h = camera_panel_size(IMAGE_SIZE, STYLE)
+    assert (cam_w, h) == (853, 480)
+    assert img.shape == (480, 853 + 480, 3) and img.dtype == np.uint8
+    cam = _camera_panel(img)
+    scale = 480 / IMAGE_SIZE[1]
+    for j in range(NUM_JOINTS):
+        x, y = np.round(JOINTS_2D_PX[j] * scale).astype(int)
+        assert _is_color(cam[y, x], JOINT_COLORS[j]), f"joint {Joint(j).name} at ({x}, {y})"
+    # a bone's midpoint has its child's colour; a point off the skeleton is background
+    c, p = BONES[Joint.L_KNEE - 1]
+    mid = np.round((JOINTS_2D_PX[c] + JOINTS_2D_PX[p]) / 2 * scale).astype(int)
+    assert _is_color(cam[mid[1], mid[0]], JOINT_COLORS[Joint.L_KNEE])
+    assert _is_color(cam[400, 100], COLOR_BLANK_BG, tol=0)
+
+
+def test_unsure_and_non_finite_joints_are_not_drawn():
+    conf = np.ones(NUM_JOINTS, dtype=np.float32)
+    conf[Joint.L_WRIST] = 0.1
+    joints_2d = JOINTS_2D_PX.copy()
+    joints_2d[Joint.R_ANKLE] = np.nan
+    img = render(None, joints_2d, JOINTS_3D_M, conf, STATS, 0.0, image_size=IMAGE_SIZE)
+    cam = _camera_panel(img)
+    scale = 480 / IMAGE_SIZE[1]
+    for j in (Joint.L_WRIST,):
+        x, y = np.round(JOINTS_2D_PX[j] * scale).astype(int)
+        assert _is_color(cam[y, x], COLOR_BLANK_BG, tol=0)
+    # the bones to the hidden joints are gone too (midpoints are background)
+    for child in (Joint.L_WRIST, Joint.R_ANKLE):
+        parent = BONES[child - 1][1]
+        mid = np.round((JOINTS_2D_PX[child] + JOINTS_2D_PX[parent]) / 2 * scale).astype(int)
+        assert _is_color(cam[mid[1], mid[0]], COLOR_BLANK_BG, tol=0)
+    # the elbow is still there
+    x, y = np.round(JOINTS_2D_PX[Joint.L_ELBOW] * scale).astype(int)
+    assert _is_color(cam[y, x], JOINT_COLORS[Joint.L_ELBOW])
+
+
+def _count_skeleton_pixels(panel: np.ndarray) -> int:
+    mask = np.zeros(panel.shape[:2], bool)
+    for color in set(JOINT_COLORS):
+        mask |= np.all(np.abs(panel.astype(int) - np.array(color)) <= 12, axis=2)
+    return int(mask.sum())
+
+
+def test_no_person_draws_no_skeleton_but_the_text():
+    img = render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
+                 image_size=IMAGE_SIZE, person_present=False)
+    with_person = render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
+                         image_size=IMAGE_SIZE)
+    assert _count_skeleton_pixels(_camera_panel(with_person)) > 1000
+    assert _count_skeleton_pixels(img) == 0
+    assert (_camera_panel(img)[:80, :300] > 200).sum() > 100  # white text top left
+
+
+def test_3d_panel_orbits_with_time_and_matches_project_orbit():
+    conf = np.ones(NUM_JOINTS)
+    a = render(None, JOINTS_2D_PX, JOINTS_3D_M, conf, STATS, 0.0, image_size=IMAGE_SIZE)
+    b = render(None, JOINTS_2D_PX, JOINTS_3D_M, conf, STATS, 2.5, image_size=IMAGE_SIZE)
+    # the camera panel does not depend on time; the 3D panel does
+    np.testing.assert_array_equal(_camera_panel(a), _camera_panel(b))
+    assert (np.abs(_panel_3d(a).astype(int) - _panel_3d(b).astype(int)).max(axis=2) > 40).sum() > 500
+    for t_s, img in ((0.0, a), (2.5, b)):
+        xy, _ = project_orbit(JOINTS_3D_M, t_s, 480, STYLE)
+        panel = _panel_3d(img)
+        for j in range(NUM_JOINTS):
+            x, y = np.round(xy[j]).astype(int)
+            assert _is_color(panel[y, x], JOINT_COLORS[j]), f"t={t_s} joint {Joint(j).name}"
+
+
+def test_orbit_starts_at_the_camera_view_and_turns_round():
+    flat = RenderStyle(elevation_deg=0.0)
+    xy0, depth0 = project_orbit(JOINTS_3D_M, 0.0, 480, flat)
+    # azimuth 0: what the camera sees, x right, y down; the pelvis in the middle
+    np.testing.assert_allclose(xy0[Joint.PELVIS], [240, 240])
+    expected = 240 + (JOINTS_3D_M[:, :2] - JOINTS_3D_M[0, :2]) * 480 / flat.metres_across_panel
+    np.testing.assert_allclose(xy0, expected, atol=1e-4)
+    assert xy0[Joint.HEAD, 1] < xy0[Joint.PELVIS, 1]
+    # half a turn later the subject is seen from behind: left and right swap sides
+    xy_half, _ = project_orbit(JOINTS_3D_M, flat.orbit_period_s / 2, 480, flat)
+    assert xy0[Joint.L_WRIST, 0] > 240 > xy_half[Joint.L_WRIST, 0]
+    # a quarter turn: the T-pose plane is seen edge on, the arms collapse onto the spine
+    xy_q, _ = project_orbit(JOINTS_3D_M, flat.orbit_period_s / 4, 480, flat)
+    assert abs(xy_q[Joint.L_WRIST, 0] - 240) < 1e-6
+
+
+def test_camera_frame_is_scaled_under_the_skeleton_and_png_round_trips(tmp_path):
+    frame = np.full((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), (60, 100, 140), np.uint8)
+    img = render(frame, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 1.0)
+    cam = _camera_panel(img)
+    assert tuple(cam[400, 100]) == (60, 100, 140)
+    path = tmp_path / "view.png"
+    assert cv2.imwrite(str(path), img)
+    np.testing.assert_array_equal(cv2.imread(str(path)), img)
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="image_size"):
+        render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0)
+    with pytest.raises(ValueError, match=r"\(17, 2\)"):
+        render(None, JOINTS_2D_PX[:5], JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
+               image_size=IMAGE_SIZE)
