@@ -131,6 +131,11 @@ def test_cli_writes_a_file_load_calibration_reads(board_images, tmp_path):
     assert size == IMAGE_SIZE
     assert abs(K[0, 0] / K_TRUE[0, 0] - 1) < 0.02
     assert dist.shape == (5,)
+    # the lift stage's --calib reader takes the same file
+    from stages.intrinsics import load_calibration as load_for_lift
+
+    intr = load_for_lift(out)
+    assert (intr.fx, intr.fy, intr.cx, intr.cy) == (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
     fs = cv2.FileStorage(str(out), cv2.FILE_STORAGE_READ)
     assert fs.getNode("num_views").real() == len(POSES)
     assert fs.getNode("rms_error_px").real() < 0.5
