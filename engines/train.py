@@ -1,0 +1,602 @@
+"""Train the 2D-to-3D lifter: self-supervised (chen2019, li2020) or supervised (reference).
+
+    python -m engines.train --method li2020 --out runs/li --steps 20000 --threads 2
+
+Methods (all lift single frames with the same residual MLP, `engines.models.Lifter`):
+- chen2019 (Chen et al., CVPR 2019): lift, rotate the 3D pose by a random camera (azimuth
+  U(-pi, pi), elevation U(-pi/9, pi/9)), project, lift again, rotate back, project. Losses: 2D
+  consistency, 3D consistency, adversarial on single rotated projections (2D pose critic) and on
+  windows of consecutive frames (temporal critic). LSGAN or WGAN-GP; `--critic-steps` critic
+  updates per lifter update.
+- li2020 (Li et al., AAAI 2020): V synchronized views with known cameras; lifting branch + root
+  branch place each view's pose in metres; per-view re-projection loss weighted by the 2D
+  confidences; transform re-projection loss (each view's pose moved into every other view with the
+  known relative pose and projected there: with 4 views, the 12 ordered pairs of the paper's
+  "12-view" training); a multi-view consistency loss (scale-free poses agree in world axes) that
+  alone drives the first `--pretrain-steps` steps, which the paper needs to converge.
+- supervised: the same lifter regressed onto 3D labels (the reference upper bound).
+
+Data: shared mocap (`--sources`, training split), every skeleton retargeted to the canonical bone
+lengths, projected through random virtual cameras (`engines.datasets`). The self-supervised methods
+receive data objects that hold 2D (and cameras) only.
+
+Outputs in --out: `checkpoint.pt` (docs/DESIGN.md "Checkpoint"; `--resume` continues it),
+`log.csv` (one row per `--log-every` steps), `config.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engines import datasets as ds
+from engines.codec import Codec
+from engines.losses import (
+    bone_lengths_torch,
+    gradient_penalty,
+    normalise_2d_torch,
+    project_unit_camera,
+    scale_normalised,
+)
+from engines.models import (
+    Lifter,
+    PoseDiscriminator,
+    RootBranch,
+    TemporalDiscriminator,
+    build_lifter,
+)
+from engines.skeleton import NUM_JOINTS, ROOT
+
+logger = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("chen2019", "li2020", "supervised")
+DEFAULT_SOURCES: tuple[str, ...] = ("cmu_expmap", "cmu_bvh", "bandai1", "bandai2")
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.csv"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; stored in the checkpoint and config.json."""
+
+    method: str
+    out: str
+    steps: int = 20000
+    batch: int = 256
+    seed: int = 0
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    fps: float = 15.0                 # mocap resampled to this rate (frames of a window too)
+    max_poses: int = 0                # 0: all; else a random subset of this many (tests, trials)
+    threads: int = 1
+    lr: float = 1e-3                  # lifter (and root branch) learning rate, Adam
+    lr_final_ratio: float = 0.05      # exponential decay to lr * this at the last step
+    # lifter
+    width: int = 1024
+    blocks: int = 2
+    dropout: float = 0.25
+    head: str = "depth"
+    depth_offset: float = 10.0
+    # data
+    noise_px: float = 0.0
+    views: int = 4                    # li2020 rig size; supervised uses as many views per pose
+    window: int = 3                   # chen2019 temporal window (frames)
+    # chen2019
+    gan: str = "lsgan"                # "lsgan" | "wgan-gp"
+    critic_steps: int = 1
+    lr_critic: float = 2e-4
+    w_adv: float = 1.0
+    w_temporal: float = 0.5
+    w_3d: float = 1.0
+    w_2d: float = 1.0
+    w_bone: float = 0.0               # bone-length-ratio prior (canonical skeleton); 0 = off
+    # li2020
+    pretrain_steps: int = 2000
+    w_reproj: float = 1.0
+    w_transform: float = 1.0
+    w_consistency: float = 1.0
+    # bookkeeping
+    log_every: int = 50
+    checkpoint_every: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        if self.steps < 1 or self.batch < 2:
+            raise ValueError(f"need steps >= 1 and batch >= 2, got {self.steps}, {self.batch}")
+        if self.gan not in ("lsgan", "wgan-gp"):
+            raise ValueError(f"--gan must be lsgan or wgan-gp, got {self.gan!r}")
+        if self.method == "chen2019" and self.head != "depth":
+            raise ValueError("chen2019 needs --head depth (its rotate-and-reproject loop needs "
+                             "a lift that re-projects onto its input)")
+
+    def model_config(self) -> dict:
+        return {"num_joints": NUM_JOINTS, "width": self.width, "blocks": self.blocks,
+                "dropout": self.dropout, "batch_norm": True, "head": self.head,
+                "depth_offset": self.depth_offset}
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def canonical_codec(depth_offset: float = 10.0) -> Codec:
+    """The codec every engine we train uses: canonical bone lengths from `engines.mocap`."""
+    from engines.mocap import CANONICAL_BONE_LENGTHS_MM
+
+    lengths_m = np.asarray(CANONICAL_BONE_LENGTHS_MM, dtype=np.float64) / 1000.0
+    return Codec(canonical_bone_lengths_m=tuple(float(x) for x in lengths_m),
+                 depth_offset=depth_offset)
+
+
+def load_training_sequences(sources: tuple[str, ...], fps: float) -> list[np.ndarray]:
+    """Training-split mocap sequences (F, 17, 3) mm, world +Y up, root-relative, at `fps`,
+    retargeted to the canonical bone lengths."""
+    from engines import mocap
+
+    sequences = mocap.load_sequences(list(sources), "train", fps=fps)
+    if len(sequences) == 0:
+        raise ds.DataError(f"no training sequences in sources {sources}; check the names and "
+                           "that ../shared/data/mocap (or $POSESTREAM_SHARED) holds them")
+    return [np.asarray(mocap.retarget(np.asarray(s, np.float32), mocap.CANONICAL_BONE_LENGTHS_MM),
+                       np.float32) for s in sequences]
+
+
+def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
+    """The method's data object from 3D sequences. For chen2019 and li2020 the object holds 2D
+    (and cameras) only; the 3D stays here and is gone when this returns."""
+    rng = np.random.default_rng(cfg.seed)
+    cams = ds.CameraSampling(noise_px=cfg.noise_px)
+    if cfg.method == "chen2019":
+        windows = ds.windows_from_sequences(sequences_mm, cfg.window, stride=1)
+        windows = _subset(windows, cfg.max_poses, rng)
+        return ds.make_single_view(windows, codec, cams, rng)
+    poses = np.concatenate([np.asarray(s) for s in sequences_mm], axis=0)
+    poses = _subset(poses, cfg.max_poses, rng)
+    if cfg.method == "li2020":
+        return ds.make_multi_view(poses, codec, cams, rng, views=cfg.views)
+    parts = [ds.make_supervised(poses, codec, cams, rng) for _ in range(cfg.views)]
+    return ds.Supervised3D(np.concatenate([p.joints_2d_norm for p in parts]),
+                           np.concatenate([p.joints_3d_norm for p in parts]))
+
+
+def _subset(arr: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    if count and count < len(arr):
+        return arr[np.sort(rng.choice(len(arr), count, replace=False))]
+    return arr
+
+
+def check_data(cfg: TrainConfig, data) -> None:
+    """Wrong data object for the method, or too little of it: DataError saying so."""
+    expected = {"chen2019": ds.SingleView2D, "li2020": ds.MultiView2D,
+                "supervised": ds.Supervised3D}[cfg.method]
+    if not isinstance(data, expected):
+        raise ds.DataError(f"--method {cfg.method} trains on {expected.__name__}, "
+                           f"got {type(data).__name__}")
+    if len(data) < cfg.batch:
+        raise ds.DataError(f"{len(data)} training samples is fewer than one batch ({cfg.batch}); "
+                           "add --sources or lower --batch")
+    for name, arr in ds.array_fields(data).items():
+        if not np.all(np.isfinite(arr)):
+            raise ds.DataError(f"training data field {name!r} holds NaN or inf")
+
+
+# --- rotations -----------------------------------------------------------------------------------
+
+
+def random_rotations(gen: torch.Generator, count: int, elevation_max: float = math.pi / 9):
+    """(count, 3, 3) camera-axes rotations: azimuth U(-pi, pi) about the vertical (Y) axis, then
+    elevation U(-e, e) about X (Chen et al. 2019)."""
+    az = (torch.rand(count, generator=gen) * 2 - 1) * math.pi
+    el = (torch.rand(count, generator=gen) * 2 - 1) * elevation_max
+    ca, sa, ce, se = torch.cos(az), torch.sin(az), torch.cos(el), torch.sin(el)
+    zero, one = torch.zeros_like(az), torch.ones_like(az)
+    rot_y = torch.stack([ca, zero, sa, zero, one, zero, -sa, zero, ca], -1).reshape(-1, 3, 3)
+    rot_x = torch.stack([one, zero, zero, zero, ce, -se, zero, se, ce], -1).reshape(-1, 3, 3)
+    return rot_x @ rot_y
+
+
+# --- the methods ---------------------------------------------------------------------------------
+
+
+class Method:
+    """One training method: owns its networks and optimizers, does one step on a batch."""
+
+    def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
+        self.cfg = cfg
+        self.codec = codec
+        self.lifter: Lifter = build_lifter(**cfg.model_config())
+        self.extra: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"lifter": self.lifter, **self.extra}
+
+    def set_lr(self, factor: float) -> None:
+        for name, opt in self.optimizers.items():
+            base = self.cfg.lr_critic if name.startswith("critic") else self.cfg.lr
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+
+    def step(self, batch: dict[str, torch.Tensor], step: int, gen: torch.Generator) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Supervised(Method):
+    """Regress the lifter onto the 3D target (codec units); loss = MPJPE in codec units."""
+
+    def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
+        super().__init__(cfg, codec)
+        self.optimizers["lifter"] = torch.optim.Adam(self.lifter.parameters(), lr=cfg.lr)
+
+    def step(self, batch, step, gen):
+        pred = self.lifter(batch["joints_2d_norm"])
+        loss = torch.linalg.norm(pred - batch["joints_3d_norm"], dim=-1).mean()
+        opt = self.optimizers["lifter"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss), "mpjpe_units": float(loss)}
+
+
+class Chen2019(Method):
+    """Lift-rotate-reproject-lift with 2D/3D consistency and (temporal) adversarial losses."""
+
+    def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
+        super().__init__(cfg, codec)
+        self.extra["critic"] = PoseDiscriminator(NUM_JOINTS)
+        self.extra["critic_temporal"] = TemporalDiscriminator(cfg.window, NUM_JOINTS)
+        betas = (0.5, 0.9)
+        self.optimizers["lifter"] = torch.optim.Adam(self.lifter.parameters(), lr=cfg.lr, betas=betas)
+        self.optimizers["critic"] = torch.optim.Adam(
+            list(self.extra["critic"].parameters()) + list(self.extra["critic_temporal"].parameters()),
+            lr=cfg.lr_critic, betas=betas)
+        lengths = torch.tensor(codec.canonical_bone_lengths_m, dtype=torch.float32)
+        self.bone_ratio = lengths / lengths.sum()
+
+    def _fake(self, real: torch.Tensor, gen: torch.Generator):
+        """real (B, T, J, 2) -> everything one lift-rotate-lift pass gives."""
+        b, t = real.shape[:2]
+        c = self.cfg.depth_offset
+        q = real.reshape(b * t, NUM_JOINTS, 2)
+        posed = self.lifter.lift_camera(q)                                   # (BT, J, 3)
+        root = posed[:, ROOT : ROOT + 1]
+        rel = posed - root
+        rot = random_rotations(gen, b).repeat_interleave(t, dim=0)           # one per window
+        turned = rel @ rot.transpose(1, 2) + root
+        fake, scale = normalise_2d_torch(project_unit_camera(turned), c)
+        posed2 = self.lifter.lift_camera(fake)
+        rel2 = posed2 - posed2[:, ROOT : ROOT + 1]
+        k = scale * c / root[:, 0, 2]                                        # lift-of-scaled-2D factor
+        back = (rel2 / k[:, None, None]) @ rot                               # R^T applied to rows
+        reproj, _ = normalise_2d_torch(project_unit_camera(back + root), c)
+        return q, rel, fake.reshape(b, t, NUM_JOINTS, 2), back, reproj
+
+    def _critic_loss(self, critic, real, fake):
+        if self.cfg.gan == "wgan-gp":
+            return critic(fake).mean() - critic(real).mean() + 10.0 * gradient_penalty(critic, real, fake)
+        return ((critic(real) - 1) ** 2).mean() + (critic(fake) ** 2).mean()
+
+    def _generator_adv(self, critic, fake):
+        if self.cfg.gan == "wgan-gp":
+            return -critic(fake).mean()
+        return ((critic(fake) - 1) ** 2).mean()
+
+    def step(self, batch, step, gen):
+        cfg = self.cfg
+        real = batch["joints_2d_norm"]                                        # (B, T, J, 2)
+        critic, critic_t = self.extra["critic"], self.extra["critic_temporal"]
+        # critic updates (real windows from the batch's second half: not the ones lifted)
+        half = real.shape[0] // 2
+        lift_in, real_ref = real[:half], real[half:]
+        out = {}
+        for _ in range(cfg.critic_steps):
+            with torch.no_grad():
+                _, _, fake, _, _ = self._fake(lift_in, gen)
+            loss_c = self._critic_loss(critic, real_ref.flatten(0, 1), fake.flatten(0, 1))
+            loss_c = loss_c + cfg.w_temporal * self._critic_loss(critic_t, real_ref, fake)
+            opt = self.optimizers["critic"]
+            opt.zero_grad(set_to_none=True)
+            loss_c.backward()
+            opt.step()
+            out["critic"] = float(loss_c)
+        # lifter update
+        q, rel, fake, back, reproj = self._fake(lift_in, gen)
+        loss_3d = torch.linalg.norm(back - rel, dim=-1).mean()
+        loss_2d = torch.linalg.norm(reproj - q, dim=-1).mean() * cfg.depth_offset
+        adv = self._generator_adv(critic, fake.flatten(0, 1))
+        adv_t = self._generator_adv(critic_t, fake)
+        loss = cfg.w_3d * loss_3d + cfg.w_2d * loss_2d + cfg.w_adv * adv + cfg.w_temporal * adv_t
+        if cfg.w_bone > 0:
+            lengths = bone_lengths_torch(rel)
+            ratio = lengths / lengths.sum(-1, keepdim=True).clamp(min=1e-6)
+            loss_bone = (ratio - self.bone_ratio).abs().sum(-1).mean()
+            loss = loss + cfg.w_bone * loss_bone
+            out["bone"] = float(loss_bone)
+        opt = self.optimizers["lifter"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        out.update({"loss": float(loss), "loss_3d": float(loss_3d), "loss_2d": float(loss_2d),
+                    "adv": float(adv), "adv_temporal": float(adv_t)})
+        return out
+
+
+class Li2020(Method):
+    """Multi-view geometric self-supervision with known cameras (no adversary)."""
+
+    def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
+        super().__init__(cfg, codec)
+        self.extra["root_branch"] = RootBranch(NUM_JOINTS)
+        params = list(self.lifter.parameters()) + list(self.extra["root_branch"].parameters())
+        self.optimizers["lifter"] = torch.optim.Adam(params, lr=cfg.lr)
+
+    def losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """All li2020 loss terms for a batch (B, V, ...) of synchronized views."""
+        cfg = self.cfg
+        c = cfg.depth_offset
+        q = batch["joints_2d_norm"]                                   # (B, V, J, 2)
+        scale, conf = batch["scale"], batch["confidence"]             # (B, V), (B, V, J)
+        to_virtual, centre = batch["world_to_virtual"], batch["centre_m"]
+        b, v = q.shape[:2]
+        flat = q.reshape(b * v, NUM_JOINTS, 2)
+        rel = self.lifter(flat).reshape(b, v, NUM_JOINTS, 3)          # codec units, virtual axes
+        m = self.extra["root_branch"](flat).reshape(b, v)             # metres per unit
+        root_depth = c * scale * m                                    # (B, V) metres
+        posed = rel * m[..., None, None]
+        posed = posed + torch.stack([torch.zeros_like(root_depth)] * 2 + [root_depth], -1)[:, :, None]
+        weight = conf / conf.sum(-1, keepdim=True).clamp(min=1e-6)    # (B, V, J)
+
+        def reproj_error(points_virtual: torch.Tensor, view: int) -> torch.Tensor:
+            """(B, J, 3) metres in view's virtual frame -> confidence-weighted 2D error (B,),
+            head-to-root units (codec units x c)."""
+            pred = project_unit_camera(points_virtual, min_depth=0.05) * scale[:, view, None, None]
+            err = torch.linalg.norm(pred - q[:, view], dim=-1) * c
+            return (err * weight[:, view]).sum(-1)
+
+        own = torch.stack([reproj_error(posed[:, i], i) for i in range(v)], 1).mean()
+        world = torch.einsum("bvji,bvkj->bvki", to_virtual, posed) + centre[:, :, None]
+        pairs = []
+        for i in range(v):
+            for j in range(v):
+                if i != j:
+                    in_j = torch.einsum("bij,bkj->bki", to_virtual[:, j], world[:, i] - centre[:, j, None])
+                    pairs.append(reproj_error(in_j, j))
+        transform = torch.stack(pairs, 1).mean()
+        shape_world = scale_normalised(
+            torch.einsum("bvji,bvkj->bvki", to_virtual, rel).reshape(b * v, NUM_JOINTS, 3)
+        ).reshape(b, v, NUM_JOINTS, 3)
+        consensus = shape_world.mean(1, keepdim=True)
+        consistency = torch.linalg.norm(shape_world - consensus, dim=-1).mean()
+        return {"reproj": own, "transform": transform, "consistency": consistency}
+
+    def step(self, batch, step, gen):
+        cfg = self.cfg
+        terms = self.losses(batch, step)
+        if step < cfg.pretrain_steps:
+            loss = cfg.w_consistency * terms["consistency"] + cfg.w_reproj * terms["reproj"]
+        else:
+            loss = (cfg.w_consistency * terms["consistency"] + cfg.w_reproj * terms["reproj"]
+                    + cfg.w_transform * terms["transform"])
+        opt = self.optimizers["lifter"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss), **{k: float(t) for k, t in terms.items()}}
+
+
+METHOD_CLASSES = {"chen2019": Chen2019, "li2020": Li2020, "supervised": Supervised}
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def _batch(data, index: np.ndarray) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(arr[index]))
+            for name, arr in ds.array_fields(data).items()}
+
+
+def _to_jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Run training; returns the final checkpoint dict (also written to cfg.out).
+
+    data/codec: prepared data object and codec (tests pass small ones); None loads the mocap
+    sources of `cfg` and the canonical codec.
+    """
+    torch.set_num_threads(max(1, cfg.threads))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    codec = codec or canonical_codec(cfg.depth_offset)
+    t_data = time.monotonic()
+    if data is None:
+        sequences = load_training_sequences(cfg.sources, cfg.fps)
+        data = build_data(cfg, sequences, codec)
+        del sequences
+    check_data(cfg, data)
+    logger.info("training data: %s, %d samples, built in %.1f s", type(data).__name__,
+                len(data), time.monotonic() - t_data)
+
+    torch.manual_seed(cfg.seed)
+    method = METHOD_CLASSES[cfg.method](cfg, codec)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.seed + 2)
+    start_step, seconds_before = 0, 0.0
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["training"]["method"] != cfg.method:
+            raise ValueError(f"--resume: {ckpt_path} was trained with --method "
+                             f"{ckpt['training']['method']}, not {cfg.method}")
+        method.lifter.load_state_dict(ckpt["state_dict"])
+        for name, state in ckpt["extra_state_dicts"].items():
+            method.extra[name].load_state_dict(state)
+        for name, state in ckpt["optimizer_states"].items():
+            method.optimizers[name].load_state_dict(state)
+        gen.set_state(ckpt["rng"]["torch_generator"])
+        rng.bit_generator.state = ckpt["rng"]["numpy"]
+        torch.set_rng_state(ckpt["rng"]["torch_global"])
+        start_step = int(ckpt["step"])
+        seconds_before = float(ckpt["training"]["seconds"])
+        logger.info("resumed %s at step %d", ckpt_path, start_step)
+    (out / "config.json").write_text(json.dumps(
+        {k: _to_jsonable(v) for k, v in dataclasses.asdict(cfg).items()}, indent=2))
+
+    for module in method.modules().values():
+        module.train()
+    log_path = out / LOG_NAME
+    log_file = open(log_path, "a" if resume and log_path.exists() else "w", newline="")
+    writer = None
+    t0 = time.monotonic()
+    last: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    count = 0
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+               desc=f"train {cfg.method}", disable=not progress, dynamic_ncols=True)
+    ckpt = None
+    try:
+        for step in bar:
+            method.set_lr(cfg.lr_final_ratio ** (step / max(1, cfg.steps - 1)))
+            index = rng.integers(0, len(data), cfg.batch)
+            last = method.step(_batch(data, index), step, gen)
+            if not all(math.isfinite(x) for x in last.values()):
+                raise FloatingPointError(f"loss became non-finite at step {step}: {last}; "
+                                         "lower --lr or change the loss weights")
+            for key, val in last.items():
+                sums[key] = sums.get(key, 0.0) + val
+            count += 1
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                row = {"step": step + 1, "seconds": round(seconds_before + time.monotonic() - t0, 2)}
+                row.update({k: round(v / count, 6) for k, v in sums.items()})
+                if writer is None:
+                    writer = csv.DictWriter(log_file, fieldnames=list(row))
+                    if log_file.tell() == 0:
+                        writer.writeheader()
+                writer.writerow(row)
+                log_file.flush()
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                sums, count = {}, 0
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                ckpt = _checkpoint(cfg, method, codec, data, step + 1,
+                                   seconds_before + time.monotonic() - t0, last, gen, rng)
+                tmp = ckpt_path.with_suffix(".tmp")
+                torch.save(ckpt, tmp)
+                tmp.replace(ckpt_path)
+    finally:
+        log_file.close()
+        bar.close()
+    if ckpt is None:  # resumed a finished run
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return ckpt
+
+
+def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: float,
+                last: dict[str, float], gen: torch.Generator, rng: np.random.Generator) -> dict:
+    return {
+        "model_config": cfg.model_config(),
+        "state_dict": method.lifter.state_dict(),
+        "codec": codec.to_metadata(),
+        "training": {
+            "method": cfg.method, "steps": step, "batch": cfg.batch, "seed": cfg.seed,
+            "data": {"sources": list(cfg.sources), "split": "train", "fps": cfg.fps,
+                     "samples": len(data), "kind": type(data).__name__,
+                     "retargeted_to": "canonical bone lengths (engines.mocap)"},
+            "seconds": round(seconds, 1), "final_losses": {k: round(v, 6) for k, v in last.items()},
+            "config": {k: _to_jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
+        },
+        "step": step,
+        "extra_state_dicts": {k: m.state_dict() for k, m in method.extra.items()},
+        "optimizer_states": {k: o.state_dict() for k, o in method.optimizers.items()},
+        "rng": {"torch_generator": gen.get_state(), "numpy": rng.bit_generator.state,
+                "torch_global": torch.get_rng_state()},
+    }
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    defaults = TrainConfig(method="li2020", out="")
+    p = argparse.ArgumentParser(
+        prog="python -m engines.train",
+        description="Train the 2D-to-3D lifter on shared mocap projected to 2D. chen2019 and "
+                    "li2020 never see 3D labels; supervised is the reference upper bound.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.csv, config.json")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps in all")
+    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--resume", action="store_true", help="continue --out/checkpoint.pt")
+    p.add_argument("--sources", nargs="+", default=list(defaults.sources),
+                   help="mocap sources (engines.mocap), training split")
+    p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    p.add_argument("--fps", type=float, default=defaults.fps, help="mocap resampling rate")
+    p.add_argument("--max-poses", type=int, default=defaults.max_poses,
+                   help="random subset of this many poses/windows (0 = all)")
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--width", type=int, default=defaults.width)
+    p.add_argument("--blocks", type=int, default=defaults.blocks)
+    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument("--head", choices=("depth", "xyz"), default=defaults.head)
+    p.add_argument("--noise-px", type=float, default=defaults.noise_px, help="2D noise std, px")
+    p.add_argument("--views", type=int, default=defaults.views, help="li2020 cameras per pose")
+    p.add_argument("--gan", choices=("lsgan", "wgan-gp"), default=defaults.gan)
+    p.add_argument("--critic-steps", type=int, default=defaults.critic_steps)
+    p.add_argument("--lr-critic", type=float, default=defaults.lr_critic)
+    p.add_argument("--w-adv", type=float, default=defaults.w_adv)
+    p.add_argument("--w-temporal", type=float, default=defaults.w_temporal)
+    p.add_argument("--w-3d", type=float, default=defaults.w_3d)
+    p.add_argument("--w-2d", type=float, default=defaults.w_2d)
+    p.add_argument("--w-bone", type=float, default=defaults.w_bone,
+                   help="chen2019 bone-length-ratio prior weight (0 = off)")
+    p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps,
+                   help="li2020 steps with the consistency loss only")
+    p.add_argument("--w-transform", type=float, default=defaults.w_transform)
+    p.add_argument("--w-consistency", type=float, default=defaults.w_consistency)
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(
+        method=a.method, out=a.out, steps=a.steps, batch=a.batch, seed=a.seed,
+        sources=tuple(a.sources), fps=a.fps, max_poses=a.max_poses, threads=a.threads, lr=a.lr,
+        width=a.width, blocks=a.blocks, dropout=a.dropout, head=a.head, noise_px=a.noise_px,
+        views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
+        w_adv=a.w_adv, w_temporal=a.w_temporal, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
+        pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
+        w_consistency=a.w_consistency, checkpoint_every=a.checkpoint_every)
+    return cfg, a.resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg, resume = parse_args(argv)
+        ckpt = train(cfg, resume=resume)
+    except (ds.DataError, ValueError, FileNotFoundError, FloatingPointError) as err:
+        logger.error("%s", err)
+        return 2
+    logger.info("done: %d steps in %.0f s, final losses %s -> %s", ckpt["step"],
+                ckpt["training"]["seconds"], ckpt["training"]["final_losses"],
+                Path(cfg.out) / CHECKPOINT_NAME)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
