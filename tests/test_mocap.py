@@ -1,0 +1,122 @@
+"""Mocap sources as 17-joint poses (engines/mocap.py): shapes, units, sides, retargeting, cache."""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines import mocap
+from engines.skeleton import BONES, NUM_JOINTS, Joint, bone_lengths
+
+SHARED = Path(os.environ.get("POSESTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Each test parses into its own cache folder, so the tests also cover a cold start."""
+    monkeypatch.setenv("POSESTREAM_CACHE", str(tmp_path / "cache"))
+
+
+def _thigh_mm(poses: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(poses[:, Joint.L_KNEE] - poses[:, Joint.L_HIP], axis=-1)
+
+
+def _check_world_pose(poses: np.ndarray) -> None:
+    assert poses.ndim == 3 and poses.shape[1:] == (NUM_JOINTS, 3) and poses.dtype == np.float32
+    np.testing.assert_allclose(poses[:, Joint.PELVIS], 0.0, atol=1e-3)
+    # units and up axis: thigh 350-500 mm, head above the pelvis above the ankles (+Y up)
+    assert 350 < np.median(_thigh_mm(poses)) < 500
+    assert np.median(poses[:, Joint.HEAD, 1]) > 400
+    assert np.median(poses[:, Joint.L_ANKLE, 1]) < -600
+    # the pelvis is the midpoint of the hips
+    np.testing.assert_allclose(poses[:, Joint.L_HIP] + poses[:, Joint.R_HIP], 0.0, atol=1e-2)
+
+
+def _left_is_left(poses: np.ndarray) -> float:
+    """Fraction of bent-knee poses whose l_hip lies on the subject's left.
+
+    Knees only bend forwards, so a bent knee shows where the subject faces: forward = the knee's
+    offset from the hip-ankle midpoint, horizontal. With +Y up, the subject's left is up x forward
+    (as in a +Z-forward, +X-left body frame). A mirrored skeleton gives a fraction near 0.
+    """
+    up = np.array([0.0, 1.0, 0.0])
+    votes = []
+    for hip, knee, ankle in ((Joint.L_HIP, Joint.L_KNEE, Joint.L_ANKLE),
+                             (Joint.R_HIP, Joint.R_KNEE, Joint.R_ANKLE)):
+        bend = poses[:, knee] - (poses[:, hip] + poses[:, ankle]) / 2
+        bend[:, 1] = 0.0
+        bent = np.linalg.norm(bend, axis=-1) > 40  # mm: clearly bent
+        left = np.cross(up, bend[bent])
+        votes.append(np.sum(left * (poses[bent, Joint.L_HIP] - poses[bent, Joint.R_HIP]), -1) > 0)
+    votes = np.concatenate(votes)
+    assert len(votes) > 50, "too few bent knees to judge left and right"
+    return float(np.mean(votes))
+
+
+def test_cmu_expmap_train_and_test_splits():
+    train = mocap.load_poses(("cmu_expmap",), split="train", shared_dir=SHARED, fps=30)
+    test = mocap.load_poses(("cmu_expmap",), split="test", shared_dir=SHARED, fps=30)
+    _check_world_pose(train)
+    _check_world_pose(test)
+    assert _left_is_left(train) > 0.9 and _left_is_left(test) > 0.9
+    # 32 train clips of 120 fps, every 4th frame of frames 1.. : about 34,000 / 4
+    assert 8000 < len(train) < 8800 and 1500 < len(test) < 1800
+    # one CMU subject: bone lengths are those of the data README (LeftKnee -> LeftAnkle 411.32)
+    shin = np.linalg.norm(test[:, Joint.L_ANKLE] - test[:, Joint.L_KNEE], axis=-1)
+    np.testing.assert_allclose(shin, 411.32, atol=0.05)
+
+
+def test_sequences_keep_time_order_at_the_requested_rate():
+    seqs = mocap.load_sequences(("cmu_expmap",), split="test", shared_dir=SHARED, fps=30)
+    assert len(seqs) == 6 and all(s.shape[1:] == (NUM_JOINTS, 3) for s in seqs)
+    full = mocap.load_sequences(("cmu_expmap",), split="test", shared_dir=SHARED, fps=None)
+    for sub, whole in zip(seqs, full):
+        np.testing.assert_array_equal(sub, whole[::4])
+        # consecutive frames at 30 fps move a joint by centimetres, not metres
+        step = np.linalg.norm(np.diff(sub, axis=0), axis=-1)
+        assert np.median(step) < 40
+
+
+def test_second_load_comes_from_the_cache_in_under_a_second():
+    first = mocap.load_poses(("cmu_expmap",), shared_dir=SHARED)
+    assert any(Path(os.environ["POSESTREAM_CACHE"]).glob("cmu_expmap-train-*.npz"))
+    start = time.perf_counter()
+    second = mocap.load_poses(("cmu_expmap",), shared_dir=SHARED)
+    assert time.perf_counter() - start < 1.0
+    np.testing.assert_array_equal(first, second)
+
+
+def test_retarget_gives_exactly_the_target_bone_lengths_and_keeps_directions():
+    poses = mocap.load_poses(("cmu_expmap",), split="test", shared_dir=SHARED)[::10]
+    out = mocap.retarget(poses, mocap.CANONICAL_BONE_LENGTHS_MM)
+    assert out.shape == poses.shape and out.dtype == np.float32
+    np.testing.assert_allclose(bone_lengths(out),
+                               np.broadcast_to(mocap.CANONICAL_BONE_LENGTHS_MM, (len(out), len(BONES))),
+                               atol=1e-3)
+    for child, parent in BONES:
+        a = poses[:, child] - poses[:, parent]
+        b = out[:, child] - out[:, parent]
+        cos = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+        assert cos.min() > 1 - 1e-6
+    # per-pose lengths broadcast too
+    lengths = np.linspace(100, 400, len(BONES))[None].repeat(len(poses), 0) * np.arange(1, len(poses) + 1)[:, None]
+    np.testing.assert_allclose(bone_lengths(mocap.retarget(poses, lengths)), lengths, rtol=1e-5)
+
+
+def test_canonical_lengths_are_adult_human36m_proportions():
+    L = dict(zip([c for c, _ in BONES], mocap.CANONICAL_BONE_LENGTHS_MM))
+    assert L[Joint.L_KNEE] == L[Joint.R_KNEE] == pytest.approx(443, abs=1)
+    assert L[Joint.R_ANKLE] == pytest.approx(454, abs=1)
+    assert 2 * L[Joint.L_HIP] == pytest.approx(266, abs=1)
+    assert L[Joint.SPINE] + L[Joint.THORAX] == pytest.approx(1.16 * 421, abs=5)
+
+
+def test_bad_arguments_say_what_is_wrong():
+    with pytest.raises(ValueError, match="unknown mocap source"):
+        mocap.load_poses(("h36m",), shared_dir=SHARED)
+    with pytest.raises(ValueError, match="only cmu_expmap has a test split"):
+        mocap.load_poses(("cmu_bvh",), split="test", shared_dir=SHARED)
+    with pytest.raises(FileNotFoundError, match="POSESTREAM_SHARED"):
+        mocap.load_poses(("cmu_expmap",), shared_dir=SHARED / "nowhere")
