@@ -1,0 +1,338 @@
+"""TensorRT backend: build a plan from the exported ONNX, cache it, run it (NVIDIA GPUs only).
+
+Optional: needs `pip install .[tensorrt]` (tensorrt 10.x and cuda-python) and a CUDA GPU.
+`unavailable_reason()` says why it cannot run here; `engines.runtime` then falls back to
+ONNX Runtime. Device memory and streams go through cuda-python's CUDA runtime bindings
+(cudart), not torch: this is runtime code and must not import torch.
+
+Plans are specific to the GPU model and the TensorRT version, so a plan is cached under a key
+made of the GPU name, the TensorRT version, the ONNX file's sha256, the batch range and the
+precision: `<onnx stem>.<key>.plan`, beside the ONNX file when that folder is writable,
+else in ~/.cache/posestream (or $XDG_CACHE_HOME/posestream). Building takes seconds to a minute;
+loading a cached plan takes milliseconds.
+
+Written against TensorRT 10's documented Python API (Builder, OnnxParser, IBuilderConfig,
+build_serialized_network, Runtime.deserialize_cuda_engine, IExecutionContext.set_input_shape /
+set_tensor_address / execute_async_v3). Our machines have no GPU: tests/test_tensorrt.py runs
+the parts that need none and skips the rest with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Workspace TensorRT may use while building, bytes. The lifter is a small MLP; 256 MiB is ample.
+WORKSPACE_BYTES: int = 1 << 28
+#: Batch size the optimisation profile is tuned for: the live pipeline lifts one pose at a time.
+OPT_BATCH: int = 1
+PLAN_SUFFIX: str = ".plan"
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT or CUDA failed; the message says which call and what to try."""
+
+
+# --- availability ---------------------------------------------------------------------------------
+
+def _import_tensorrt():
+    import tensorrt
+
+    return tensorrt
+
+
+def _import_cudart():
+    """cuda-python's runtime bindings: `cuda.bindings.runtime` (12.6+), else `cuda.cudart`."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart
+    return cudart
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None when TensorRT can run here; otherwise why not, for people (cached; `cache_clear()`)."""
+    try:
+        trt = _import_tensorrt()
+    except ImportError as err:
+        return (
+            f"the tensorrt module is not installed ({err}); on a machine with an NVIDIA GPU "
+            "install the extra: pip install .[tensorrt]"
+        )
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        return f"tensorrt {trt.__version__} is too old; this backend needs TensorRT 10.x"
+    try:
+        cudart = _import_cudart()
+    except ImportError as err:
+        return f"cuda-python is not installed ({err}); pip install .[tensorrt]"
+    try:
+        count = _cuda(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except TensorRTError as err:
+        return f"no usable CUDA device ({err})"
+    if count < 1:
+        return "no CUDA GPU found"
+    return None
+
+
+def _cuda(cudart: Any, result: tuple, call: str) -> Any:
+    """Unpack a cuda-python result tuple (err, *values); raise TensorRTError on an error code."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, name = cudart.cudaGetErrorName(err)
+        raise TensorRTError(f"CUDA call {call} failed: {name.decode() if isinstance(name, bytes) else name}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_name(device: int = 0) -> str:
+    """Name of CUDA device `device`, e.g. "NVIDIA H100 80GB HBM3"."""
+    cudart = _import_cudart()
+    props = _cuda(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name
+    if isinstance(name, bytes):
+        name = name.split(b"\0", 1)[0].decode(errors="replace")
+    return str(name).strip()
+
+
+# --- the plan cache ---------------------------------------------------------------------------------
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_cache_key(gpu: str, trt_version: str, onnx_sha256: str, batch_max: int, fp16: bool) -> str:
+    """File-name-safe key of one plan: everything a plan depends on.
+
+    gpu: device name; trt_version: tensorrt.__version__; onnx_sha256: hex digest of the ONNX
+    file; batch_max: top of the batch profile; fp16: precision. Example:
+    "nvidia-h100-80gb-hbm3.trt10.13.3.9.1f2e3d4c5b6a7980.b64.fp16".
+    """
+    if not re.fullmatch(r"[0-9a-f]{16,64}", onnx_sha256):
+        raise ValueError(f"onnx_sha256 must be a hex digest, got {onnx_sha256!r}")
+    if batch_max < 1:
+        raise ValueError(f"batch_max must be >= 1, got {batch_max}")
+    gpu_slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "unknown-gpu"
+    version = re.sub(r"[^0-9A-Za-z.]+", "-", str(trt_version))
+    return f"{gpu_slug}.trt{version}.{onnx_sha256[:16]}.b{batch_max}.{'fp16' if fp16 else 'fp32'}"
+
+
+def default_cache_dir() -> Path:
+    """~/.cache/posestream, or $XDG_CACHE_HOME/posestream when set."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "posestream"
+
+
+def plan_path(onnx_path: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the plan for `onnx_path` under `key` lives.
+
+    cache_dir given: there. Else beside the ONNX file when its folder is writable (so an
+    exported engine folder carries its plan), else `default_cache_dir()`.
+    """
+    onnx_path = Path(onnx_path)
+    name = f"{onnx_path.stem}.{key}{PLAN_SUFFIX}"
+    if cache_dir is not None:
+        return Path(cache_dir) / name
+    folder = onnx_path.resolve().parent
+    if os.access(folder, os.W_OK):
+        return folder / name
+    return default_cache_dir() / name
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a plan."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- build ------------------------------------------------------------------------------------------
+
+def _trt_logger(trt: Any):
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def build_plan(onnx_path: str | Path, batch_max: int, fp16: bool | None = None) -> tuple[bytes, bool]:
+    """Build a serialized TensorRT plan from an ONNX file.
+
+    The batch axis of every input gets one optimisation profile: min 1, opt OPT_BATCH, max
+    batch_max. fp16: None uses FP16 when the GPU has fast FP16 (`platform_has_fast_fp16`).
+    Returns (plan bytes, fp16 used). Raises TensorRTError with the parser's errors.
+    """
+    trt = _import_tensorrt()
+    logger_trt = _trt_logger(trt)
+    builder = trt.Builder(logger_trt)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger_trt)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTError(f"TensorRT could not parse {onnx_path}: {errors or 'no details'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if fp16 is None:
+        fp16 = bool(getattr(builder, "platform_has_fast_fp16", False))
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape[1:]):
+            raise TensorRTError(
+                f"{onnx_path}: input {tensor.name} has dynamic axes {shape} beyond the batch; "
+                "re-export with python -m engines.export"
+            )
+        profile.set_shape(
+            tensor.name, (1, *shape[1:]), (min(OPT_BATCH, batch_max), *shape[1:]), (batch_max, *shape[1:])
+        )
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTError(
+            f"TensorRT failed to build a plan for {onnx_path} (see the TensorRT log above); "
+            "try --backend onnxruntime"
+        )
+    return bytes(serialized), fp16
+
+
+def load_or_build_plan(
+    onnx_path: str | Path, batch_max: int = 64, cache_dir: str | Path | None = None,
+    fp16: bool | None = None, rebuild: bool = False,
+) -> tuple[bytes, Path]:
+    """The plan for `onnx_path` on this GPU: read from the cache, or built and cached.
+
+    Returns (plan bytes, path of the cached plan).
+    """
+    trt = _import_tensorrt()
+    if fp16 is None:
+        fp16 = bool(getattr(trt.Builder(_trt_logger(trt)), "platform_has_fast_fp16", False))
+    key = plan_cache_key(gpu_name(), trt.__version__, file_sha256(onnx_path), batch_max, fp16)
+    path = plan_path(onnx_path, key, cache_dir)
+    if path.is_file() and not rebuild:
+        logger.debug("TensorRT plan cache hit: %s", path)
+        return path.read_bytes(), path
+    logger.info("building TensorRT plan for %s (batch 1..%d, %s); cached at %s",
+                onnx_path, batch_max, "FP16" if fp16 else "FP32", path)
+    plan, _ = build_plan(onnx_path, batch_max, fp16)
+    try:
+        _write_atomic(path, plan)
+    except OSError as err:  # a read-only cache costs a rebuild next time, nothing more
+        logger.warning("could not cache the TensorRT plan at %s (%s)", path, err)
+    return plan, path
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+class TensorRTSession:
+    """One deserialized plan with its execution context, device buffers and CUDA stream.
+
+    `run(inputs: dict[str, ndarray]) -> dict[str, ndarray]`, batch 1..batch_max. Buffers are
+    allocated once for batch_max; each call copies in, runs on the stream, copies out.
+    """
+
+    def __init__(
+        self, onnx_path: str | Path, batch_max: int = 64, cache_dir: str | Path | None = None,
+        fp16: bool | None = None,
+    ) -> None:
+        reason = unavailable_reason()
+        if reason is not None:
+            raise TensorRTError(f"TensorRT backend unavailable: {reason}")
+        self._trt = trt = _import_tensorrt()
+        self._cudart = cudart = _import_cudart()
+        self.batch_max = batch_max
+        self._buffers: dict[str, int] = {}
+        self._stream = None
+        plan, self.plan_path = load_or_build_plan(onnx_path, batch_max, cache_dir, fp16)
+        self._runtime = trt.Runtime(_trt_logger(trt))
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:  # a stale or damaged cached plan: rebuild once
+            logger.warning("cached TensorRT plan %s did not load; rebuilding", self.plan_path)
+            plan, self.plan_path = load_or_build_plan(onnx_path, batch_max, cache_dir, fp16, rebuild=True)
+            self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise TensorRTError(f"TensorRT could not deserialize the plan built from {onnx_path}")
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_names = [n for n in names if is_input[n]]
+        self.output_names = [n for n in names if not is_input[n]]
+        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
+        self._stream = _cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        for name in names:
+            shape = list(self._engine.get_tensor_shape(name))
+            shape[0] = batch_max
+            nbytes = int(np.prod(shape)) * self._dtypes[name].itemsize
+            self._buffers[name] = _cuda(cudart, cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})")
+            self._context.set_tensor_address(name, int(self._buffers[name]))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """inputs: {name: (B, ...) array}, 1 <= B <= batch_max; returns {output name: array}."""
+        cudart = self._cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        keep_alive = []
+        for name in self.input_names:
+            arr = np.ascontiguousarray(inputs[name], dtype=self._dtypes[name])
+            if not 1 <= arr.shape[0] <= self.batch_max:
+                raise ValueError(
+                    f"batch {arr.shape[0]} is outside this TensorRT plan's range 1..{self.batch_max}; "
+                    "load the engine with a larger trt_batch_max"
+                )
+            if not self._context.set_input_shape(name, tuple(arr.shape)):
+                raise ValueError(f"TensorRT rejected input shape {arr.shape} for {name}")
+            keep_alive.append(arr)
+            _cuda(cudart, cudart.cudaMemcpyAsync(self._buffers[name], arr.ctypes.data, arr.nbytes, h2d,
+                                                 self._stream), "cudaMemcpyAsync(HtoD)")
+        outputs = {
+            name: np.empty(tuple(self._context.get_tensor_shape(name)), dtype=self._dtypes[name])
+            for name in self.output_names
+        }
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise TensorRTError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        for name, out in outputs.items():
+            _cuda(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name], out.nbytes, d2h,
+                                                 self._stream), "cudaMemcpyAsync(DtoH)")
+        _cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        del keep_alive
+        return outputs
+
+    def close(self) -> None:
+        """Free device buffers and the stream (also on garbage collection)."""
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
+            return
+        for ptr in getattr(self, "_buffers", {}).values():
+            cudart.cudaFree(ptr)
+        self._buffers = {}
+        if getattr(self, "_stream", None) is not None:
+            cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the CUDA bindings may be gone already
+            pass
