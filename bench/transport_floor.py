@@ -1,0 +1,344 @@
+"""The transport floor: the pipeline's topology with no work in it.
+
+    python -m bench.transport_floor [--fps 30] [--frames 300] [--image 1280x720] [--json OUT]
+
+Five real OS processes named like the pipeline's stages (capture -> detect -> lift -> smooth ->
+output -> PUB) and a subscriber, joined by the pipeline's own edges (`pipeline.transport`:
+credit-based ROUTER/DEALER, newest wins, on ipc sockets in a private directory) and the
+output's XPUB. Each process does what the stage runner does around a stage and nothing else:
+receive, decode, stamp, encode a message of the type and size the real stage sends
+(`Frame` of the video's size, `Keypoints2D`, `Pose3D`), send. So the figures are the least
+the pipeline can cost on this machine: per hop, and from capture to subscriber.
+
+Paced (`--fps 30`, the camera case: small jobs slow down after idle gaps, so pacing matters)
+and back to back (`--fps 0`: the next frame leaves as soon as the previous one was taken).
+Also measured in-process: what `pipeline.schema` encode + decode costs per message type, and
+plain msgpack of a pose-sized map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+from bench import report
+from engines.skeleton import NUM_JOINTS
+from pipeline.schema import Frame, Keypoints2D, Pose3D, decode, encode, with_stamp
+from pipeline.transport import EdgeReceiver, EdgeSender, now_ns, open_socket, poll_once
+
+log = logging.getLogger(__name__)
+
+#: the stages of the null chain, in path order (the pipeline's names, so the breakdown of
+#: both has the same keys)
+CHAIN: tuple[str, ...] = ("capture", "detect", "lift", "smooth", "output")
+TOPIC = b"pose3d"
+POLL_MS = 100
+
+
+# --------------------------------------------------------------------------- messages
+def template(kind: str, image_wh: tuple[int, int] = (1280, 720)) -> Any:
+    """A message of the type and size a stage sends: kind "frame", "keypoints" or "pose"."""
+    rng = np.random.default_rng(0)
+    if kind == "frame":
+        w, h = image_wh
+        return Frame(frame_id=0, t_capture_ns=0, image=rng.integers(0, 255, (h, w, 3), np.uint8),
+                     source="floor")
+    joints_2d = rng.uniform(0, 640, (NUM_JOINTS, 2)).astype(np.float32)
+    conf = rng.uniform(0, 1, NUM_JOINTS).astype(np.float32)
+    if kind == "keypoints":
+        return Keypoints2D(frame_id=0, t_capture_ns=0, image_size=image_wh, person_present=True,
+                           joints_2d_px=joints_2d, confidence=conf)
+    if kind == "pose":
+        joints_3d = rng.normal(0, 0.5, (NUM_JOINTS, 3)).astype(np.float32)
+        return Pose3D(frame_id=0, t_capture_ns=0, image_size=image_wh, person_present=True,
+                      joints_3d_m=joints_3d, root_m=joints_3d[0].copy(), joints_2d_px=joints_2d,
+                      confidence=conf, reproj_err_px=np.abs(joints_2d[:, 0] / 100),
+                      engine_id="0123456789ab")
+    raise ValueError(f"kind must be frame, keypoints or pose, got {kind!r}")
+
+
+#: what each stage of the chain sends
+OUTPUT_KIND: dict[str, str] = {
+    "capture": "frame", "detect": "keypoints", "lift": "pose", "smooth": "pose", "output": "pose",
+}
+
+
+# --------------------------------------------------------------------------- child processes
+def _source(endpoint: str, image_wh: tuple[int, int], fps: float, frames: int,
+            ready: Any, go: Any) -> None:
+    """capture: frames paced at `fps` (0: back to back), then end of stream."""
+    ctx = zmq.Context()
+    tx = EdgeSender(ctx, endpoint, "latest")
+    try:
+        tmpl = template("frame", image_wh)
+        poller = zmq.Poller()
+        poller.register(tx.socket, zmq.POLLIN)
+        ready.set()
+        go.wait()
+        period_ns = int(1e9 / fps) if fps > 0 else 0
+        t0 = now_ns()
+        sent = 0
+        while sent < frames:
+            wait_ns = t0 + sent * period_ns - now_ns() if period_ns else 0
+            if wait_ns > 0 or (not period_ns and tx.backlog):
+                timeout_ms = -(-wait_ns // 1_000_000) if wait_ns > 0 else POLL_MS
+                if tx.socket in poll_once(poller, timeout_ms):
+                    tx.on_readable()
+                continue
+            t_capture = now_ns()
+            msg = dataclasses.replace(tmpl, frame_id=sent, t_capture_ns=t_capture)
+            msg = with_stamp(msg, "capture", t_capture, now_ns())
+            tx.offer(encode(msg))
+            sent += 1
+        tx.end()
+        deadline = time.monotonic() + 5.0
+        while not tx.finished and time.monotonic() < deadline:
+            if tx.socket in poll_once(poller, POLL_MS):
+                tx.on_readable()
+    finally:
+        tx.close()
+        ctx.term()
+
+
+def _relay(name: str, in_endpoint: str, out_endpoint: str, image_wh: tuple[int, int],
+           ready: Any, counters: Any) -> None:
+    """detect / lift / smooth / output with no work: receive, decode, stamp, encode, send.
+
+    `output` publishes on an XPUB (as stages/output.py does) and says ready only once the
+    subscriber's subscription has arrived.
+    """
+    ctx = zmq.Context()
+    rx = EdgeReceiver(ctx, in_endpoint)
+    is_sink = name == "output"
+    tx = None
+    pub = None
+    try:
+        tmpl = template(OUTPUT_KIND[name], image_wh)
+        poller = zmq.Poller()
+        poller.register(rx.socket, zmq.POLLIN)
+        if is_sink:
+            pub = open_socket(ctx, zmq.XPUB, bind=out_endpoint, sndhwm=64, rcvhwm=64)
+            if not pub.poll(10_000, zmq.POLLIN):
+                raise RuntimeError("floor: no subscriber within 10 s")
+            pub.recv()
+        else:
+            tx = EdgeSender(ctx, out_endpoint, "latest")
+            poller.register(tx.socket, zmq.POLLIN)
+        ready.set()
+        while True:
+            if not rx.waiting:
+                rx.request()
+            got_socks = poll_once(poller, POLL_MS)
+            if tx is not None and tx.socket in got_socks:
+                tx.on_readable()
+            if rx.socket in got_socks:
+                got = rx.receive()
+                t_in = now_ns()
+                if got is EdgeReceiver.END:
+                    break
+                if got is not None:
+                    msg = decode(got)
+                    out = dataclasses.replace(
+                        tmpl, frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns,
+                        stamps=msg.stamps + ((name, t_in, now_ns()),),
+                    )
+                    if is_sink:
+                        pub.send_multipart([TOPIC, *encode(out)], copy=True)
+                    else:
+                        tx.offer(encode(out))
+            rx.tick()
+        if tx is not None:
+            tx.end()
+            deadline = time.monotonic() + 5.0
+            while not tx.finished and time.monotonic() < deadline:
+                if tx.socket in poll_once(poller, POLL_MS):
+                    tx.on_readable()
+        counters[name] = {"dropped_out": tx.dropped if tx else 0, "dropped_in": rx.dropped}
+    finally:
+        rx.close()
+        if tx is not None:
+            tx.close()
+        if pub is not None:
+            pub.close(linger=500)
+        ctx.term()
+
+
+# --------------------------------------------------------------------------- the run
+def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
+              image_wh: tuple[int, int] = (1280, 720), transport: str = "ipc") -> dict[str, Any]:
+    """Run the null chain once; return report.breakdown(...) plus throughput, drops, CPU.
+
+    fps: pacing of the source, 0 for back to back. frames: how many the source sends;
+    the first `warmup` received are left out of the figures. transport: "ipc" or "tcp".
+    """
+    run_dir = tempfile.mkdtemp(prefix="posestream-floor-")
+    if transport == "ipc":
+        eps = [f"ipc://{run_dir}/e{i}.sock" for i in range(len(CHAIN))]
+    else:
+        from pipeline.graph import _free_ports
+
+        eps = [f"tcp://127.0.0.1:{p}" for p in _free_ports(len(CHAIN))]
+    spawn = mp.get_context("spawn")
+    manager_counters = spawn.Manager()
+    counters = manager_counters.dict()
+    go = spawn.Event()
+    readies = {name: spawn.Event() for name in CHAIN}
+    procs: dict[str, Any] = {
+        "capture": spawn.Process(target=_source, name="floor-capture",
+                                 args=(eps[0], image_wh, fps, frames, readies["capture"], go))
+    }
+    for i, name in enumerate(CHAIN[1:], start=1):
+        procs[name] = spawn.Process(target=_relay, name=f"floor-{name}",
+                                    args=(name, eps[i - 1], eps[i], image_wh, readies[name],
+                                          counters))
+    ctx = zmq.Context()
+    sub = open_socket(ctx, zmq.SUB, connect=eps[-1], rcvhwm=1000)
+    sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+    records: list[tuple[int, int, tuple, int]] = []
+    try:
+        for p in procs.values():
+            p.start()
+        deadline = time.monotonic() + 60.0
+        for name, ev in readies.items():
+            if not ev.wait(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"floor: process {name} did not get ready within 60 s")
+        cpu = report.CpuMeter({name: p.pid for name, p in procs.items()})
+        cpu.start()
+        go.set()
+        idle_s = 2.0 + (1.0 / fps if fps > 0 else 0)
+        while True:
+            if not sub.poll(int(idle_s * 1000), zmq.POLLIN):
+                break
+            parts = sub.recv_multipart(copy=False)
+            t_recv = now_ns()
+            msg = decode(parts[1:])
+            records.append((msg.frame_id, msg.t_capture_ns, msg.stamps, t_recv))
+            if msg.frame_id >= frames - 1:
+                break
+        cpu_percent = cpu.stop()
+        for p in procs.values():
+            p.join(timeout=5.0)
+        drops = dict(counters)
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=2.0)
+        manager_counters.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    measured = [r for r in records if r[0] >= warmup]
+    out = report.breakdown(measured, 1000.0 / fps if fps > 0 else None)
+    out.update(
+        fps_in=fps,
+        frames_sent=frames,
+        frames_received=len(records),
+        warmup=warmup,
+        throughput_fps=report.throughput_fps([r[3] for r in measured]),
+        drops=drops,
+        cpu_percent=cpu_percent,
+        image_wh=list(image_wh),
+        transport=transport,
+    )
+    return out
+
+
+def codec_costs(image_wh: tuple[int, int] = (1280, 720), repeat: int = 2000) -> dict[str, Any]:
+    """In-process cost, microseconds per call (p50 / p99): schema encode + decode per message
+    type, with_stamp + dataclasses.replace as the runner does, and plain msgpack of a
+    pose-sized map (the least any msgpack wire format can cost)."""
+    out: dict[str, Any] = {}
+    for kind in ("frame", "keypoints", "pose"):
+        msg = template(kind, image_wh)
+        samples = []
+        for _ in range(repeat if kind != "frame" else repeat // 4):
+            t0 = time.perf_counter_ns()
+            frames = encode(msg)
+            decode([bytes(f) if kind != "frame" else f for f in frames])
+            samples.append((time.perf_counter_ns() - t0) / 1e3)
+        out[f"schema_{kind}_encode_decode_us"] = _us(samples)
+    pose = template("pose", image_wh)
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        dataclasses.replace(pose, frame_id=1, stamps=pose.stamps + (("x", 1, 2),))
+        samples.append((time.perf_counter_ns() - t0) / 1e3)
+    out["replace_stamp_pose_us"] = _us(samples)
+    plain = {k: (v.tobytes() if isinstance(v, np.ndarray) else v)
+             for k, v in dataclasses.asdict(pose).items()}
+    plain["stamps"] = [["capture", 1, 2], ["detect", 3, 4], ["lift", 5, 6]]
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        msgpack.unpackb(msgpack.packb(plain, use_bin_type=True), raw=False)
+        samples.append((time.perf_counter_ns() - t0) / 1e3)
+    out["msgpack_pose_pack_unpack_us"] = _us(samples)
+    return out
+
+
+def _us(samples: list[float]) -> dict[str, float]:
+    a = np.asarray(samples[len(samples) // 10:])  # first tenth: warm-up
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
+
+
+# --------------------------------------------------------------------------- CLI
+def floor_rows(label: str, floor: dict[str, Any]) -> list[list[Any]]:
+    """Table rows (label, n, p50, p95, p99) for the hops and the whole chain of one run."""
+    rows = [report.summary_row(f"{label} hop {k}", v) for k, v in floor["hops"].items()]
+    rows.append(report.summary_row(f"{label} capture->subscriber", floor["e2e"]))
+    return rows
+
+
+def parse_wh(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.transport_floor",
+        description="The least the pipeline's transport costs here: its topology with no work.",
+    )
+    parser.add_argument("--fps", type=float, nargs="+", default=[30.0, 0.0],
+                        help="source rates to measure; 0 = back to back (default 30 0)")
+    parser.add_argument("--frames", type=int, default=300, help="frames per run (default 300)")
+    parser.add_argument("--warmup", type=int, default=30, help="frames left out (default 30)")
+    parser.add_argument("--image", type=parse_wh, default=(1280, 720),
+                        help="frame size WxH (default 1280x720, the sample video)")
+    parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    parser.add_argument("--json", metavar="OUT", help="write every figure as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    results: dict[str, Any] = {"machine": report.machine_info(), "runs": {}}
+    rows = []
+    for fps in args.fps:
+        label = f"{fps:g} fps" if fps > 0 else "back to back"
+        floor = run_chain(fps, args.frames, args.warmup, args.image, args.transport)
+        results["runs"][label] = floor
+        rows += floor_rows(label, floor)
+    results["codec"] = codec_costs(args.image)
+    print(f"transport floor: {args.transport}, frame {args.image[0]}x{args.image[1]}, "
+          f"load {results['machine']['loadavg']}")
+    print(report.table(["one-way latency, ms", "n", "p50", "p95", "p99"], rows, 3))
+    print()
+    print(report.table(["in-process, us", "p50", "p99"],
+                       [[k, v["p50"], v["p99"]] for k, v in results["codec"].items()], 1))
+    if args.json:
+        report.write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
