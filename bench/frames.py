@@ -1,0 +1,139 @@
+"""The frames every benchmark of one run is fed, and the loop the in-process baselines use: a video decoded once into BMP files in
+memory (/dev/shm), then read back by the capture stage as an image set paced at the
+benchmark's rate (`CaptureConfig(images=..., images_fps=...)`, the `--images` path of
+run_pipeline.py).
+
+Why not the video itself: the capture stage paces a video at the file's own rate (the sample is
+50 fps) and the benchmarks must run at 30, 60 or as fast as possible; and reading a BMP
+(~0.6 ms for 1280x720) costs about what taking a frame from a camera does, so the pipeline and
+the baselines see identical frames at identical cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from bench import report
+from pipeline.config import CaptureConfig
+from pipeline.schema import Frame
+from pipeline.stage import EndOfStream
+from stages.capture import CaptureStage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VIDEO: Path = (
+    Path(os.environ.get("POSESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    / "data" / "footage" / "openpose" / "examples" / "media" / "video.avi"
+)
+
+
+@contextmanager
+def decoded_frames(video: str | Path, max_frames: int | None = None) -> Iterator[Path]:
+    """Decode `video` into numbered BMP files in a temporary directory (RAM-backed where
+    /dev/shm exists); yields the directory, removes it afterwards.
+
+    Raises FileNotFoundError / ValueError with advice when the video is missing or unreadable.
+    """
+    video = Path(video)
+    if not video.is_file():
+        raise FileNotFoundError(f"video {video} does not exist: pass --video FILE")
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    out = Path(tempfile.mkdtemp(prefix="posestream-bench-", dir=base))
+    try:
+        cap = cv2.VideoCapture(str(video))
+        try:
+            n = 0
+            while max_frames is None or n < max_frames:
+                ok, image = cap.read()
+                if not ok:
+                    break
+                cv2.imwrite(str(out / f"{n:06d}.bmp"), image)
+                n += 1
+        finally:
+            cap.release()
+        if n == 0:
+            raise ValueError(f"no frame could be decoded from {video}: is it a video file?")
+        log.info("bench: %d frames of %s decoded into %s", n, video, out)
+        yield out
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def frame_count(folder: Path) -> int:
+    """Number of frames decoded into `folder`."""
+    return len(list(Path(folder).glob("*.bmp")))
+
+
+def capture_config(folder: Path, fps: float | None, max_frames: int | None = None
+                   ) -> CaptureConfig:
+    """The capture stage's config for the frames in `folder`, paced at `fps` (None: as fast as
+    possible)."""
+    return CaptureConfig(
+        images=str(Path(folder) / "*.bmp"),
+        as_fast_as_possible=fps is None,
+        images_fps=float(fps) if fps else 30.0,
+        max_frames=max_frames,
+    )
+
+
+def feed(config: CaptureConfig, handle: Callable[[Frame], dict[str, float] | None],
+         warmup: int = 30) -> dict[str, Any]:
+    """The in-process baselines' loop: frames from the real capture stage (same pacing, same
+    reads as in the pipeline), each handed to `handle(frame)` in this process.
+
+    handle may return {part: ms} to time its parts. Latency per frame: from the frame's
+    `t_capture_ns` to handle's return (monotonic clock, as the pipeline's end to end).
+    Returns {"e2e": summary, "parts": {part: summary}, "throughput_fps", "frames",
+    "cpu_percent" (this process, all threads, % of one core), "series"}; the first `warmup`
+    frames are left out.
+    """
+    cap = CaptureStage(config)
+    cap.open()
+    e2e_ms: list[float] = []
+    frame_ids: list[int] = []
+    done_ns: list[int] = []
+    parts: dict[str, list[float]] = {}
+    cpu0 = wall0 = None
+    try:
+        while True:
+            try:
+                frame = cap.produce()
+            except EndOfStream:
+                break
+            if frame is None:
+                continue
+            if frame.frame_id == warmup:
+                cpu0, wall0 = time.process_time(), time.monotonic()
+            timings = handle(frame)
+            t_done = time.monotonic_ns()
+            if frame.frame_id < warmup:
+                continue
+            e2e_ms.append((t_done - frame.t_capture_ns) / 1e6)
+            frame_ids.append(frame.frame_id)
+            done_ns.append(t_done)
+            for part, ms in (timings or {}).items():
+                parts.setdefault(part, []).append(ms)
+    finally:
+        cap.close()
+    cpu_percent = (
+        100.0 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
+        if cpu0 is not None else float("nan")
+    )
+    return {
+        "frames": len(e2e_ms),
+        "e2e": report.summarize(e2e_ms),
+        "parts": {k: report.summarize(v) for k, v in parts.items()},
+        "throughput_fps": report.throughput_fps(done_ns),
+        "cpu_percent": cpu_percent,
+        "series": {"frame_id": frame_ids, "e2e_ms": e2e_ms},
+    }
