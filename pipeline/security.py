@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 LOCAL_TRANSPORTS: tuple[str, ...] = ("ipc", "inproc")
 #: transports we know how to check; anything else is refused (say what to use instead)
 NETWORK_TRANSPORTS: tuple[str, ...] = ("tcp", "ws", "wss", "udp", "pgm", "epgm", "tipc", "vmci")
+#: transports that send to a multicast group: never local
+MULTICAST_TRANSPORTS: tuple[str, ...] = ("pgm", "epgm")
 #: interface names that mean loopback when bound by name
 LOOPBACK_NAMES: frozenset[str] = frozenset({"localhost", "lo", "lo0", "ip6-localhost"})
 #: pyzmq certificate suffixes: public key file, secret key file
@@ -80,9 +82,12 @@ def _endpoint_host(endpoint: str) -> tuple[str, str]:
         raise InsecureEndpointError(
             f"endpoint {endpoint!r}: unknown transport {transport!r}; use tcp://127.0.0.1:PORT"
         )
+    if transport in MULTICAST_TRANSPORTS:
+        return transport, "*"  # multicast: "interface;group:port", always on the network
     if ";" in rest:  # "source;destination" is a connect-only form
         raise InsecureEndpointError(
-            f"endpoint {endpoint!r}: a bind endpoint has no ';' part; use tcp://HOST:PORT"
+            f"endpoint {endpoint!r}: a bind endpoint has no ';' part; use "
+            "tcp://127.0.0.1:PORT"
         )
     if rest.startswith("["):  # [ipv6]:port
         host, _, _ = rest[1:].partition("]")
