@@ -74,12 +74,15 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise ExportError(f"checkpoint {path} not found; train one with python -m engines.train")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Older checkpoints may hold plain Python objects beyond tensors; the user named this
-        # file explicitly, so load it in full.
-        logger.warning("checkpoint %s holds non-tensor objects; loading it with weights_only=False", path)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "weights only" not in str(err).lower():
+                raise
+            # The trainer's checkpoints may hold plain Python objects beyond tensors (optimizer
+            # and RNG states); the user named this file explicitly, so load it in full.
+            logger.debug("checkpoint %s needs a full unpickle (%s)", path, str(err).splitlines()[0])
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise ExportError(f"checkpoint {path} could not be read ({type(err).__name__}: {err}); "
                           "is it a torch checkpoint written by engines.train?") from err
