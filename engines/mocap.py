@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines import skeleton
+from engines import bvh, skeleton
 from engines.camera import default_shared_dir
 from engines.skeleton import BONES, NUM_JOINTS, ROOT
 
@@ -114,8 +114,6 @@ def _read_cmu_expmap(path: Path) -> tuple[np.ndarray, float]:
 
 def _read_bvh(path: Path, source: str) -> tuple[np.ndarray, float]:
     """(F, 17, 3) float64 mm, world +Y up; and the fps, for a BVH source."""
-    from engines import bvh  # the BVH reader lives in its own module
-
     motion = bvh.read_bvh(path)
     if source == "cmu_bvh":
         scale, recipes = bvh.CMU_UNIT_MM, skeleton.CMU_TO_H36M17

@@ -13,10 +13,17 @@ from engines.skeleton import BONES, NUM_JOINTS, Joint, bone_lengths
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    """Each test parses into its own cache folder, so the tests also cover a cold start."""
-    monkeypatch.setenv("POSESTREAM_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(autouse=True, scope="module")
+def _private_cache(tmp_path_factory):
+    """This module parses into its own cache folder: the tests cover a cold start and leave the
+    user's cache alone."""
+    old = os.environ.get("POSESTREAM_CACHE")
+    os.environ["POSESTREAM_CACHE"] = str(tmp_path_factory.mktemp("mocap_cache"))
+    yield
+    if old is None:
+        del os.environ["POSESTREAM_CACHE"]
+    else:
+        os.environ["POSESTREAM_CACHE"] = old
 
 
 def _thigh_mm(poses: np.ndarray) -> np.ndarray:
@@ -68,6 +75,38 @@ def test_cmu_expmap_train_and_test_splits():
     np.testing.assert_allclose(shin, 411.32, atol=0.05)
 
 
+@pytest.mark.parametrize("source, n_frames", [("cmu_bvh", 837), ("bandai1", 31914), ("bandai2", 47925)])
+def test_bvh_sources(source, n_frames):
+    poses = mocap.load_poses((source,), shared_dir=SHARED, fps=30)
+    _check_world_pose(poses)
+    # cmu_bvh: 3,343 frames at 120 fps -> every 4th; Bandai is 30 fps already
+    assert len(poses) == n_frames
+    assert _left_is_left(poses) > 0.95
+    lengths = bone_lengths(poses)
+    # limbs are single rigid bones of one skeleton per source (the trunk joints are derived
+    # across several source joints, so their distances change as the spine bends)
+    limbs = [b for b, (child, _) in enumerate(BONES) if child not in
+             (Joint.SPINE, Joint.THORAX, Joint.L_SHOULDER, Joint.R_SHOULDER)]
+    np.testing.assert_allclose(lengths[:, limbs].std(0), 0.0, atol=1e-2)
+    L = dict(zip([c for c, _ in BONES], lengths[0]))
+    if source == "cmu_bvh":
+        assert L[Joint.L_KNEE] == pytest.approx(411, abs=1.5)
+        assert L[Joint.L_ANKLE] == pytest.approx(391, abs=1.5)
+    else:
+        assert 2 * L[Joint.L_HIP] == pytest.approx(129, abs=1.5)
+        # the guessed head top: 1.8 Neck->Head segments (65 mm) beyond Head
+        assert L[Joint.HEAD] == pytest.approx(1.8 * L[Joint.NECK_NOSE], rel=1e-3)
+
+
+def test_all_sources_together_and_as_sequences():
+    poses = mocap.load_poses(shared_dir=SHARED)
+    assert len(poses) == 837 + 31914 + 47925 + len(mocap.load_poses(("cmu_expmap",), shared_dir=SHARED))
+    clips = mocap.load_clips(shared_dir=SHARED)
+    assert len(clips) == 3 + 174 + 363 + 32
+    assert {c.name.split("/")[0] for c in clips} == set(mocap.SOURCES)
+    assert all(c.fps == pytest.approx(30.0, rel=1e-3) for c in clips)
+
+
 def test_sequences_keep_time_order_at_the_requested_rate():
     seqs = mocap.load_sequences(("cmu_expmap",), split="test", shared_dir=SHARED, fps=30)
     assert len(seqs) == 6 and all(s.shape[1:] == (NUM_JOINTS, 3) for s in seqs)
@@ -79,7 +118,8 @@ def test_sequences_keep_time_order_at_the_requested_rate():
         assert np.median(step) < 40
 
 
-def test_second_load_comes_from_the_cache_in_under_a_second():
+def test_second_load_comes_from_the_cache_in_under_a_second(tmp_path, monkeypatch):
+    monkeypatch.setenv("POSESTREAM_CACHE", str(tmp_path))
     first = mocap.load_poses(("cmu_expmap",), shared_dir=SHARED)
     assert any(Path(os.environ["POSESTREAM_CACHE"]).glob("cmu_expmap-train-*.npz"))
     start = time.perf_counter()
