@@ -1,0 +1,208 @@
+"""docs/PROTOCOL.md is true: a second decoder written only from that page (raw msgpack + numpy,
+no pipeline.schema) reads real encoded messages and agrees with posestream's own decoder field
+for field; the page's key tables, joint table, limits and byte example match the code."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = (REPO / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------- the independent decoder
+class ProtocolError(ValueError):
+    pass
+
+
+def read_message(frames: list[bytes]) -> dict[str, Any]:
+    """Wire frames after the topic -> a plain dict, following PROTOCOL.md sections 2 and 3."""
+    header = msgpack.unpackb(frames[0], raw=False)
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a map")
+    if header.get("schema_version") != 1:
+        raise ProtocolError(f"schema_version {header.get('schema_version')!r}")
+    out: dict[str, Any] = {}
+    for key, value in header.items():
+        if isinstance(value, dict) and "dtype" in value:
+            shape = [int(s) for s in value["shape"]]
+            if "frame" in value:  # the image: bytes in the frame after the header
+                if value["dtype"] != "|u1":
+                    raise ProtocolError(f"{key}: image dtype {value['dtype']}")
+                data = frames[value["frame"]]
+                arr = np.frombuffer(data, dtype=np.uint8).reshape(shape)
+            else:
+                if value["dtype"] != "<f4":
+                    raise ProtocolError(f"{key}: dtype {value['dtype']}")
+                if len(value["data"]) != 4 * int(np.prod(shape)):
+                    raise ProtocolError(f"{key}: {len(value['data'])} bytes for {shape}")
+                arr = np.frombuffer(value["data"], dtype="<f4").reshape(shape)
+            out[key] = arr
+        else:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------- what the page says
+def _section(title: str) -> str:
+    """Text of the section whose heading line starts with `title` up to the next heading."""
+    m = re.search(rf"^#+ {re.escape(title)}.*?$(.*?)(?=^#+ )", PROTOCOL, re.M | re.S)
+    assert m, f"PROTOCOL.md has no section {title!r}"
+    return m.group(1)
+
+
+def _table_keys(title: str) -> list[str]:
+    """First-column backticked names of the key table in section `title`."""
+    return re.findall(r"^\| `([a-z_0-9]+)` \|", _section(title), re.M)
+
+
+def test_the_page_lists_exactly_the_keys_on_the_wire():
+    from pipeline.schema import Frame, Keypoints2D, Pose3D, Status, encode
+
+    samples = {"Pose3D": _pose(), "Status": Status(kind="info"), "Keypoints2D": _keypoints(),
+               "Frame": _frame()}
+    for title, msg in samples.items():
+        wire_keys = set(msgpack.unpackb(encode(msg)[0], raw=False))
+        assert set(_table_keys(title)) == wire_keys, title
+        assert len(_table_keys(title)) == len(wire_keys), f"{title}: a key listed twice"
+    common = set(_table_keys("3. The header"))
+    assert common == {"type", "schema_version", "frame_id", "t_capture_ns", "stamps"}
+    assert {"dtype", "shape", "data"} <= set(_table_keys("Arrays"))
+    assert isinstance(samples["Frame"], Frame) and isinstance(samples["Keypoints2D"], Keypoints2D)
+    assert isinstance(samples["Pose3D"], Pose3D)
+
+
+# --------------------------------------------------------------- real messages
+RNG = np.random.default_rng(11)
+
+
+def _pose(person: bool = True):
+    from pipeline.schema import Pose3D
+
+    return Pose3D(
+        frame_id=123456, t_capture_ns=time.monotonic_ns(),
+        stamps=(("capture", 1, 2), ("detect", 3, 4), ("lift", 5, 6), ("output", 7, 2**62)),
+        image_size=(1280, 720), person_present=person,
+        joints_3d_m=RNG.normal(0, 1, (17, 3)).astype(np.float32),
+        root_m=RNG.normal(0, 1, 3).astype(np.float32),
+        joints_2d_px=RNG.uniform(0, 1280, (17, 2)).astype(np.float32),
+        confidence=RNG.uniform(0, 1, 17).astype(np.float32),
+        reproj_err_px=RNG.uniform(0, 4, 17).astype(np.float32),
+        engine_id="a1b2c3d4e5f6",
+    )
+
+
+def _keypoints():
+    from pipeline.schema import Keypoints2D
+
+    return Keypoints2D(frame_id=3, t_capture_ns=99, image_size=(64, 48), person_present=False,
+                       joints_2d_px=RNG.uniform(0, 64, (17, 2)).astype(np.float32),
+                       confidence=np.zeros(17, np.float32))
+
+
+def _frame():
+    from pipeline.schema import Frame
+
+    return Frame(frame_id=1, t_capture_ns=2, stamps=(("capture", 2, 3),),
+                 image=RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8), source="camera:0")
+
+
+def _assert_agrees(doc: dict[str, Any], msg) -> None:
+    """The independent decoding equals the dataclass fields of pipeline.schema's message."""
+    import dataclasses
+
+    assert doc.pop("type") == type(msg).__name__
+    assert doc.pop("schema_version") == 1
+    names = doc.pop("joint_names", None)
+    fields = {f.name for f in dataclasses.fields(msg)}
+    assert set(doc) == fields
+    for name in fields:
+        ours, theirs = doc[name], getattr(msg, name)
+        if isinstance(theirs, np.ndarray):
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, name
+            np.testing.assert_array_equal(ours, theirs, err_msg=name)
+        elif name == "stamps":
+            assert [tuple(s) for s in ours] == list(theirs)
+        elif name == "image_size":
+            assert tuple(ours) == theirs
+        else:
+            assert ours == theirs, name
+    if type(msg).__name__ == "Pose3D":
+        from engines.skeleton import JOINT_NAMES
+
+        assert names == list(JOINT_NAMES)
+
+
+@pytest.mark.parametrize("make", [_pose, lambda: _pose(False), _keypoints, _frame])
+def test_independent_decoder_agrees_with_schema_encode(make):
+    from pipeline.schema import decode, encode
+
+    msg = make()
+    frames = [bytes(f) for f in encode(msg)]
+    _assert_agrees(read_message(frames), decode(frames))
+    _assert_agrees(read_message(frames), msg)
+
+
+def test_status_and_the_byte_example():
+    from pipeline.schema import Status, encode
+
+    msg = Status(kind="info", text="hi", t_ns=42, frame_id=7, t_capture_ns=5,
+                 stamps=(("output", 10, 11),))
+    frames = [bytes(f) for f in encode(msg)]
+    _assert_agrees(read_message(frames), msg)
+    block = re.search(r"byte by byte.*?```\n(.*?)```", PROTOCOL, re.S).group(1)
+    documented = bytes.fromhex(block.replace("\n", " "))
+    assert documented == frames[0]
+    assert f"({len(frames[0])} bytes, hex)" in PROTOCOL
+
+
+def test_joint_table_and_limits_match_the_code():
+    from engines.skeleton import JOINT_NAMES, PARENTS
+    from pipeline import schema
+
+    rows = re.findall(r"^\| (\d+) \| `([a-z_]+)` \| (-|\d+) \|", _section("4. Joints"), re.M)
+    assert [name for _, name, _ in rows] == list(JOINT_NAMES)
+    assert [int(i) for i, _, _ in rows] == list(range(17))
+    assert [-1 if p == "-" else int(p) for _, _, p in rows] == PARENTS.tolist()
+    limits = _section("5. Limits")
+    for value in (schema.MAX_HEADER_BYTES, schema.MAX_IMAGE_BYTES, schema.MAX_MESSAGE_BYTES):
+        assert f"{value:,}" in limits
+    assert f"| {schema.MAX_TEXT_CHARS} characters |" in limits
+    assert f"| stamps | {schema.MAX_STAMPS} |" in limits
+    assert f"schema version {schema.SCHEMA_VERSION})" in PROTOCOL.splitlines()[0]
+    assert f"{schema.MAX_MESSAGE_BYTES:,} bytes" in _section("1. Connecting")
+
+
+def test_the_readme_snippet_reads_a_real_header():
+    """Section 8's Python reader, run on a real encoded Pose3D (its loop body, verbatim)."""
+    from pipeline.schema import encode
+
+    code = re.search(r"```python\n(.*?)```", _section("8. Reading it"), re.S).group(1)
+    body = code.split("while True:\n", 1)[1]
+    body = "\n".join(line[4:] for line in body.splitlines())
+    pose = _pose()
+    printed: list[tuple] = []
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    try:
+        pull.bind("inproc://protocol-snippet")
+        push.connect("inproc://protocol-snippet")
+        push.send_multipart([b"pose3d", *encode(pose)])
+        namespace = {"np": np, "msgpack": msgpack, "print": lambda *a: printed.append(a),
+                     "sub": pull}
+        exec(compile(body.replace("continue", "pass"), "PROTOCOL.md", "exec"), namespace)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+    (frame_id, present, head), = printed
+    assert frame_id == pose.frame_id and present is True
+    np.testing.assert_array_equal(head, pose.joints_3d_m[10])
