@@ -7,9 +7,9 @@ ONNX Runtime. Device memory and streams go through cuda-python's CUDA runtime bi
 
 Plans are specific to the GPU model and the TensorRT version, so a plan is cached under a key
 made of the GPU name, the TensorRT version, the ONNX file's sha256, the batch range and the
-precision: `<onnx stem>.<key>.plan`, beside the ONNX file when that folder is writable,
-else in ~/.cache/posestream (or $XDG_CACHE_HOME/posestream). Building takes seconds to a minute;
-loading a cached plan takes milliseconds.
+precision: `<onnx stem>.<key>.plan`. `engines.export` writes it beside the ONNX file; the runtime
+uses a plan found there, else builds one into ~/.cache/posestream (or $XDG_CACHE_HOME/posestream).
+Building takes seconds to a minute; loading a cached plan takes milliseconds.
 
 Written against TensorRT 10's documented Python API (Builder, OnnxParser, IBuilderConfig,
 build_serialized_network, Runtime.deserialize_cuda_engine, IExecutionContext.set_input_shape /
@@ -143,16 +143,18 @@ def default_cache_dir() -> Path:
 def plan_path(onnx_path: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
     """Where the plan for `onnx_path` under `key` lives.
 
-    cache_dir given: there. Else beside the ONNX file when its folder is writable (so an
-    exported engine folder carries its plan), else `default_cache_dir()`.
+    cache_dir given: there (`engines.export` passes the engine's folder, so an exported engine
+    can carry its plan). Else beside the ONNX file if a plan with this key is already there,
+    else `default_cache_dir()`: the runtime never writes into an engine's folder (it may be the
+    repository's engines/default/).
     """
     onnx_path = Path(onnx_path)
     name = f"{onnx_path.stem}.{key}{PLAN_SUFFIX}"
     if cache_dir is not None:
         return Path(cache_dir) / name
-    folder = onnx_path.resolve().parent
-    if os.access(folder, os.W_OK):
-        return folder / name
+    beside = onnx_path.resolve().parent / name
+    if beside.is_file():
+        return beside
     return default_cache_dir() / name
 
 

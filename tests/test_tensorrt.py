@@ -1,0 +1,177 @@
+"""engines/tensorrt_backend.py: the plan cache and the fallback run everywhere; building and
+running plans needs tensorrt and an NVIDIA GPU and is skipped (with the reason) without them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines import runtime, tensorrt_backend
+from engines.codec import Codec
+from engines.export import export_model
+from engines.models import build_lifter
+from engines.runtime import EngineError, load_engine
+from engines.skeleton import NUM_JOINTS
+from engines.tensorrt_backend import TensorRTError, plan_cache_key, plan_path
+
+SHA = hashlib.sha256(b"lifter").hexdigest()
+BONES_M = (0.13, 0.45, 0.45, 0.13, 0.45, 0.45, 0.24, 0.25, 0.12, 0.11, 0.15, 0.28, 0.25, 0.15, 0.28, 0.25)
+TRT_REASON = tensorrt_backend.unavailable_reason()
+needs_gpu = pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT backend unavailable: {TRT_REASON}")
+
+
+@pytest.fixture(scope="module")
+def engine_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("trt")
+    model = build_lifter(width=64, blocks=1)
+    export_model(model, Codec(canonical_bone_lengths_m=BONES_M), out, model_config={"width": 64, "blocks": 1},
+                 tensorrt=False)
+    return out / "lifter.onnx"
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    """Make `import tensorrt` fail, as on a machine without it, and reset the cached answer."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    tensorrt_backend.unavailable_reason.cache_clear()
+    yield
+    tensorrt_backend.unavailable_reason.cache_clear()
+
+
+# --- plan cache -----------------------------------------------------------------------------------
+
+def test_cache_key_names_everything_a_plan_depends_on():
+    key = plan_cache_key("NVIDIA H100 80GB HBM3", "10.13.3.9", SHA, 64, True)
+    assert key == f"nvidia-h100-80gb-hbm3.trt10.13.3.9.{SHA[:16]}.b64.fp16"
+    assert re.fullmatch(r"[a-z0-9.\-]+", key)
+    assert plan_cache_key("NVIDIA H100 80GB HBM3", "10.13.3.9", SHA, 64, True) == key  # stable
+    others = {
+        plan_cache_key("NVIDIA GeForce RTX 4090", "10.13.3.9", SHA, 64, True),
+        plan_cache_key("NVIDIA H100 80GB HBM3", "10.14.0.1", SHA, 64, True),
+        plan_cache_key("NVIDIA H100 80GB HBM3", "10.13.3.9", hashlib.sha256(b"other").hexdigest(), 64, True),
+        plan_cache_key("NVIDIA H100 80GB HBM3", "10.13.3.9", SHA, 1, True),
+        plan_cache_key("NVIDIA H100 80GB HBM3", "10.13.3.9", SHA, 64, False),
+    }
+    assert len(others) == 5 and key not in others
+
+
+def test_cache_key_is_file_name_safe_for_odd_gpu_names():
+    key = plan_cache_key("  Tesla V100/SXM2 (16 GB)  ", "10.0.1", SHA, 8, False)
+    assert key.startswith("tesla-v100-sxm2-16-gb.trt10.0.1.")
+    assert "/" not in key and " " not in key
+    with pytest.raises(ValueError, match="hex digest"):
+        plan_cache_key("gpu", "10.0", "not-a-sha", 8, False)
+    with pytest.raises(ValueError, match="batch_max"):
+        plan_cache_key("gpu", "10.0", SHA, 0, False)
+
+
+def test_plan_path_beside_the_onnx_if_there_else_the_user_cache(tmp_path, monkeypatch):
+    onnx_path = tmp_path / "engines" / "lifter.onnx"
+    onnx_path.parent.mkdir()
+    key = plan_cache_key("gpu", "10.0", SHA, 8, True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tensorrt_backend.default_cache_dir() == tmp_path / "xdg" / "posestream"
+    assert plan_path(onnx_path, key) == tmp_path / "xdg" / "posestream" / f"lifter.{key}.plan"
+    (onnx_path.parent / f"lifter.{key}.plan").write_bytes(b"plan")  # exported beside the engine
+    assert plan_path(onnx_path, key) == onnx_path.parent / f"lifter.{key}.plan"
+    other = plan_cache_key("other gpu", "10.0", SHA, 8, True)  # a plan for another GPU is not used
+    assert plan_path(onnx_path, other) == tmp_path / "xdg" / "posestream" / f"lifter.{other}.plan"
+    assert plan_path(onnx_path, key, cache_dir=tmp_path / "c") == tmp_path / "c" / f"lifter.{key}.plan"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert tensorrt_backend.default_cache_dir() == Path.home() / ".cache" / "posestream"
+
+
+def test_file_sha256_and_atomic_write(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()  # > one read block
+    path = tmp_path / "sub" / "x.plan"
+    tensorrt_backend._write_atomic(path, data)
+    assert path.read_bytes() == data
+    assert [p.name for p in path.parent.iterdir()] == ["x.plan"]
+    assert tensorrt_backend.file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+# --- fallback when TensorRT is missing ----------------------------------------------------------
+
+def test_missing_tensorrt_is_reported_and_auto_falls_back(no_tensorrt, engine_path, caplog):
+    reason = tensorrt_backend.unavailable_reason()
+    assert reason is not None and "tensorrt module is not installed" in reason
+    assert "pip install .[tensorrt]" in reason
+    assert runtime.available_backends()["tensorrt"] == reason
+    with caplog.at_level(logging.INFO, logger="engines.runtime"):
+        engine = load_engine(engine_path, backend="auto")
+    assert engine.backend in ("onnxruntime-cuda", "onnxruntime-cpu")
+    assert engine.backend in caplog.text
+    out = engine.run({"joints_2d": np.zeros((2, NUM_JOINTS, 2), np.float32)})
+    assert out["joints_3d"].shape == (2, NUM_JOINTS, 3)
+
+
+def test_forcing_tensorrt_without_it_is_a_clear_error(no_tensorrt, engine_path):
+    with pytest.raises(EngineError, match="backend 'tensorrt' is not available: the tensorrt module"):
+        load_engine(engine_path, backend="tensorrt")
+    with pytest.raises(TensorRTError, match="TensorRT backend unavailable"):
+        tensorrt_backend.TensorRTSession(engine_path)
+
+
+def test_auto_choice_matches_this_machine(engine_path):
+    engine = load_engine(engine_path)
+    if TRT_REASON is None:
+        assert engine.backend == "tensorrt"
+    else:
+        assert engine.backend != "tensorrt"
+
+
+# --- on an NVIDIA GPU with TensorRT ----------------------------------------------------------------
+
+@needs_gpu
+def test_tensorrt_matches_onnxruntime_and_caches_the_plan(engine_path, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    session = tensorrt_backend.TensorRTSession(engine_path, batch_max=16, cache_dir=cache)
+    plans = list(cache.glob("lifter.*.plan"))
+    assert plans == [session.plan_path]
+    built_at = session.plan_path.stat().st_mtime_ns
+    assert session.input_names == ["joints_2d"] and session.output_names == ["joints_3d"]
+    reference = load_engine(engine_path, backend="onnxruntime-cpu")
+    rng = np.random.default_rng(0)
+    for batch in (1, 5, 16):
+        joints_2d = rng.normal(0, 0.1, (batch, NUM_JOINTS, 2)).astype(np.float32)
+        got = session.run({"joints_2d": joints_2d})["joints_3d"]
+        want = reference.run({"joints_2d": joints_2d})["joints_3d"]
+        assert got.shape == (batch, NUM_JOINTS, 3)
+        assert np.abs(got - want).max() <= 2e-2 * max(1.0, np.abs(want).max())  # FP16 tolerance
+    with pytest.raises(ValueError, match="outside this TensorRT plan's range"):
+        session.run({"joints_2d": np.zeros((17, NUM_JOINTS, 2), np.float32)})
+    session.close()
+    with caplog.at_level(logging.INFO, logger="engines.tensorrt_backend"):
+        again = tensorrt_backend.TensorRTSession(engine_path, batch_max=16, cache_dir=cache)
+    assert again.plan_path == session.plan_path
+    assert again.plan_path.stat().st_mtime_ns == built_at  # loaded, not rebuilt
+    assert "building TensorRT plan" not in caplog.text
+    again.close()
+
+
+@needs_gpu
+def test_load_engine_on_tensorrt(engine_path, tmp_path):
+    engine = load_engine(engine_path, backend="tensorrt",
+                         options=runtime.EngineOptions(plan_cache_dir=tmp_path))
+    assert engine.backend == "tensorrt"
+    out = engine.run({"joints_2d": np.zeros((1, NUM_JOINTS, 2), np.float32)})
+    assert out["joints_3d"].shape == (1, NUM_JOINTS, 3) and np.isfinite(out["joints_3d"]).all()
+
+
+@needs_gpu
+def test_damaged_cached_plan_is_rebuilt(engine_path, tmp_path):
+    session = tensorrt_backend.TensorRTSession(engine_path, batch_max=4, cache_dir=tmp_path)
+    path = session.plan_path
+    session.close()
+    path.write_bytes(b"\0" * 1024)
+    rebuilt = tensorrt_backend.TensorRTSession(engine_path, batch_max=4, cache_dir=tmp_path)
+    assert rebuilt.plan_path == path and path.stat().st_size > 1024
+    rebuilt.close()
