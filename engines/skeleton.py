@@ -172,3 +172,90 @@ def map_joints(joints_src: np.ndarray, recipes: tuple[JointRecipe, ...], source_
     """(..., S, 3) source joint positions -> (..., 17, 3) in the same unit and frame (float64)."""
     matrix = mapping_matrix(recipes, source_names)
     return np.einsum("js,...sd->...jd", matrix, np.asarray(joints_src, dtype=np.float64))
+
+
+# --- BlazePose (mediapipe Pose, 33 landmarks) -> 17 joints ------------------------------------
+
+#: mediapipe Pose landmark names, index = landmark id (mp.solutions.pose.PoseLandmark).
+BLAZEPOSE33_NAMES: tuple[str, ...] = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
+    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
+    "right_heel", "left_foot_index", "right_foot_index",
+)
+_BP = {name: i for i, name in enumerate(BLAZEPOSE33_NAMES)}
+
+#: BlazePose's hip landmarks sit below the hip joint centres that Human3.6M and our mocap use:
+#: on the four Human3.6M frames of the shared data the ground-truth hip midpoint lies 0.14-0.20
+#: (median 0.165) of the BlazePose hip-midpoint -> shoulder-midpoint vector above BlazePose's.
+#: Both hips are moved up by this fraction of that vector.
+BLAZEPOSE_HIP_RAISE: float = 0.16
+#: Spine and thorax along the (raised) pelvis -> shoulder-midpoint axis: the Human3.6M fractions
+#: of the data README's trunk table (spine 0.55, thorax 1.16).
+H36M_SPINE_FRACTION: float = 0.55
+H36M_THORAX_FRACTION: float = 1.16
+#: Human3.6M's head joint above the midpoint of the ears, as a fraction of the BlazePose
+#: hip-midpoint -> shoulder-midpoint vector (measured on the four Human3.6M frames: 0.10-0.21).
+BLAZEPOSE_HEAD_ABOVE_EARS: float = 0.13
+
+_BP_LIMBS = {
+    Joint.R_KNEE: "right_knee", Joint.R_ANKLE: "right_ankle", Joint.L_KNEE: "left_knee",
+    Joint.L_ANKLE: "left_ankle", Joint.L_SHOULDER: "left_shoulder", Joint.L_ELBOW: "left_elbow",
+    Joint.L_WRIST: "left_wrist", Joint.R_SHOULDER: "right_shoulder", Joint.R_ELBOW: "right_elbow",
+    Joint.R_WRIST: "right_wrist",
+}
+
+
+def blazepose33_to_h36m17(landmarks_px: np.ndarray, visibility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BlazePose's 33 landmarks -> our 17 joints in the image, with per-joint confidences.
+
+    landmarks_px: (..., 33, 2) pixels (x right, y down), mediapipe landmark order;
+    visibility: (..., 33) in [0, 1] (mediapipe's `visibility`).
+    Returns (joints_2d_px (..., 17, 2) float32, confidence (..., 17) float32 in [0, 1]).
+
+    Knees, ankles, shoulders, elbows, wrists: the landmarks of the same name. The rest are
+    derived, with a = shoulder midpoint - hip midpoint (BlazePose's trunk vector):
+    - r_hip, l_hip: BlazePose's hips moved by `BLAZEPOSE_HIP_RAISE` * a (towards the shoulders);
+      pelvis: their midpoint (Human3.6M's definition).
+    - spine, thorax: pelvis + `H36M_SPINE_FRACTION` / `H36M_THORAX_FRACTION` * (shoulder
+      midpoint - pelvis), the Human3.6M trunk fractions.
+    - neck_nose: midpoint of the nose and the mouth centre (Human3.6M's joint lies between them
+      on the shared Human3.6M frames); it follows the face when the head turns or bends.
+    - head: midpoint of the ears + `BLAZEPOSE_HEAD_ABOVE_EARS` * a.
+    Each derived joint's confidence is the smallest visibility of the landmarks it uses.
+    """
+    marks = np.asarray(landmarks_px, dtype=np.float64)
+    vis = np.asarray(visibility, dtype=np.float64)
+    if marks.shape[-2:] != (33, 2) or vis.shape != marks.shape[:-1]:
+        raise ValueError(
+            f"expected landmarks_px (..., 33, 2) and visibility (..., 33), got {marks.shape} and "
+            f"{vis.shape}; pass mediapipe Pose landmarks in pixels"
+        )
+    p = lambda name: marks[..., _BP[name], :]  # noqa: E731
+    v = lambda *names: np.min(np.stack([vis[..., _BP[n]] for n in names], -1), -1)  # noqa: E731
+    hip_mid = (p("left_hip") + p("right_hip")) / 2
+    shoulder_mid = (p("left_shoulder") + p("right_shoulder")) / 2
+    trunk = shoulder_mid - hip_mid
+    r_hip = p("right_hip") + BLAZEPOSE_HIP_RAISE * trunk
+    l_hip = p("left_hip") + BLAZEPOSE_HIP_RAISE * trunk
+    pelvis = (r_hip + l_hip) / 2
+    trunk_vis = v("left_hip", "right_hip", "left_shoulder", "right_shoulder")
+
+    joints = np.empty(marks.shape[:-2] + (NUM_JOINTS, 2))
+    conf = np.empty(marks.shape[:-2] + (NUM_JOINTS,))
+    for joint, name in _BP_LIMBS.items():
+        joints[..., joint, :], conf[..., joint] = p(name), vis[..., _BP[name]]
+    joints[..., Joint.PELVIS, :], conf[..., Joint.PELVIS] = pelvis, trunk_vis
+    joints[..., Joint.R_HIP, :], conf[..., Joint.R_HIP] = r_hip, trunk_vis
+    joints[..., Joint.L_HIP, :], conf[..., Joint.L_HIP] = l_hip, trunk_vis
+    joints[..., Joint.SPINE, :] = pelvis + H36M_SPINE_FRACTION * (shoulder_mid - pelvis)
+    joints[..., Joint.THORAX, :] = pelvis + H36M_THORAX_FRACTION * (shoulder_mid - pelvis)
+    conf[..., Joint.SPINE] = conf[..., Joint.THORAX] = trunk_vis
+    mouth = (p("mouth_left") + p("mouth_right")) / 2
+    joints[..., Joint.NECK_NOSE, :] = (p("nose") + mouth) / 2
+    conf[..., Joint.NECK_NOSE] = v("nose", "mouth_left", "mouth_right")
+    joints[..., Joint.HEAD, :] = (p("left_ear") + p("right_ear")) / 2 + BLAZEPOSE_HEAD_ABOVE_EARS * trunk
+    conf[..., Joint.HEAD] = np.minimum(v("left_ear", "right_ear"), trunk_vis)
+    return joints.astype(np.float32), np.clip(conf, 0.0, 1.0).astype(np.float32)
