@@ -29,7 +29,7 @@ import logging
 import numpy as np
 from numba import njit
 
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.skeleton import NUM_JOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -133,24 +133,37 @@ def _fit_one(joints, pix, weights, fx, fy, cx, cy, t_out, err_out) -> None:
     cost = _cost(joints, pix, w, fx, fy, cx, cy, t)
     if not np.isfinite(cost):
         # The linear solution put a joint behind the camera (noisy or mirrored input). Restart
-        # from a similar-triangles guess: root on its ray at the depth where the 3D and 2D
-        # spreads of the used joints agree.
+        # from similar triangles: the used joints' centroid on its ray, at the depth where the
+        # 3D and 2D spreads about the centroids agree.
+        wsum = 0.0
+        c3 = np.zeros(3)
+        c2 = np.zeros(2)
+        for j in range(n):
+            if w[j] > 0.0:
+                wsum += w[j]
+                for k in range(3):
+                    c3[k] += w[j] * joints[j, k]
+                c2[0] += w[j] * (pix[j, 0] - cx) / fx
+                c2[1] += w[j] * (pix[j, 1] - cy) / fy
+        c3 /= wsum
+        c2 /= wsum
         spread_3d = 0.0
         spread_2d = 0.0
         for j in range(n):
             if w[j] > 0.0:
-                spread_3d += np.sqrt(joints[j, 0] ** 2 + joints[j, 1] ** 2)
-                du = (pix[j, 0] - pix[ROOT, 0]) / fx
-                dv = (pix[j, 1] - pix[ROOT, 1]) / fy
-                spread_2d += np.sqrt(du * du + dv * dv)
-        if spread_2d <= 0.0 or not np.isfinite(pix[ROOT, 0] + pix[ROOT, 1]):
+                spread_3d += w[j] * np.sqrt((joints[j, 0] - c3[0]) ** 2 + (joints[j, 1] - c3[1]) ** 2)
+                du = (pix[j, 0] - cx) / fx - c2[0]
+                dv = (pix[j, 1] - cy) / fy - c2[1]
+                spread_2d += w[j] * np.sqrt(du * du + dv * dv)
+        if spread_2d <= 0.0 or spread_3d <= 0.0:
             return
-        t[2] = spread_3d / spread_2d
+        depth = spread_3d / spread_2d
+        t[0] = c2[0] * depth - c3[0]
+        t[1] = c2[1] * depth - c3[1]
+        t[2] = depth - c3[2]
         for j in range(n):
             if w[j] > 0.0:
                 t[2] = max(t[2], MIN_DEPTH_M - joints[j, 2] + 1e-3)
-        t[0] = (pix[ROOT, 0] - cx) / fx * t[2]
-        t[1] = (pix[ROOT, 1] - cy) / fy * t[2]
         cost = _cost(joints, pix, w, fx, fy, cx, cy, t)
         if not np.isfinite(cost):
             return

@@ -268,7 +268,8 @@ class TensorRTSession:
         self._buffers: dict[str, int] = {}
         self._stream = None
         plan, self.plan_path = load_or_build_plan(onnx_path, batch_max, cache_dir, fp16)
-        self._runtime = trt.Runtime(_trt_logger(trt))
+        self._logger = _trt_logger(trt)  # TensorRT keeps a raw pointer: it must outlive the runtime
+        self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:  # a stale or damaged cached plan: rebuild once
             logger.warning("cached TensorRT plan %s did not load; rebuilding", self.plan_path)
