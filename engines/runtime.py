@@ -196,8 +196,7 @@ def load_engine(
     path = Path(DEFAULT_ENGINE_PATH if path is None else path).expanduser()
     _check_file(path)
     chosen = resolve_backend(backend)
-    ort_providers = ["CUDAExecutionProvider"] if chosen == "onnxruntime-cuda" else []
-    session = _ort_session(path, ort_providers + ["CPUExecutionProvider"], options)
+    session = _ort_session_for(path, chosen, forced=backend == chosen, options=options)
     metadata = read_metadata_from_session(path, session)
     input_names, output_names = _check_signature(path, session)
     _codec_from_metadata(path, metadata)  # fail at load, not on the first frame
@@ -208,7 +207,7 @@ def load_engine(
         if runner is None:  # auto: TensorRT failed on this engine; best ONNX Runtime instead
             chosen = resolve_backend("onnxruntime")
             if chosen == "onnxruntime-cuda":
-                session = _ort_session(path, ["CUDAExecutionProvider", "CPUExecutionProvider"], options)
+                session = _ort_session_for(path, chosen, forced=False, options=options)
     if chosen == "onnxruntime-cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         if backend == chosen:
             raise EngineError(
@@ -305,6 +304,23 @@ def _ort_session(path: Path, providers: list[str], options: EngineOptions):
             f"engine file {path} could not be loaded by ONNX Runtime: it is corrupt, truncated "
             f"or not an ONNX model ({type(err).__name__}: {err}); {_REEXPORT}"
         ) from err
+
+
+def _ort_session_for(path: Path, backend: str, forced: bool, options: EngineOptions):
+    """ONNX Runtime session for `backend` (the CPU one also serves metadata for TensorRT).
+
+    If the CUDA provider fails to start and CUDA was not forced, warn and use the CPU; a file
+    that is itself bad then fails on the CPU too, with the message about the file.
+    """
+    if backend != "onnxruntime-cuda":
+        return _ort_session(path, ["CPUExecutionProvider"], options)
+    try:
+        return _ort_session(path, ["CUDAExecutionProvider", "CPUExecutionProvider"], options)
+    except EngineError as err:
+        if forced:
+            raise
+        logger.warning("ONNX Runtime with CUDA failed on %s (%s); trying the CPU", path, err)
+        return _ort_session(path, ["CPUExecutionProvider"], options)
 
 
 def _check_signature(path: Path, session: Any) -> tuple[list[str], list[str]]:
