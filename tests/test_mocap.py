@@ -160,3 +160,31 @@ def test_bad_arguments_say_what_is_wrong():
         mocap.load_poses(("cmu_bvh",), split="test", shared_dir=SHARED)
     with pytest.raises(FileNotFoundError, match="POSESTREAM_SHARED"):
         mocap.load_poses(("cmu_expmap",), shared_dir=SHARED / "nowhere")
+
+
+def test_make_eval_poses_cli_writes_the_evaluation_files(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from engines.camera import H36M_WORLD_TO_WORLD
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, POSESTREAM_SHARED=str(SHARED))
+    for args in (["--out", str(tmp_path / "cmu.npz")],
+                 ["--out", str(tmp_path / "h36m.npz"), "--source", "h36m"]):
+        subprocess.run([sys.executable, "-m", "engines.make_eval_poses", *args], cwd=repo, env=env,
+                       check=True, capture_output=True, timeout=120)
+    cmu = np.load(tmp_path / "cmu.npz")
+    assert str(cmu["up_axis"]) == "y"
+    _check_world_pose(cmu["joints_mm"])
+    np.testing.assert_array_equal(cmu["joints_mm"], mocap.load_poses(("cmu_expmap",), split="test", shared_dir=SHARED))
+    assert len(cmu["source"]) == len(cmu["joints_mm"]) and len(set(cmu["source"])) == 6
+    assert all(str(s).startswith("cmu_expmap/") for s in cmu["source"])
+    # Human3.6M: the same as the world joints of the COCO-style file (+Z up) turned to +Y up
+    h36m = np.load(tmp_path / "h36m.npz")
+    coco = json.loads((SHARED / "data/footage/mmpose/tests/data/h36m/h36m_coco.json").read_text())
+    world = np.array([np.reshape(a["keypoints_3d"], (17, 4))[:, :3] for a in coco["annotations"]])
+    world = world @ H36M_WORLD_TO_WORLD.T * 1000.0
+    np.testing.assert_allclose(h36m["joints_mm"], world - world[:, :1], atol=0.01)
+    assert h36m["joints_mm"].shape == (4, NUM_JOINTS, 3) and str(h36m["up_axis"]) == "y"
