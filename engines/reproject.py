@@ -11,13 +11,17 @@ error:
 1. Linear start (DLT-style): u = fx (X + tx) / (Z + tz) + cx is linear in t once multiplied
    out: tx - x_n tz = x_n Z - X with x_n = (u - cx) / fx (likewise y). Each joint gives two rows;
    the weighted 3x3 normal equations are solved in closed form. Exact for a perfect skeleton.
-2. Gauss-Newton on the true pixel error (the linear rows weight far joints too little), with
-   step halving so the cost never rises and every joint stays in front of the camera.
+2. Gauss-Newton on the true pixel error (a linear row's residual is the pixel error times that
+   joint's depth, so the linear fit over-weights far joints), with step halving so the cost
+   never rises and every used joint stays at depth >= MIN_DEPTH_M. If the linear start puts a
+   joint behind that (noisy or impossible 2D), Gauss-Newton restarts from a similar-triangles
+   guess instead; the result then stays in front of the camera and its large per-joint errors
+   say how badly the 2D is explained.
 
-Degenerate input (fewer than two usable joints, all weights zero, a singular system, or no
-solution in front of the camera) returns NaN for the translation and every error: NaN is the
-"no fit" flag, never an exception and never a silent negative depth. Joints whose inputs are
-not finite are ignored (treated as weight zero) and get NaN error.
+Degenerate input (fewer than two usable joints, all weights zero, a singular system, no
+feasible start) returns NaN for the translation and every error: NaN is the "no fit" flag,
+never an exception and never a silent negative depth. Joints whose inputs are not finite are
+ignored (treated as weight zero) and get NaN error.
 
 Runtime module: numpy and numba only, never torch.
 """
@@ -33,11 +37,11 @@ from engines.skeleton import NUM_JOINTS
 
 logger = logging.getLogger(__name__)
 
-#: Nearest a joint may be to the camera along +Z, metres. A pose with a joint closer than this
-#: is not a person in front of a webcam; such fits are rejected (NaN) instead of clamped.
+#: Nearest a used joint may be to the camera along +Z, metres: the fit is constrained to keep
+#: every weighted joint at least this far in front (a person nearer than 5 cm is no person).
 MIN_DEPTH_M: float = 0.05
-#: Gauss-Newton iterations after the linear start. From the exact linear solution on clean
-#: input it converges in 1-2; with detector noise 3-5 suffice (tested).
+#: Most Gauss-Newton iterations after the linear start; the step tolerance below usually stops
+#: it after a few (a 3-parameter problem that starts near its optimum).
 GAUSS_NEWTON_ITERS: int = 10
 #: Stop when a Gauss-Newton step moves t by less than this, metres.
 STEP_TOL_M: float = 1e-10
@@ -278,10 +282,11 @@ def fit_translation(
 
     Returns (t_m (3,) float64 metres, camera frame; err_px (17,) float64): the translation such
     that `joints_3d_rel_m + t_m` is the absolute pose, and each joint's reprojection error in
-    pixels (zero-weight joints included, NaN where an input is not finite). On degenerate input
-    (fewer than two usable joints, a singular system, no solution with every used joint at
-    depth >= MIN_DEPTH_M) both are all NaN. Raises ValueError for wrong shapes, negative
-    weights or invalid intrinsics.
+    pixels (zero-weight joints included; NaN where an input is not finite or a zero-weight joint
+    lands behind the camera). Every weighted joint ends at depth >= MIN_DEPTH_M. On degenerate
+    input (fewer than two usable joints, a singular system, no start in front of the camera)
+    both are all NaN: check `np.isfinite(t_m).all()`. Raises ValueError for wrong shapes,
+    negative weights or invalid intrinsics.
     """
     joints = _as_poses("joints_3d_rel_m", joints_3d_rel_m, 3, batched=False)
     pix = _as_poses("joints_2d_px", joints_2d_px, 2, batched=False)
