@@ -120,7 +120,8 @@ def test_forcing_tensorrt_without_it_is_a_clear_error(no_tensorrt, engine_path):
         tensorrt_backend.TensorRTSession(engine_path)
 
 
-def test_auto_choice_matches_this_machine(engine_path):
+def test_auto_choice_matches_this_machine(engine_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a plan built here stays out of ~/.cache
     engine = load_engine(engine_path)
     if TRT_REASON is None:
         assert engine.backend == "tensorrt"
