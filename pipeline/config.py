@@ -98,6 +98,25 @@ class OutputConfig:
     wait_for_subscribers: int = 0  # hold the start until this many subscribers are connected
     wait_for_subscribers_s: float = 10.0  # ... for at most this long, then start anyway
 
+    def __post_init__(self) -> None:
+        if not self.allow_remote and not is_local_endpoint(self.publish):
+            raise ValueError(
+                f"publish endpoint {self.publish!r} is reachable from other machines: use "
+                "tcp://127.0.0.1:PORT, or pass --allow-remote if you mean to expose the stream"
+            )
+        if not self.topic or len(self.topic) > 64:
+            raise ValueError(f"topic must be 1 to 64 characters, got {self.topic!r}")
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
 
 @dataclass(frozen=True)
 class TransportConfig:
@@ -106,10 +125,14 @@ class TransportConfig:
     kind: str = "ipc"  # "ipc": unix sockets in a per-run temp dir; "tcp": 127.0.0.1 ports
     run_dir: str | None = None  # ipc directory (None: a fresh temp dir, removed at exit)
     tcp_base_port: int = 0  # tcp: first port (0: the OS picks free ports)
+    policy: str = "latest"  # "latest": newest frame wins, drops counted (live);
+    #                         "lossless": every frame goes through, producers wait (offline)
 
     def __post_init__(self) -> None:
         if self.kind not in ("ipc", "tcp"):
             raise ValueError(f"transport kind must be ipc or tcp, got {self.kind!r}")
+        if self.policy not in ("latest", "lossless"):
+            raise ValueError(f"edge policy must be latest or lossless, got {self.policy!r}")
 
 
 @dataclass(frozen=True)

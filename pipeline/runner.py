@@ -1,0 +1,395 @@
+"""The main loop of one stage process: `python -m pipeline.runner --plan PLAN.json`.
+
+The supervisor writes the plan (stage name, whole config, edge endpoints, control
+endpoint, parent pid) and starts one runner per stage. The runner opens the stage, says
+"ready" on the control socket, waits for "go", then moves messages: receive (newest wins),
+decode, `process`, stamp `(stage, t_in_ns, t_out_ns)`, encode, send. It stops on a "stop"
+command, on SIGTERM, at end of stream, or when its parent dies; an exception is reported to
+the supervisor with its traceback and the process exits 1.
+
+Control messages are msgpack maps. Child -> supervisor: {"event": "hello"|"ready"|"error"|
+"eos"|"bye", "stage": name, ...}; supervisor -> child: {"cmd": "go"|"stop"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+import msgpack
+import zmq
+
+from pipeline.config import PipelineConfig
+from pipeline.graph import stage_class
+from pipeline.schema import SchemaError, decode, encode, with_stamp
+from pipeline.stage import EndOfStream, Sink, Source, Stage
+from pipeline.transport import (
+    EdgeReceiver,
+    EdgeSender,
+    now_ns,
+    open_socket,
+    poll_once,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100  # longest a loop waits before checking stop flags and parent
+LOSSLESS_BACKLOG = 2  # with policy "lossless", hold input credits while this many wait
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one stage process needs to know (written by the supervisor as JSON)."""
+
+    stage: str
+    module: str  # where the Stage subclass lives
+    config_key: str  # which PipelineConfig section its constructor gets
+    config: PipelineConfig
+    control: str  # supervisor's control endpoint
+    inputs: tuple[str, ...]  # endpoints to connect (one per input edge)
+    outputs: tuple[tuple[str, str], ...]  # (endpoint, policy) to bind, one per output edge
+    parent_pid: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "stage": self.stage,
+                "module": self.module,
+                "config_key": self.config_key,
+                "config": json.loads(self.config.to_json()),
+                "control": self.control,
+                "inputs": list(self.inputs),
+                "outputs": [list(o) for o in self.outputs],
+                "parent_pid": self.parent_pid,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        d = json.loads(text)
+        return cls(
+            stage=d["stage"],
+            module=d["module"],
+            config_key=d["config_key"],
+            config=PipelineConfig.from_json(json.dumps(d["config"])),
+            control=d["control"],
+            inputs=tuple(d["inputs"]),
+            outputs=tuple((e, p) for e, p in d["outputs"]),
+            parent_pid=int(d["parent_pid"]),
+        )
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent exits (PR_SET_PDEATHSIG), and
+    exit now if the parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("prctl not available; relying on the parent-alive check")
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+
+class StageRunner:
+    """Runs one stage of a plan in this process. `run()` returns the exit code."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.name = plan.stage
+        self.stop_requested = False
+        self.ctx = zmq.Context()
+        self.control: zmq.Socket | None = None
+        self.stage: Stage | None = None
+        self.senders: list[EdgeSender] = []
+        self.receivers: list[EdgeReceiver] = []
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.processed = 0
+
+    # ------------------------------------------------------------------ control
+    def _tell(self, event: str, **fields: Any) -> None:
+        if self.control is None:
+            return
+        try:
+            self.control.send(
+                msgpack.packb({"event": event, "stage": self.name, **fields}), zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            log.debug("could not tell the supervisor %s", event)
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                cmd = msgpack.unpackb(raw).get("cmd")
+            except Exception:
+                log.warning("ignored a malformed control message")
+                continue
+            if cmd == "stop":
+                self.stop_requested = True
+            elif cmd == "go":
+                self._go = True
+
+    def _should_stop(self) -> bool:
+        if os.getppid() != self.plan.parent_pid:
+            log.error("supervisor (pid %d) is gone: stopping", self.plan.parent_pid)
+            self.stop_requested = True
+        return self.stop_requested
+
+    # ------------------------------------------------------------------ life
+    def run(self) -> int:
+        code = 0
+        opened = False
+        try:
+            self.control = open_socket(
+                self.ctx, zmq.DEALER, connect=self.plan.control, identity=self.name.encode()
+            )
+            self._tell("hello", pid=os.getpid())
+            cls = stage_class(self.name, self.plan.module)
+            self.stage = cls(getattr(self.plan.config, self.plan.config_key, None))
+            self.stage.open()
+            opened = True
+            for endpoint, policy in self.plan.outputs:
+                self.senders.append(EdgeSender(self.ctx, endpoint, policy))
+            for endpoint in self.plan.inputs:
+                self.receivers.append(EdgeReceiver(self.ctx, endpoint))
+            self._tell("ready")
+            if self._wait_for_go():
+                if isinstance(self.stage, Source):
+                    self._loop_source()
+                else:
+                    self._loop_process()
+        except Exception as exc:
+            code = 1
+            log.exception("stage %s failed", self.name)
+            self._tell("error", text=f"{type(exc).__name__}: {exc}",
+                       traceback=traceback.format_exc())
+        finally:
+            if opened:
+                try:
+                    self.stage.close()
+                except Exception:
+                    log.exception("stage %s: close() failed", self.name)
+            self._tell("bye", code=code, stats=self.stats())
+            for edge in [*self.senders, *self.receivers]:
+                edge.close()
+            if self.control is not None:
+                self.control.close(linger=200)  # let "bye" out
+            self.ctx.term()
+        return code
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the supervisor's summary (and for benchmarks)."""
+        return {
+            "processed": self.processed,
+            "received": sum(r.received for r in self.receivers),
+            "dropped_in": sum(r.dropped for r in self.receivers),
+            "sent": sum(s.sent for s in self.senders),
+            "dropped_out": sum(s.dropped for s in self.senders),
+            "rejected": dict(self.rejected),
+        }
+
+    def _wait_for_go(self) -> bool:
+        self._go = False
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        while not self._go:
+            if self.control in poll_once(poller, POLL_MS):
+                self._on_control()
+            if self._should_stop():
+                return False
+        return True
+
+    def _reject(self, why: str) -> None:
+        kind = why.split(":")[0][:60]
+        if self.rejected[kind] == 0:
+            log.warning("stage %s: rejected a message (%s); further ones of this kind are "
+                        "only counted", self.name, why)
+        self.rejected[kind] += 1
+
+    def _flush_end(self, poller: zmq.Poller) -> None:
+        """Deliver end-of-stream downstream, then return (or on stop)."""
+        for s in self.senders:
+            s.end()
+        while not all(s.finished for s in self.senders) and not self._should_stop():
+            ready = poll_once(poller, POLL_MS)
+            if self.control in ready:
+                self._on_control()
+            for s in self.senders:
+                if s.socket in ready:
+                    s.on_readable()
+
+    # ------------------------------------------------------------------ processing stage
+    def _loop_process(self) -> None:
+        if len(self.receivers) != 1:
+            raise RuntimeError(f"stage {self.name}: expected one input edge, got "
+                               f"{len(self.receivers)}")
+        rx = self.receivers[0]
+        is_sink = isinstance(self.stage, Sink)
+        lossless = any(s.policy == "lossless" for s in self.senders)
+        poller = zmq.Poller()
+        for sock in [self.control, rx.socket, *(s.socket for s in self.senders)]:
+            poller.register(sock, zmq.POLLIN)
+        while not self._should_stop():
+            if not rx.waiting and not (
+                lossless and any(s.backlog >= LOSSLESS_BACKLOG for s in self.senders)
+            ):
+                rx.request()
+            ready = poll_once(poller, POLL_MS)
+            if self.control in ready:
+                self._on_control()
+            for s in self.senders:
+                if s.socket in ready:
+                    s.on_readable()
+            if rx.socket in ready:
+                got = rx.receive()
+                t_in_ns = now_ns()
+                if got is EdgeReceiver.END:
+                    log.info("stage %s: end of stream", self.name)
+                    if is_sink:
+                        self._tell("eos")
+                    else:
+                        self._flush_end(poller)
+                    return
+                if got is not None:
+                    self._handle(got, t_in_ns, is_sink)
+            rx.tick()
+
+    def _handle(self, frames: list[Any], t_in_ns: int, is_sink: bool) -> None:
+        try:
+            msg = decode(frames)
+        except SchemaError as exc:
+            self._reject(str(exc))
+            return
+        if not isinstance(msg, self.stage.inputs):
+            self._reject(f"unexpected type: {type(msg).__name__} is not one of "
+                         f"{[c.__name__ for c in self.stage.inputs]}")
+            return
+        self.processed += 1
+        if is_sink:
+            self.stage.consume(with_stamp(msg, self.name, t_in_ns, now_ns()))
+            return
+        out = self.stage.process(msg)
+        if out is None:
+            return
+        out = dataclasses.replace(
+            out,
+            frame_id=msg.frame_id,
+            t_capture_ns=msg.t_capture_ns,
+            stamps=msg.stamps + ((self.name, t_in_ns, now_ns()),),
+        )
+        frames_out = encode(out)
+        for s in self.senders:
+            s.offer(frames_out)
+
+    # ------------------------------------------------------------------ source
+    def _loop_source(self) -> None:
+        """produce() runs in a thread so credits are answered at once even while the
+        source blocks on a camera or on pacing; this thread only moves messages."""
+        lossless = any(s.policy == "lossless" for s in self.senders)
+        handoff: collections.deque[Any] = collections.deque()
+        wake_r, wake_w = os.pipe()
+        room = threading.Event()
+        room.set()
+        done = threading.Event()
+        failure: list[str] = []
+        stop = threading.Event()
+
+        def produce_loop() -> None:
+            try:
+                while not stop.is_set():
+                    if lossless and not room.wait(POLL_MS / 1000):
+                        continue
+                    msg = self.stage.produce()
+                    if msg is None:
+                        continue
+                    msg = with_stamp(msg, self.name, msg.t_capture_ns, now_ns())
+                    handoff.append(encode(msg))
+                    if lossless:
+                        room.clear()
+                    os.write(wake_w, b"m")
+            except EndOfStream:
+                log.info("stage %s: end of stream", self.name)
+            except Exception:
+                failure.append(traceback.format_exc())
+            finally:
+                done.set()
+                try:
+                    os.write(wake_w, b"e")
+                except OSError:
+                    pass  # the main loop has already gone
+
+        worker = threading.Thread(target=produce_loop, name=f"{self.name}-produce", daemon=True)
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
+        for s in self.senders:
+            poller.register(s.socket, zmq.POLLIN)
+        worker.start()
+        try:
+            while not self._should_stop():
+                ready = poll_once(poller, POLL_MS)
+                if self.control in ready:
+                    self._on_control()
+                if wake_r in ready:
+                    os.read(wake_r, 4096)
+                while handoff:
+                    frames = handoff.popleft()
+                    self.processed += 1
+                    for s in self.senders:
+                        s.offer(frames)
+                for s in self.senders:
+                    if s.socket in ready:
+                        s.on_readable()
+                if lossless and all(s.backlog < LOSSLESS_BACKLOG for s in self.senders):
+                    room.set()
+                if done.is_set() and not handoff:
+                    if failure:
+                        raise RuntimeError(f"stage {self.name}: produce() failed:\n{failure[0]}")
+                    self._flush_end(poller)
+                    return
+        finally:
+            stop.set()
+            room.set()
+            worker.join(timeout=1.0)
+            os.close(wake_r)
+            os.close(wake_w)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Run one posestream stage (started by the supervisor, not by hand)."
+    )
+    parser.add_argument("--plan", required=True, help="JSON plan file written by the supervisor")
+    args = parser.parse_args(argv)
+    with open(args.plan, encoding="utf-8") as f:
+        plan = Plan.from_json(f.read())
+    die_with_parent(plan.parent_pid)
+    logging.basicConfig(
+        level=getattr(logging, plan.config.supervisor.log_level.upper(), logging.INFO),
+        format=f"%(asctime)s {plan.stage}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    runner = StageRunner(plan)
+    # Ctrl-C goes to the whole process group: the supervisor alone decides, and tells us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(runner, "stop_requested", True))
+    return runner.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Start every stage of the graph as its own OS process, watch them, stop them cleanly.
+
+    sup = Supervisor(config)          # PipelineConfig; the graph comes from build_graph
+    code = sup.run()                  # blocks; 0 at end of stream, 1 if a stage failed,
+                                      # 130 / 143 after SIGINT / SIGTERM
+
+or, to drive a run from a test or a benchmark: `sup.start()` (returns once every stage has
+opened and been told to go), `sup.pids()`, `sup.watch(timeout_s)`, `sup.stop()`.
+
+Start-up is a handshake, not a sleep: each child says "ready" after `open()`; only when all
+are ready does the supervisor send "go", so the source's first frame finds every stage
+listening. Stop: a "stop" command, then SIGTERM, then SIGKILL, all within
+`config.supervisor.stop_timeout_s`; children also die with the supervisor (PDEATHSIG and a
+parent check). Sources are checked before anything starts (`Stage.preflight`), so a
+missing camera fails in about a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from pipeline.config import PipelineConfig
+from pipeline.graph import Graph, build_graph, stage_class
+from pipeline.runner import Plan
+from pipeline.transport import open_socket
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_OK, EXIT_FAILED, EXIT_NO_SOURCE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+
+
+def _child_setup() -> None:
+    """Runs in the child between fork and exec: die with the parent (PDEATHSIG survives
+    exec), so no stage outlives a supervisor killed with -9."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _short_temp_root() -> str:
+    """$TMPDIR unless its path is too long for unix socket names (~100 bytes), else /tmp."""
+    root = tempfile.gettempdir()
+    return root if len(root) <= 60 else "/tmp"
+
+
+class PipelineError(RuntimeError):
+    """The pipeline could not start or a stage failed; the message says which and why."""
+
+
+class SourceUnavailable(PipelineError):
+    """A source failed its preflight check (no camera, unreadable file)."""
+
+
+@dataclass
+class StageProcess:
+    """One running stage as the supervisor sees it."""
+
+    name: str
+    popen: subprocess.Popen
+    ready: bool = False
+    error: str | None = None  # "Type: message" from the child
+    traceback: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+class Supervisor:
+    """Runs one pipeline described by a PipelineConfig (see module docstring)."""
+
+    def __init__(self, config: PipelineConfig, graph: Graph | None = None) -> None:
+        self.config = config
+        self.graph = graph or build_graph(config)
+        self.procs: dict[str, StageProcess] = {}
+        self.failure: str | None = None  # why the run failed, for people
+        self.eos = False  # the sink saw the end of the stream
+        self._stop_code: int | None = None
+        self._run_dir: str | None = None
+        self._ctx: zmq.Context | None = None
+        self._control: zmq.Socket | None = None
+
+    # ------------------------------------------------------------------ public
+    def run(self, on_started: Callable[[dict[str, int]], None] | None = None) -> int:
+        """Start, watch until the stream ends, a stage fails or a signal arrives; stop.
+
+        on_started(pids) is called once every stage is running (e.g. to start a benchmark
+        clock or record the process ids). Returns the exit code (see module docstring).
+        """
+        restore = self._install_signal_handlers()
+        try:
+            try:
+                self.start()
+            except SourceUnavailable as exc:
+                log.error("%s", exc)
+                return EXIT_NO_SOURCE
+            except PipelineError as exc:
+                self.failure = self.failure or str(exc)
+                log.error("%s", exc)
+                return self._stop_code or EXIT_FAILED
+            if on_started is not None:
+                on_started(self.pids())
+            return self.watch()
+        finally:
+            self.stop()
+            restore()
+
+    def start(self) -> None:
+        """Check sources, spawn every stage, wait until all are ready, then say go.
+
+        Raises PipelineError (after stopping what was started) if a source cannot be
+        opened, a stage fails to open, or start-up takes longer than startup_timeout_s.
+        """
+        self._preflight()
+        self._run_dir = self.config.transport.run_dir or tempfile.mkdtemp(
+            prefix="posestream-", dir=_short_temp_root()
+        )
+        os.makedirs(self._run_dir, exist_ok=True)
+        endpoints = self.graph.endpoints(
+            self.config.transport.kind, self._run_dir, self.config.transport.tcp_base_port
+        )
+        self._ctx = zmq.Context()
+        self._control = open_socket(self._ctx, zmq.ROUTER, bind=endpoints["control"],
+                                    rcvhwm=1000)
+        self._control.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._control.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        for spec in self.graph.stages:
+            plan = Plan(
+                stage=spec.name,
+                module=spec.module_name,
+                config_key=spec.config_section,
+                config=self.config,
+                control=endpoints["control"],
+                inputs=tuple(endpoints[e.name] for e in self.graph.inputs_of(spec.name)),
+                outputs=tuple(
+                    (endpoints[e.name], e.policy) for e in self.graph.outputs_of(spec.name)
+                ),
+                parent_pid=os.getpid(),
+            )
+            self._spawn(plan)
+        deadline = time.monotonic() + self.config.supervisor.startup_timeout_s
+        while not all(p.ready for p in self.procs.values()):
+            if self._stop_code is not None:
+                raise PipelineError("stopped by a signal during start-up")
+            self._pump_control(0.1)
+            self._check_children(starting=True)
+            if time.monotonic() > deadline:
+                late = [p.name for p in self.procs.values() if not p.ready]
+                raise PipelineError(
+                    f"stages {late} did not open within {self.config.supervisor.startup_timeout_s}"
+                    " s: see their log lines above; raise SupervisorConfig.startup_timeout_s "
+                    "on a slow machine"
+                )
+        log.info("all %d stages ready: %s", len(self.procs), self.pids())
+        for name in self.procs:
+            self._send(name, "go")
+
+    def pids(self) -> dict[str, int]:
+        """Stage name -> OS process id."""
+        return {name: p.pid for name, p in self.procs.items()}
+
+    def watch(self, timeout_s: float | None = None) -> int:
+        """Watch the stages until all have ended, one failed or a signal arrived.
+
+        Returns the exit code (0 end of stream, 1 failure, 130/143 signal), or -1 when
+        timeout_s passed with the pipeline still running.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if self._stop_code is not None:
+                log.info("stopping on request")
+                return self._stop_code
+            self._pump_control(0.1)
+            try:
+                if self._check_children(starting=False):
+                    self._log_summary()
+                    log.info("stream ended; all stages exited cleanly")
+                    return EXIT_OK
+            except PipelineError as exc:
+                log.error("%s", exc)
+                return EXIT_FAILED
+            if deadline is not None and time.monotonic() > deadline:
+                return -1
+
+    def request_stop(self, code: int = EXIT_SIGINT) -> None:
+        """Ask a running `watch()`/`start()` to return (safe from a signal handler)."""
+        self._stop_code = code
+
+    def stop(self) -> None:
+        """Stop every stage (stop command, then SIGTERM, then SIGKILL) and clean up.
+
+        Returns within config.supervisor.stop_timeout_s; idempotent.
+        """
+        timeout = self.config.supervisor.stop_timeout_s
+        t0 = time.monotonic()
+        alive = [p for p in self.procs.values() if p.popen.poll() is None]
+        for p in alive:
+            self._send(p.name, "stop")
+        for phase_end, action in ((0.55, signal.SIGTERM), (0.8, signal.SIGKILL), (1.0, None)):
+            while alive and time.monotonic() - t0 < phase_end * timeout:
+                self._pump_control(0.02)
+                alive = [p for p in alive if p.popen.poll() is None]
+            for p in alive:
+                if action is not None:
+                    log.warning("stage %s (pid %d) did not stop in time: %s", p.name, p.pid,
+                                signal.Signals(action).name)
+                    try:
+                        p.popen.send_signal(action)
+                    except ProcessLookupError:
+                        pass
+        for p in alive:
+            p.popen.wait(timeout=1.0)  # after SIGKILL this returns at once
+        if alive:
+            self._pump_control(0.0)
+        if self._control is not None:
+            self._control.close(linger=0)
+            self._control = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self._run_dir is not None and self.config.transport.run_dir is None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    # ------------------------------------------------------------------ internals
+    def _preflight(self) -> None:
+        for spec in self.graph.stages:
+            if self.graph.inputs_of(spec.name):
+                continue  # only sources are checked up front: cheap and they fail most
+            cls = stage_class(spec.name, spec.module_name)
+            check = getattr(cls, "preflight", None)
+            if check is not None:
+                try:
+                    check(getattr(self.config, spec.config_section, None))
+                except Exception as exc:
+                    self.failure = str(exc)
+                    raise SourceUnavailable(str(exc)) from exc
+
+    def _spawn(self, plan: Plan) -> None:
+        path = os.path.join(self._run_dir, f"{plan.stage}.plan.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(plan.to_json())
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.runner", "--plan", path],
+            env=env,
+            cwd=str(REPO_ROOT),
+            # own process group: a terminal's Ctrl-C reaches the supervisor alone, which
+            # then stops the stages in order
+            process_group=0,
+            preexec_fn=_child_setup,
+        )
+        self.procs[plan.stage] = StageProcess(plan.stage, popen)
+        log.debug("started stage %s as pid %d", plan.stage, popen.pid)
+
+    def _send(self, name: str, cmd: str) -> None:
+        if self._control is None:
+            return
+        try:
+            self._control.send_multipart(
+                [name.encode(), msgpack.packb({"cmd": cmd})], zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            log.debug("could not send %s to %s", cmd, name)
+
+    def _pump_control(self, timeout_s: float) -> None:
+        if self._control is None:
+            time.sleep(timeout_s)
+            return
+        try:
+            if not self._control.poll(int(timeout_s * 1000), zmq.POLLIN):
+                return
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EINTR:
+                return
+            raise
+        while True:
+            try:
+                parts = self._control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = msgpack.unpackb(parts[-1])
+                proc = self.procs[event["stage"]]
+                kind = event["event"]
+            except Exception:
+                log.warning("ignored a malformed control message")
+                continue
+            if kind == "ready":
+                proc.ready = True
+                log.debug("stage %s ready", proc.name)
+            elif kind == "error":
+                proc.error = event.get("text")
+                proc.traceback = event.get("traceback")
+            elif kind == "eos":
+                self.eos = True
+            elif kind == "bye":
+                proc.stats = event.get("stats", {})
+
+    def _check_children(self, starting: bool) -> bool:
+        """Raise PipelineError if a stage failed; True when every stage exited with 0."""
+        for p in self.procs.values():
+            code = p.popen.poll()
+            if code is None:
+                continue
+            if code != 0 or (starting and not p.ready):
+                self._pump_control(0.05)  # its error report may still be in flight
+                if p.error:
+                    msg = (f"stage {p.name} (pid {p.pid}) failed: {p.error}\n"
+                           f"{p.traceback or ''}")
+                elif code < 0:
+                    msg = (f"stage {p.name} (pid {p.pid}) was killed by "
+                           f"{signal.Signals(-code).name}")
+                else:
+                    msg = f"stage {p.name} (pid {p.pid}) exited with code {code}"
+                self.failure = msg
+                raise PipelineError(msg)
+        return all(p.popen.poll() == 0 for p in self.procs.values())
+
+    def _log_summary(self) -> None:
+        self._pump_control(0.05)
+        for p in self.procs.values():
+            if p.stats:
+                log.info("stage %s: %s", p.name, p.stats)
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old = {
+            signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: self.request_stop(EXIT_SIGINT)),
+            signal.SIGTERM: signal.signal(
+                signal.SIGTERM, lambda *_: self.request_stop(EXIT_SIGTERM)
+            ),
+        }
+
+        def restore() -> None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore

@@ -1,0 +1,279 @@
+"""ZeroMQ plumbing: one socket helper and the two ends of an internal edge.
+
+Latest-frame delivery is credit based (zguide's "credit-based flow control", MediaPipe's
+FlowLimiter with one in flight): the consumer (a DEALER) sends a credit when it is free;
+the producer (a ROUTER, bound at the edge's endpoint) keeps at most one unsent message and
+sends it the moment a credit is there. A newer message replaces an unsent one (counted as
+a drop). So a consumer never gets a message that was already stale when it asked, whatever
+the message size (RCVHWM + drain alone cannot promise that: kernel socket buffers hold
+hundreds of small messages). Credits carry a token and are re-sent while unanswered, so an
+edge heals by itself when either end restarts: no sleeps, no lost first frame.
+
+Frames on an edge: producer -> consumer `[kind, *message frames]`, kind `b"D"` (data: a
+pipeline.schema message) or `b"E"` (end of stream). Consumer -> producer `[b"C", token]`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from pipeline.schema import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+DATA = b"D"
+END = b"E"
+CREDIT = b"C"
+#: edge policies: "latest" (one unsent message, newest wins) or "lossless" (queue, the
+#: consumer side holds back its own credits so the queue stays short: for offline runs)
+POLICIES: tuple[str, ...] = ("latest", "lossless")
+#: an unanswered credit is sent again after this long (heals restarts of either end)
+CREDIT_RESEND_S: float = 0.25
+
+
+def open_socket(
+    ctx: zmq.Context,
+    socket_type: int,
+    *,
+    bind: str | None = None,
+    connect: str | None = None,
+    sndhwm: int = 16,
+    rcvhwm: int = 16,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    identity: bytes | None = None,
+) -> zmq.Socket:
+    """A socket with LINGER=0, a maximum message size (receivers drop larger messages and
+    the connection), fast reconnects, bound or connected to one endpoint.
+
+    Close it with `sock.close()` in a `finally` (or use it as a context manager).
+    """
+    if (bind is None) == (connect is None):
+        raise ValueError("open_socket: give exactly one of bind= or connect=")
+    sock = ctx.socket(socket_type)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        if socket_type == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if bind is not None:
+            try:
+                sock.bind(bind)
+            except zmq.ZMQError as exc:
+                raise zmq.ZMQError(
+                    exc.errno,
+                    f"could not bind {bind}: {exc.strerror} (is another posestream "
+                    "running? pick another endpoint)",
+                ) from exc
+        else:
+            sock.connect(connect)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+class EdgeSender:
+    """Producer end of an internal edge: a ROUTER bound at `endpoint`.
+
+    Call `offer(frames)` with an encoded message; register `socket` for POLLIN in your
+    poller and call `on_readable()` when it fires; call `end()` once at end of stream and
+    keep polling until `finished`. Counters: `sent`, `dropped` (replaced before sending).
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, policy: str = "latest") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"edge policy must be one of {POLICIES}, got {policy!r}")
+        self.endpoint = endpoint
+        self.policy = policy
+        self.socket = open_socket(ctx, zmq.ROUTER, bind=endpoint, rcvhwm=64, sndhwm=8)
+        self._queue: collections.deque[list[Any]] = collections.deque()
+        self._ended = False
+        self._end_sent = False
+        self._peer: bytes | None = None  # a consumer holding an unanswered credit
+        self._pending_token = b""
+        self._served: dict[bytes, bytes] = {}  # peer -> last token answered
+        self.sent = 0
+        self.dropped = 0
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for a credit."""
+        return len(self._queue)
+
+    @property
+    def finished(self) -> bool:
+        """True once the end-of-stream marker has been delivered."""
+        return self._end_sent
+
+    def offer(self, frames: Sequence[Any]) -> None:
+        """Queue one encoded message; with policy "latest" it replaces an unsent one."""
+        if self._ended:
+            raise RuntimeError(f"edge {self.endpoint}: offer() after end()")
+        if self.policy == "latest" and self._queue:
+            self._queue.clear()
+            self.dropped += 1
+        self._queue.append([DATA, *frames])
+        self._pump()
+
+    def end(self) -> None:
+        """Mark end of stream: delivered after everything queued."""
+        self._ended = True
+        self._pump()
+
+    def on_readable(self) -> None:
+        """Take the credits that arrived and send what they allow."""
+        while True:
+            try:
+                parts = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(parts) != 3 or parts[1] != CREDIT or len(parts[2]) > 16:
+                log.warning("edge %s: ignored a malformed credit (%d frames)", self.endpoint,
+                            len(parts))
+                continue
+            peer, token = parts[0], parts[2]
+            if self._served.get(peer) != token:
+                self._peer = peer
+                self._pending_token = token
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._peer is None:
+            return
+        if self._queue:
+            parts = self._queue[0]
+        elif self._ended and not self._end_sent:
+            parts = [END]
+        else:
+            return
+        peer = self._peer
+        try:
+            self.socket.send_multipart([peer, *parts], zmq.NOBLOCK, copy=len(parts) < 3)
+        except zmq.Again:
+            return  # the consumer's pipe is full: keep the credit, try on the next event
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.info("edge %s: consumer went away; waiting for a new one", self.endpoint)
+            self._peer = None
+            return
+        self._served[peer] = self._pending_token
+        self._peer = None
+        if parts[0] == END:
+            self._end_sent = True
+        else:
+            self._queue.popleft()
+            self.sent += 1
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class EdgeReceiver:
+    """Consumer end of an internal edge: a DEALER connected to the producer's endpoint.
+
+    Call `request()` when ready for the next message; register `socket` for POLLIN and call
+    `receive()` when it fires: it returns the newest data message's frames, the END marker
+    (`EdgeReceiver.END`) or None. Call `tick()` now and then so an unanswered credit is sent
+    again. Counters: `received`, `dropped` (older messages skipped by drain-to-latest).
+    """
+
+    END = END
+
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.socket = open_socket(ctx, zmq.DEALER, connect=endpoint, rcvhwm=8, sndhwm=8)
+        self._token = 0
+        self._asked_at: float | None = None
+        self._end_seen = False
+        self.received = 0
+        self.dropped = 0
+
+    @property
+    def waiting(self) -> bool:
+        """True while a credit is out and unanswered."""
+        return self._asked_at is not None
+
+    def request(self) -> None:
+        """Tell the producer we are free for one message (idempotent while waiting)."""
+        if self._asked_at is not None:
+            return
+        self._token += 1
+        self._send_credit()
+
+    def _send_credit(self) -> None:
+        try:
+            self.socket.send_multipart(
+                [CREDIT, self._token.to_bytes(8, "little")], zmq.NOBLOCK
+            )
+        except zmq.Again:
+            pass  # not connected yet; tick() sends it again
+        self._asked_at = time.monotonic()
+
+    def tick(self) -> None:
+        """Resend an unanswered credit (the producer may have restarted or started late)."""
+        if self._asked_at is not None and time.monotonic() - self._asked_at > CREDIT_RESEND_S:
+            self._send_credit()
+
+    def receive(self) -> list[Any] | bytes | None:
+        """Drain what arrived: the newest data message (frames after the kind), END, or
+        None when nothing (or only malformed input) was there."""
+        latest: list[Any] | None = None
+        while True:
+            try:
+                parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            kind = parts[0].bytes
+            if kind == DATA and len(parts) >= 2:
+                if latest is not None:
+                    self.dropped += 1
+                latest = parts[1:]
+                self._asked_at = None
+            elif kind == END:
+                self._end_seen = True
+                self._asked_at = None
+            else:
+                log.warning("edge %s: ignored a message of unknown kind %r", self.endpoint,
+                            kind[:8])
+        if latest is not None:
+            self.received += 1
+            return latest
+        if self._end_seen:
+            return END
+        return None
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def poll_once(poller: zmq.Poller, timeout_ms: int) -> dict[zmq.Socket, int]:
+    """poller.poll that treats EINTR (a signal arrived) as "nothing happened"."""
+    try:
+        return dict(poller.poll(timeout_ms))
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EINTR:
+            return {}
+        raise
+
+
+def wait_readable(sock: zmq.Socket, timeout_s: float) -> bool:
+    """True if `sock` becomes readable within timeout_s."""
+    return bool(sock.poll(int(timeout_s * 1000), zmq.POLLIN))
+
+
+def now_ns() -> int:
+    """The one clock for every stamp: CLOCK_MONOTONIC, shared by all processes on a host."""
+    return time.monotonic_ns()

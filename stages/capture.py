@@ -1,0 +1,222 @@
+"""Capture: frames from a camera, a video file or a set of images, as raw BGR `Frame`s.
+
+Each frame gets a sequential `frame_id` and `t_capture_ns = time.monotonic_ns()` taken the
+moment the frame was grabbed. A video is paced at its own frame rate (as a camera would
+deliver it) unless `as_fast_as_possible`; images at `images_fps`. No JPEG round trip.
+`CaptureStage.preflight(config)` opens the source once before the pipeline starts, so a
+missing camera or unreadable file fails in about a second with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+
+from pipeline.config import CaptureConfig
+from pipeline.schema import Frame
+from pipeline.stage import EndOfStream, Source
+
+log = logging.getLogger(__name__)
+
+#: a camera that returns no frame this many times in a row is reported as gone
+CAMERA_MAX_FAILED_READS = 30
+#: the longest produce() sleeps before returning None (so stop requests are seen)
+MAX_SLEEP_S = 0.05
+
+
+class SourceError(RuntimeError):
+    """A frame source could not be opened or stopped working; the message says what to do."""
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV prints backend warnings for every probe; keep them out of our messages."""
+    try:
+        old = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(old)
+
+
+def _open_video_capture(config: CaptureConfig) -> cv2.VideoCapture:
+    """Open the camera or video of `config`; raise SourceError if it cannot deliver a frame."""
+    kind = config.source_kind()
+    if kind == "video":
+        path = config.video
+        if not os.path.isfile(path):
+            raise SourceError(f"video {path!r} does not exist: check the path given to --video")
+        with _quiet_opencv():
+            cap = cv2.VideoCapture(path)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(
+                f"video {path!r} could not be opened: is it a video OpenCV can decode "
+                "(e.g. .mp4, .avi)? try another file or --images GLOB"
+            )
+        return cap
+    index = 0 if config.camera is None else config.camera
+    with _quiet_opencv():
+        cap = cv2.VideoCapture(index)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(
+            f"camera {index} could not be opened: is it connected / in use by another "
+            "program? try --camera 0 (or another index) or --video FILE"
+        )
+    for prop, value in (
+        (cv2.CAP_PROP_FRAME_WIDTH, config.camera_width),
+        (cv2.CAP_PROP_FRAME_HEIGHT, config.camera_height),
+        (cv2.CAP_PROP_FPS, config.camera_fps),
+    ):
+        if value is not None:
+            cap.set(prop, float(value))
+    cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # latest frame, not a queue of old ones
+    return cap
+
+
+def _image_paths(config: CaptureConfig) -> list[str]:
+    paths = sorted(p for p in glob.glob(config.images) if os.path.isfile(p))
+    if not paths:
+        raise SourceError(
+            f"no files match --images {config.images!r}: quote the pattern so the shell does "
+            "not expand it, e.g. --images 'frames/*.jpg'"
+        )
+    return paths
+
+
+class CaptureStage(Source):
+    """Source of `Frame`s (see module docstring). Config: CaptureConfig."""
+
+    name = "capture"
+    inputs = ()
+    outputs = (Frame,)
+
+    def __init__(self, config: CaptureConfig) -> None:
+        super().__init__(config)
+        self._cap: cv2.VideoCapture | None = None
+        self._paths: list[str] = []
+        self._next_id = 0
+        self._path_index = 0
+        self._period_s = 0.0  # pacing; 0: as fast as possible / camera's own rate
+        self._t_start = 0.0
+        self._failed_reads = 0
+
+    @staticmethod
+    def preflight(config: CaptureConfig) -> None:
+        """Open the source and read one frame; raise SourceError with advice if that fails."""
+        kind = config.source_kind()
+        if kind == "images":
+            paths = _image_paths(config)
+            if cv2.imread(paths[0]) is None:
+                raise SourceError(f"image {paths[0]!r} could not be read: is it an image file?")
+            return
+        cap = _open_video_capture(config)
+        try:
+            with _quiet_opencv():
+                ok, frame = cap.read()
+            if not ok or frame is None:
+                what = f"video {config.video!r}" if kind == "video" else f"camera {config.camera}"
+                raise SourceError(
+                    f"{what} opened but delivered no frame: is the file empty or corrupt / "
+                    "the camera in use? try another source"
+                )
+        finally:
+            cap.release()
+
+    @property
+    def source_name(self) -> str:
+        kind = self.config.source_kind()
+        if kind == "camera":
+            return f"camera:{0 if self.config.camera is None else self.config.camera}"
+        return f"{kind}:{self.config.video if kind == 'video' else self.config.images}"
+
+    def open(self) -> None:
+        kind = self.config.source_kind()
+        if kind == "images":
+            self._paths = _image_paths(self.config)
+            if not self.config.as_fast_as_possible:
+                self._period_s = 1.0 / self.config.images_fps
+            log.info("capture: %d images from %s", len(self._paths), self.config.images)
+        else:
+            self._cap = _open_video_capture(self.config)
+            if kind == "video" and not self.config.as_fast_as_possible:
+                fps = self._cap.get(cv2.CAP_PROP_FPS)
+                self._period_s = 1.0 / fps if math.isfinite(fps) and fps > 0 else 1.0 / 30
+            log.info("capture: %s, %s", self.source_name,
+                     f"paced at {1 / self._period_s:.1f} fps" if self._period_s else "unpaced")
+        self._t_start = 0.0
+
+    def produce(self) -> Frame | None:
+        """The next frame, None when it is not due yet; EndOfStream when done."""
+        if self.config.max_frames is not None and self._next_id >= self.config.max_frames:
+            raise EndOfStream
+        if self._period_s:
+            now = time.monotonic()
+            if self._t_start == 0.0:
+                self._t_start = now
+            due = self._t_start + self._next_id * self._period_s
+            if now < due:
+                time.sleep(min(due - now, MAX_SLEEP_S))
+                if time.monotonic() < due:
+                    return None
+        image, t_capture_ns = self._read()
+        if image is None:
+            return None
+        frame = Frame(
+            frame_id=self._next_id,
+            t_capture_ns=t_capture_ns,
+            image=image,
+            source=self.source_name,
+        )
+        self._next_id += 1
+        return frame
+
+    def _read(self) -> tuple[np.ndarray | None, int]:
+        if self._paths:
+            if self._path_index >= len(self._paths):
+                raise EndOfStream
+            path = self._paths[self._path_index]
+            self._path_index += 1
+            t_capture_ns = time.monotonic_ns()
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            if image is None:
+                log.warning("capture: skipped %s: not a readable image", path)
+                return None, 0
+            return image, t_capture_ns
+        if not self._cap.grab():
+            if self.config.source_kind() == "video":
+                raise EndOfStream
+            self._failed_reads += 1
+            if self._failed_reads >= CAMERA_MAX_FAILED_READS:
+                raise SourceError(
+                    f"{self.source_name} stopped delivering frames "
+                    f"({self._failed_reads} failed reads): was it unplugged?"
+                )
+            time.sleep(0.01)
+            return None, 0
+        t_capture_ns = time.monotonic_ns()
+        ok, image = self._cap.retrieve()
+        if not ok or image is None:
+            return None, 0
+        self._failed_reads = 0
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return image, t_capture_ns
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None

@@ -1,0 +1,155 @@
+"""Shared fixtures: the shared-data folder, and starting pipeline processes that are always
+reaped (even when a test fails), with no process or socket left behind.
+
+Other engineers: append your fixtures below; keep this file free of heavy imports (torch,
+mediapipe) so every test file starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    """The shared folder holding data/ ($POSESTREAM_SHARED, else <repo>/../shared)."""
+    return Path(os.environ.get("POSESTREAM_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared folder (the one holding data/footage, data/mocap)."""
+    return shared_root()
+
+
+@pytest.fixture(scope="session")
+def shared_file(shared_dir: Path) -> Callable[[str], Path]:
+    """shared_file("data/footage/...") -> Path; fails the test with a clear message if missing."""
+
+    def get(relative: str) -> Path:
+        path = shared_dir / relative
+        if not path.exists():
+            pytest.fail(
+                f"missing shared data file {path}: set POSESTREAM_SHARED to the shared folder "
+                "(the one holding data/footage)"
+            )
+        return path
+
+    return get
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie (read from /proc; no psutil)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child pids of `pid`, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    """Wait until none of `pids` is alive; return those still alive after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive
+
+
+class ProcessReaper:
+    """Starts commands and guarantees they, and every process they started, are gone at the end."""
+
+    def __init__(self) -> None:
+        self.popens: list[subprocess.Popen] = []
+        self.extra_pids: set[int] = set()
+
+    def start(self, args: list[str], **kwargs) -> subprocess.Popen:
+        """subprocess.Popen(args) in the repo root with the repo on PYTHONPATH."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO)
+        env.update(kwargs.pop("env", {}))
+        kwargs.setdefault("cwd", str(REPO))
+        popen = subprocess.Popen(args, env=env, **kwargs)
+        self.popens.append(popen)
+        return popen
+
+    def python(self, *args: str, **kwargs) -> subprocess.Popen:
+        return self.start([sys.executable, *args], **kwargs)
+
+    def track(self, pids) -> None:
+        """Also reap these pids (e.g. stage processes a supervisor started)."""
+        self.extra_pids.update(int(p) for p in pids)
+
+    def reap(self) -> None:
+        for popen in self.popens:
+            if popen.poll() is None:
+                self.extra_pids.update(children_of(popen.pid))
+        for popen in self.popens:
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGTERM)
+        for popen in self.popens:
+            try:
+                popen.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(timeout=3)
+        for pid in wait_gone(sorted(self.extra_pids), 3.0):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for popen in self.popens:
+            for stream in (popen.stdout, popen.stderr, popen.stdin):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def reaper() -> Iterator[ProcessReaper]:
+    """Start processes with `reaper.python(...)`; all are killed and waited for afterwards."""
+    r = ProcessReaper()
+    try:
+        yield r
+    finally:
+        r.reap()
+
+
+@pytest.fixture
+def supervisors() -> Iterator[list]:
+    """Append every pipeline.supervisor.Supervisor you create; each is stopped afterwards."""
+    started: list = []
+    try:
+        yield started
+    finally:
+        for sup in started:
+            pids = list(sup.pids().values())
+            sup.stop()
+            for pid in wait_gone(pids, 3.0):
+                os.kill(pid, signal.SIGKILL)

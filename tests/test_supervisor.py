@@ -1,0 +1,273 @@
+"""pipeline.supervisor + runner + graph with real processes and real sockets.
+
+The stages here are small but real Stage subclasses (no mediapipe, no engine) so the
+framework's own behaviour is tested in seconds: start-up handshake, stamps, end of stream,
+Ctrl-C/SIGTERM with no orphan, a crashing stage reported with its traceback, children dying
+with a supervisor killed by -9. The output stage is the real stages/output.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.skeleton import NUM_JOINTS
+from pipeline.config import CaptureConfig, OutputConfig, PipelineConfig
+from pipeline.graph import Edge, Graph, StageSpec
+from pipeline.schema import Frame, Keypoints2D, Pose3D
+from pipeline.stage import EndOfStream, Source, Stage
+from pipeline.subscribe import subscribe
+from pipeline.supervisor import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Supervisor
+from tests.conftest import pid_alive, wait_gone
+
+HERE = "tests.test_supervisor"
+#: environment knobs read by the test stages in their own processes
+CRASH_AT = "POSESTREAM_TEST_CRASH_AT"
+DELAY_S = "POSESTREAM_TEST_DELAY_S"
+
+
+# --------------------------------------------------------------------------- test stages
+class TickSource(Source):
+    """Tiny frames, paced at images_fps unless as_fast_as_possible; max_frames then EOS."""
+
+    name = "capture"
+    outputs = (Frame,)
+
+    def open(self) -> None:
+        self.n = 0
+        self.t0 = time.monotonic()
+
+    def produce(self) -> Frame:
+        if self.config.max_frames is not None and self.n >= self.config.max_frames:
+            raise EndOfStream
+        if not self.config.as_fast_as_possible:
+            due = self.t0 + self.n / self.config.images_fps
+            time.sleep(max(0.0, due - time.monotonic()))
+        frame = Frame(frame_id=self.n, t_capture_ns=time.monotonic_ns(),
+                      image=np.full((8, 12, 3), self.n % 256, np.uint8), source="tick")
+        self.n += 1
+        return frame
+
+
+class Detect(Stage):
+    """Frame -> Keypoints2D; sleeps $POSESTREAM_TEST_DELAY_S, raises from frame $..._CRASH_AT."""
+
+    name = "detect"
+    inputs = (Frame,)
+    outputs = (Keypoints2D,)
+
+    def process(self, msg: Frame) -> Keypoints2D:
+        if msg.frame_id >= int(os.environ.get(CRASH_AT, sys.maxsize)):
+            raise RuntimeError(f"boom at frame {msg.frame_id}")
+        time.sleep(float(os.environ.get(DELAY_S, "0")))
+        h, w, _ = msg.image.shape
+        return Keypoints2D(
+            frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns, image_size=(w, h),
+            person_present=True,
+            joints_2d_px=np.full((NUM_JOINTS, 2), float(msg.image[0, 0, 0]), np.float32),
+            confidence=np.ones(NUM_JOINTS, np.float32),
+        )
+
+
+class Lift(Stage):
+    """Keypoints2D -> Pose3D (the frame's pixel value copied into x, to check the data path)."""
+
+    name = "lift"
+    inputs = (Keypoints2D,)
+    outputs = (Pose3D,)
+
+    def process(self, msg: Keypoints2D) -> Pose3D:
+        joints = np.zeros((NUM_JOINTS, 3), np.float32)
+        joints[:, 0] = msg.joints_2d_px[:, 0]
+        return Pose3D(
+            frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns, image_size=msg.image_size,
+            person_present=True, joints_3d_m=joints, root_m=joints[0].copy(),
+            joints_2d_px=msg.joints_2d_px, confidence=msg.confidence,
+            reproj_err_px=np.zeros(NUM_JOINTS, np.float32), engine_id="test",
+        )
+
+
+def test_graph(policy: str = "latest") -> Graph:
+    return Graph(
+        stages=(StageSpec("capture", HERE), StageSpec("detect", HERE), StageSpec("lift", HERE),
+                StageSpec("output")),
+        edges=(Edge("capture.frame", "detect.frame", Frame, policy),
+               Edge("detect.keypoints", "lift.keypoints", Keypoints2D, policy),
+               Edge("lift.pose", "output.pose", Pose3D, policy)),
+    )
+
+
+test_graph.__test__ = False  # a helper, not a test
+
+
+def make_config(port: int, frames: int | None, fps: float = 200.0, afap: bool = False,
+                subscribers: int = 1) -> PipelineConfig:
+    return PipelineConfig(
+        capture=CaptureConfig(max_frames=frames, images_fps=fps, as_fast_as_possible=afap),
+        output=OutputConfig(publish=f"tcp://127.0.0.1:{port}", wait_for_subscribers=subscribers,
+                            wait_for_subscribers_s=20),
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def short_tmp():
+    """A temp dir with a short path (unix socket paths are limited to about 100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="pst-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Collector(threading.Thread):
+    """Subscribes in a thread and keeps every pose it receives."""
+
+    def __init__(self, endpoint: str, idle_s: float = 20.0, last_frame: int = -1) -> None:
+        super().__init__(daemon=True)
+        self.endpoint, self.idle_s, self.last_frame, self.poses = endpoint, idle_s, last_frame, []
+
+    def run(self) -> None:
+        for pose in subscribe(self.endpoint, timeout_s=self.idle_s):
+            self.poses.append(pose)
+            if pose.frame_id == self.last_frame:
+                return
+
+
+# --------------------------------------------------------------------------- tests
+def test_stream_to_the_end_every_frame_with_stamps(supervisors):
+    port = free_port()
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0, last_frame=39)
+    collector.start()
+    sup = Supervisor(make_config(port, frames=40, afap=True), test_graph("lossless"))
+    supervisors.append(sup)
+    assert sup.run() == EXIT_OK
+    collector.join(timeout=10)
+    ids = [p.frame_id for p in collector.poses]
+    assert ids == list(range(40))  # lossless: every frame, in order, the last one included
+    for pose in collector.poses:
+        assert [s[0] for s in pose.stamps] == ["capture", "detect", "lift", "output"]
+        times = [pose.t_capture_ns] + [t for s in pose.stamps for t in s[1:]]
+        assert times == sorted(times)  # one monotonic clock across four processes
+        assert pose.joints_3d_m[0, 0] == pose.frame_id % 256  # the data went the whole way
+    assert sup.eos
+    assert all(not pid_alive(pid) for pid in sup.pids().values())
+
+
+def test_latest_wins_under_overload_drops_are_counted(supervisors, monkeypatch):
+    monkeypatch.setenv(DELAY_S, "0.03")  # detect: about 30 fps; capture: 300 fps
+    port = free_port()
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0, last_frame=149)
+    collector.start()
+    sup = Supervisor(make_config(port, frames=150, fps=300.0), test_graph())
+    supervisors.append(sup)
+    assert sup.run() == EXIT_OK
+    collector.join(timeout=10)
+    ids = [p.frame_id for p in collector.poses]
+    assert ids == sorted(set(ids)) and len(ids) >= 2
+    assert ids[-1] == 149  # the newest frame wins, so the last one is always delivered
+    assert len(ids) < 100  # frames were dropped rather than queued
+    capture = sup.procs["capture"].stats
+    detect = sup.procs["detect"].stats
+    assert capture["processed"] == 150
+    # every frame is either sent or counted as dropped at the edge
+    assert capture["sent"] + capture["dropped_out"] == 150
+    assert detect["processed"] == capture["sent"] - detect["dropped_in"]
+
+
+def test_crashing_stage_is_reported_with_traceback(supervisors, monkeypatch):
+    monkeypatch.setenv(CRASH_AT, "5")
+    port = free_port()
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=3.0)
+    collector.start()
+    sup = Supervisor(make_config(port, frames=500, fps=100.0), test_graph())
+    supervisors.append(sup)
+    code = sup.run()
+    assert code == EXIT_FAILED
+    assert "stage detect" in sup.failure and "boom at frame" in sup.failure
+    assert "Traceback" in sup.failure and "in process" in sup.failure
+    assert all(not pid_alive(pid) for pid in sup.pids().values())
+
+
+def _start_supervisor_process(reaper, port: int, tmp_dir, frames: int | None = None):
+    """A supervisor in its own process (as run_pipeline.py runs it, its temp files under
+    tmp_dir); returns (popen, pids)."""
+    code = (
+        "import json, sys\n"
+        "from tests.test_supervisor import make_config, test_graph\n"
+        "from pipeline.supervisor import Supervisor\n"
+        f"sup = Supervisor(make_config({port}, {frames!r}, fps=50.0, subscribers=0), test_graph())\n"
+        "def started(pids):\n"
+        "    sys.stdout.write(json.dumps(pids) + '\\n'); sys.stdout.flush()\n"
+        "sys.exit(sup.run(on_started=started))\n"
+    )
+    popen = reaper.python("-c", code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={"TMPDIR": str(tmp_dir)})
+    line = popen.stdout.readline()
+    if not line:
+        pytest.fail(f"supervisor did not start: {popen.stderr.read()[-3000:]}")
+    pids = json.loads(line)
+    reaper.track(pids.values())
+    return popen, pids
+
+
+@pytest.mark.parametrize("sig,expected", [(signal.SIGINT, EXIT_SIGINT),
+                                           (signal.SIGTERM, EXIT_SIGTERM)])
+def test_signal_stops_everything_within_3s(reaper, short_tmp, sig, expected):
+    tmp_path = short_tmp
+    port = free_port()
+    popen, pids = _start_supervisor_process(reaper, port, tmp_path)
+    assert sorted(pids) == ["capture", "detect", "lift", "output"]
+    assert [f.name for f in tmp_path.iterdir()][0].startswith("posestream-")  # the ipc dir
+    poses = subscribe(f"tcp://127.0.0.1:{port}", timeout_s=10)
+    assert isinstance(next(poses), Pose3D)  # the pipeline is streaming
+    poses.close()
+    t0 = time.monotonic()
+    popen.send_signal(sig)
+    popen.wait(timeout=5)
+    left = wait_gone(list(pids.values()), max(0.0, 3.0 - (time.monotonic() - t0)))
+    elapsed = time.monotonic() - t0
+    assert popen.returncode == expected
+    assert left == [], f"stages still alive after {elapsed:.2f} s: {left}"
+    assert elapsed < 3.0
+    assert list(tmp_path.iterdir()) == []  # no leftover ipc socket or plan file
+
+
+def test_stages_die_with_a_killed_supervisor(reaper, short_tmp):
+    port = free_port()
+    popen, pids = _start_supervisor_process(reaper, port, short_tmp)
+    popen.kill()  # SIGKILL: no chance to clean up
+    popen.wait(timeout=5)
+    assert wait_gone(list(pids.values()), 3.0) == []
+
+
+def test_stage_that_fails_to_open_is_reported_before_start(supervisors, monkeypatch):
+    graph = dataclasses.replace(
+        test_graph(),
+        stages=(StageSpec("capture", HERE), StageSpec("detect", "tests.no_such_module"),
+                StageSpec("lift", HERE), StageSpec("output")),
+    )
+    sup = Supervisor(make_config(free_port(), frames=5, subscribers=0), graph)
+    supervisors.append(sup)
+    assert sup.run() == EXIT_FAILED
+    assert "stage detect" in sup.failure and "No module named" in sup.failure
+    assert all(not pid_alive(pid) for pid in sup.pids().values())
