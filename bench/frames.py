@@ -94,8 +94,8 @@ def feed(config: CaptureConfig, handle: Callable[[Frame], dict[str, float] | Non
     handle may return {part: ms} to time its parts. Latency per frame: from the frame's
     `t_capture_ns` to handle's return (monotonic clock, as the pipeline's end to end).
     Returns {"e2e": summary, "parts": {part: summary}, "throughput_fps", "frames",
-    "cpu_percent" (this process, all threads, % of one core), "series"}; the first `warmup`
-    frames are left out.
+    "cpu_percent" (this process, all threads, % of one core), "series", "raw"}; the first
+    `warmup` frames are left out.
     """
     cap = CaptureStage(config)
     cap.open()
@@ -136,4 +136,5 @@ def feed(config: CaptureConfig, handle: Callable[[Frame], dict[str, float] | Non
         "throughput_fps": report.throughput_fps(done_ns),
         "cpu_percent": cpu_percent,
         "series": {"frame_id": frame_ids, "e2e_ms": e2e_ms},
+        "raw": {"e2e_ms": e2e_ms, "parts": parts, "done_ns": done_ns},  # report.merge_fed
     }

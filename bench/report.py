@@ -59,12 +59,16 @@ def breakdown(
 
     records: one `(frame_id, t_capture_ns, stamps, t_receive_ns)` per message the subscriber
     got, stamps as on the message: `((stage, t_in_ns, t_out_ns), ...)` in path order.
-    frame_interval_ms: the camera's frame interval; a message whose end-to-end latency is
-    longer is counted as stale (None: not counted).
+    frame_interval_ms: the camera's frame interval. A message is stale when it waited in some
+    hop longer than that: a newer frame existed by then, and latest-wins should have replaced
+    it (None: not counted). Compute time is not waiting: a slow detector makes every pose late,
+    but not stale.
 
     Returns {"stages": {name: summary of t_out - t_in}, "hops": {"a->b": summary of
     t_in(b) - t_out(a)}, "e2e": summary of t_receive - t_capture, "overhead": summary of
-    e2e - compute of WORK_STAGES, "stale": count, "frames": n, "series": per-frame lists}.
+    e2e - compute of WORK_STAGES, "transport_total": summary of the hops' sum per message,
+    "stale": count, "longest_wait_ms": the longest single hop, "frames": n, "series":
+    per-frame lists}.
     The last hop is "output->subscriber" (t_receive - t_out of the last stage).
     """
     stage_ms: dict[str, list[float]] = {}
@@ -72,11 +76,13 @@ def breakdown(
     e2e_ms: list[float] = []
     overhead_ms: list[float] = []
     transport_ms: list[float] = []
+    longest_wait_ms: list[float] = []
     frame_ids: list[int] = []
     for frame_id, t_capture_ns, stamps, t_receive_ns in records:
         e2e = (t_receive_ns - t_capture_ns) / 1e6
         work = 0.0
         moving = 0.0
+        longest = 0.0
         prev_name, prev_out = None, None
         for name, t_in, t_out in stamps:
             compute = (t_out - t_in) / 1e6
@@ -87,17 +93,21 @@ def breakdown(
                 hop = (t_in - prev_out) / 1e6
                 hop_ms.setdefault(f"{prev_name}->{name}", []).append(hop)
                 moving += hop
+                longest = max(longest, hop)
             prev_name, prev_out = name, t_out
         if prev_name is not None:
             hop = (t_receive_ns - prev_out) / 1e6
             hop_ms.setdefault(f"{prev_name}->subscriber", []).append(hop)
             moving += hop
+            longest = max(longest, hop)
         transport_ms.append(moving)
+        longest_wait_ms.append(longest)
         e2e_ms.append(e2e)
         overhead_ms.append(e2e - work)
         frame_ids.append(int(frame_id))
     stale = (
-        sum(e > frame_interval_ms for e in e2e_ms) if frame_interval_ms is not None else None
+        sum(w > frame_interval_ms for w in longest_wait_ms)
+        if frame_interval_ms is not None else None
     )
     return {
         "frames": len(e2e_ms),
@@ -107,6 +117,7 @@ def breakdown(
         "overhead": summarize(overhead_ms),
         "transport_total": summarize(transport_ms),
         "stale": stale,
+        "longest_wait_ms": max(longest_wait_ms, default=float("nan")),
         "series": {
             "frame_id": frame_ids,
             "e2e_ms": e2e_ms,
@@ -122,6 +133,48 @@ def throughput_fps(t_receive_ns: Sequence[int]) -> float:
         return float("nan")
     span = (max(t_receive_ns) - min(t_receive_ns)) / 1e9
     return (len(t_receive_ns) - 1) / span if span > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- several runs
+def merge_stamped(runs: Sequence[dict[str, Any]], frame_interval_ms: float | None
+                  ) -> dict[str, Any]:
+    """Join runs of the same stamped benchmark (each with raw `records`, `throughput_fps`,
+    `cpu_percent`) into one: breakdown over every record, throughput and CPU averaged over
+    runs, per-run figures kept under "per_run" (without their records)."""
+    records = [rec for r in runs for rec in r["records"]]
+    out = breakdown(records, frame_interval_ms)
+    out["series"]["frame_id"] = list(range(len(records)))  # runs one after the other
+    out["throughput_fps"] = float(np.nanmean([r["throughput_fps"] for r in runs]))
+    names = {k for r in runs for k in r["cpu_percent"]}
+    out["cpu_percent"] = {k: float(np.nanmean([r["cpu_percent"].get(k, np.nan) for r in runs]))
+                          for k in sorted(names)}
+    out["per_run"] = [{k: v for k, v in r.items() if k not in ("records", "series")}
+                      for r in runs]
+    out["runs"] = len(runs)
+    return out
+
+
+def merge_fed(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Join runs of an in-process loop (bench.frames.feed results) into one."""
+    e2e = [x for r in runs for x in r["raw"]["e2e_ms"]]
+    parts: dict[str, list[float]] = {}
+    for r in runs:
+        for k, v in r["raw"]["parts"].items():
+            parts.setdefault(k, []).extend(v)
+    out = {
+        "frames": len(e2e),
+        "e2e": summarize(e2e),
+        "parts": {k: summarize(v) for k, v in parts.items()},
+        "throughput_fps": float(np.nanmean([r["throughput_fps"] for r in runs])),
+        "cpu_percent": float(np.nanmean([r["cpu_percent"] for r in runs])),
+        "series": {"frame_id": list(range(len(e2e))), "e2e_ms": e2e},
+        "per_run": [{k: v for k, v in r.items() if k not in ("raw", "series")} for r in runs],
+        "runs": len(runs),
+    }
+    for key in ("with_person",):
+        if all(key in r for r in runs):
+            out[key] = sum(r[key] for r in runs)
+    return out
 
 
 # --------------------------------------------------------------------------- CPU, machine

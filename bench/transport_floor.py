@@ -24,6 +24,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import tempfile
 import time
 from typing import Any
@@ -175,20 +176,37 @@ def _relay(name: str, in_endpoint: str, out_endpoint: str, image_wh: tuple[int, 
 
 
 # --------------------------------------------------------------------------- the run
+def free_tcp_ports(n: int) -> list[int]:
+    """n loopback TCP ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
               image_wh: tuple[int, int] = (1280, 720), transport: str = "ipc") -> dict[str, Any]:
-    """Run the null chain once; return report.breakdown(...) plus throughput, drops, CPU.
+    """Run the null chain once; return report.breakdown(...) plus throughput, drops, CPU
+    and the raw `records` (report.merge_stamped joins several runs).
 
     fps: pacing of the source, 0 for back to back. frames: how many the source sends;
-    the first `warmup` received are left out of the figures. transport: "ipc" or "tcp".
+    the first `warmup` received are left out of the figures. transport: "ipc" or "tcp" for
+    the internal edges (the pipeline's TransportConfig.kind); the published stream is always
+    loopback tcp, as OutputConfig's.
     """
     run_dir = tempfile.mkdtemp(prefix="posestream-floor-")
+    ports = free_tcp_ports(len(CHAIN))
     if transport == "ipc":
-        eps = [f"ipc://{run_dir}/e{i}.sock" for i in range(len(CHAIN))]
+        eps = [f"ipc://{run_dir}/e{i}.sock" for i in range(len(CHAIN) - 1)]
     else:
-        from pipeline.graph import _free_ports
-
-        eps = [f"tcp://127.0.0.1:{p}" for p in _free_ports(len(CHAIN))]
+        eps = [f"tcp://127.0.0.1:{p}" for p in ports[:-1]]
+    eps.append(f"tcp://127.0.0.1:{ports[-1]}")  # the public stream is loopback tcp, as in the pipeline
     spawn = mp.get_context("spawn")
     manager_counters = spawn.Manager()
     counters = manager_counters.dict()
@@ -251,6 +269,7 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
         cpu_percent=cpu_percent,
         image_wh=list(image_wh),
         transport=transport,
+        records=measured,  # raw (frame_id, t_capture_ns, stamps, t_receive_ns), for merging
     )
     return out
 
