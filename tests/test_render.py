@@ -1,8 +1,12 @@
 """pipeline.render draws the right pixels (skeleton colours at the projected joints, nothing for
-unsure joints, an orbiting 3D view)."""
+unsure joints, an orbiting 3D view), and pipeline.view, a real subscriber process, keeps a PNG of
+what a real publisher process sends."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -161,3 +165,66 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match=r"\(17, 2\)"):
         render(None, JOINTS_2D_PX[:5], JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
                image_size=IMAGE_SIZE)
+
+
+# ------------------------------------------------------------------ the viewer, end to end
+PUBLISHER = textwrap.dedent(
+    """
+    import sys, numpy as np, zmq
+    from pipeline.schema import Pose3D, Status, encode
+    from pipeline.transport import open_socket
+    endpoint, n = sys.argv[1], int(sys.argv[2])
+    joints_3d = np.array(sys.argv[3].split(","), dtype=np.float32).reshape(17, 3)
+    joints_2d = np.array(sys.argv[4].split(","), dtype=np.float32).reshape(17, 2)
+    ctx = zmq.Context()
+    pub = open_socket(ctx, zmq.XPUB, bind=endpoint, sndhwm=1000)
+    while pub.recv() != b"\\x01pose3d":  # readiness: wait for the viewer's subscription
+        pass
+    # frame ids 0..n+2 with 5, 6, 7 missing: three frames "dropped upstream"
+    ids = [i for i in range(n + 3) if i not in (5, 6, 7)]
+    pub.send_multipart([b"status", *encode(Status(kind="info", text="hello"))])
+    for i in ids:
+        pose = Pose3D(frame_id=i, t_capture_ns=0, image_size=(1280, 720), person_present=True,
+                      joints_3d_m=joints_3d, root_m=joints_3d[0], joints_2d_px=joints_2d,
+                      confidence=np.ones(17, np.float32), reproj_err_px=np.zeros(17, np.float32),
+                      engine_id="0123456789ab")
+        pub.send_multipart([b"pose3d", *encode(pose)])
+    pub.close(linger=2000)
+    ctx.term()
+    """
+)
+
+
+def test_viewer_process_keeps_a_png_of_a_real_stream(tmp_path):
+    endpoint = f"ipc://{tmp_path}/pose.sock"
+    out = tmp_path / "live.png"
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.view", endpoint, "--headless-png", str(out),
+         "--no-window", "--count", "20", "--timeout", "30"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    publisher = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, endpoint, "20",
+         ",".join(map(str, JOINTS_3D_M.ravel())), ",".join(map(str, JOINTS_2D_PX.ravel()))],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        v_out, v_err = viewer.communicate(timeout=60)
+        p_out, p_err = publisher.communicate(timeout=30)
+    finally:
+        for proc in (viewer, publisher):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    assert publisher.returncode == 0, p_err
+    assert viewer.returncode == 0, v_err
+    assert "20 poses received, 3 dropped upstream" in v_out
+    assert "1 status messages" in v_out
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape == (480, 853 + 480, 3)
+    cam = _camera_panel(img)
+    scale = 480 / IMAGE_SIZE[1]
+    for j in range(NUM_JOINTS):
+        x, y = np.round(JOINTS_2D_PX[j] * scale).astype(int)
+        assert _is_color(cam[y, x], JOINT_COLORS[j])
+    assert not (tmp_path / "live.partial.png").exists()
