@@ -206,3 +206,83 @@ def test_the_readme_snippet_reads_a_real_header():
     (frame_id, present, head), = printed
     assert frame_id == pose.frame_id and present is True
     np.testing.assert_array_equal(head, pose.joints_3d_m[10])
+
+
+# --------------------------------------------------------------- a real publisher
+OUTPUT_STAGE_PUBLISHER = """
+import sys, numpy as np
+from pipeline.config import OutputConfig
+from pipeline.schema import Pose3D, Status
+from stages.output import OutputStage
+endpoint, path = sys.argv[1], sys.argv[2]
+d = np.load(path)
+stage = OutputStage(OutputConfig(publish=endpoint, wait_for_subscribers=1,
+                                 wait_for_subscribers_s=30))
+stage.open()
+for i in range(len(d["frame_id"])):
+    stage.consume(Pose3D(
+        frame_id=int(d["frame_id"][i]), t_capture_ns=int(d["t_capture_ns"][i]),
+        stamps=(("lift", 1, 2), ("output", 3, 4)), image_size=(640, 480),
+        person_present=bool(d["person_present"][i]), joints_3d_m=d["joints_3d_m"][i],
+        root_m=d["joints_3d_m"][i][0], joints_2d_px=d["joints_2d_px"][i],
+        confidence=d["confidence"][i], reproj_err_px=d["reproj_err_px"][i],
+        engine_id="feedc0ffee00"))
+stage.publish_status(Status(kind="gap", text="3 frames lost", t_ns=77, frame_id=4))
+stage.close()
+"""
+
+
+def test_independent_decoder_reads_the_output_stage_over_zeromq(tmp_path):
+    """stages.output publishes in a real process; a plain SUB socket + read_message reads it."""
+    import subprocess
+    import sys
+
+    n = 6
+    data = {
+        "frame_id": np.arange(n) * 2,
+        "t_capture_ns": np.arange(n) + 10**12,
+        "person_present": np.arange(n) != 3,
+        "joints_3d_m": RNG.normal(0, 1, (n, 17, 3)).astype(np.float32),
+        "joints_2d_px": RNG.uniform(0, 640, (n, 17, 2)).astype(np.float32),
+        "confidence": RNG.uniform(0, 1, (n, 17)).astype(np.float32),
+        "reproj_err_px": RNG.uniform(0, 3, (n, 17)).astype(np.float32),
+    }
+    np.savez(tmp_path / "poses.npz", **data)
+    endpoint = f"ipc://{tmp_path}/out.sock"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"pose3d")
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
+    sub.connect(endpoint)
+    proc = subprocess.Popen([sys.executable, "-c", OUTPUT_STAGE_PUBLISHER, endpoint,
+                             str(tmp_path / "poses.npz")], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    received = []
+    try:
+        while len(received) < n + 1 and sub.poll(30_000, zmq.POLLIN):
+            received.append(sub.recv_multipart())
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        sub.close(linger=0)
+        ctx.term()
+    assert proc.returncode == 0, err
+    assert [frames[0] for frames in received] == [b"pose3d"] * n + [b"status"]
+    for i, frames in enumerate(received[:n]):
+        assert len(frames) == 2  # topic, header
+        msg = read_message(frames[1:])
+        assert (msg["type"], msg["schema_version"]) == ("Pose3D", 1)
+        assert msg["frame_id"] == data["frame_id"][i]
+        assert msg["t_capture_ns"] == data["t_capture_ns"][i]
+        assert msg["person_present"] is bool(data["person_present"][i])
+        assert msg["image_size"] == [640, 480] and msg["engine_id"] == "feedc0ffee00"
+        assert msg["stamps"][0] == ["lift", 1, 2] and msg["stamps"][1][0] == "output"
+        for key in ("joints_3d_m", "joints_2d_px", "confidence", "reproj_err_px"):
+            np.testing.assert_array_equal(msg[key], data[key][i], err_msg=key)
+        np.testing.assert_array_equal(msg["root_m"], data["joints_3d_m"][i][0])
+    status = read_message(received[n][1:])
+    assert (status["type"], status["kind"], status["text"], status["t_ns"], status["frame_id"]) == (
+        "Status", "gap", "3 frames lost", 77, 4)
