@@ -7,11 +7,12 @@ Usage:
 
     python -m stages.calibrate --images "shots/*.png" --board 9x6 --square-mm 25 --out calib.yaml
     python -m stages.calibrate --camera 0 --views 20 --board 9x6 --square-mm 25 --out calib.yaml
+    python -m stages.calibrate --video board.mp4 --board 9x6 --square-mm 25 --out calib.yaml
 
 `--board COLSxROWS` counts the *inner* corners (where four squares meet): the common printed
-10x7-square board has 9x6 inner corners. With `--camera` the tool keeps a frame whenever the
-whole board is seen and it has moved since the last kept view; move and tilt the board through
-the image (corners, edges, near and far) until `--views` views are kept.
+10x7-square board has 9x6 inner corners. With `--camera` or `--video` the tool keeps a frame
+whenever the whole board is seen and it has moved since the last kept view; move and tilt the
+board through the image (corners, edges, near and far) until `--views` views are kept.
 
 The calibration file (an OpenCV FileStorage YAML; `cv2.FileStorage(path, READ)` reads it in C++,
 Python or any OpenCV binding):
@@ -302,19 +303,26 @@ def views_from_images(pattern: str) -> Iterator[tuple[str, np.ndarray]]:
         yield path, image
 
 
-def corners_from_camera(
-    index: int, board: BoardSpec, views: int, timeout_s: float, show: bool
+def corners_from_capture(
+    source: int | str, board: BoardSpec, views: int, timeout_s: float, show: bool
 ) -> tuple[list[np.ndarray], tuple[int, int]]:
-    """Collect `views` distinct board views from camera `index`.
+    """Collect up to `views` distinct board views from a camera index or a video file.
 
     A frame is kept when the whole board is found and its corners moved on average more than
-    5 % of the image width since the last kept view (so the views differ). Returns the corner
-    arrays and the frame size (width, height) px.
+    5 % of the image width since the last kept view (so the views differ). A video ends at its
+    last frame; a camera that stops delivering frames, or too few views within timeout_s, is
+    an error. Returns the corner arrays and the frame size (width, height) px.
     """
-    cap = cv2.VideoCapture(index)
+    is_camera = isinstance(source, int)
+    name = f"camera {source}" if is_camera else f"video {source}"
+    if not is_camera and not Path(source).is_file():
+        raise CalibrationError(f"{name} not found")
+    cap = cv2.VideoCapture(source)
     if not cap.isOpened():
         raise CalibrationError(
-            f"camera {index} could not be opened: is it in use? try --camera 1 or --images GLOB"
+            f"{name} could not be opened: "
+            + ("is it in use? try --camera 1 or --images GLOB" if is_camera
+               else "is it a video file OpenCV can decode?")
         )
     kept: list[np.ndarray] = []
     size: tuple[int, int] | None = None
@@ -322,14 +330,16 @@ def corners_from_camera(
     try:
         with tqdm(total=views, desc="board views", unit="view") as bar:
             while len(kept) < views:
-                if time.monotonic() > deadline:
+                if is_camera and time.monotonic() > deadline:
                     raise CalibrationError(
                         f"only {len(kept)} of {views} board views in {timeout_s:.0f} s: "
                         "show the whole board, well lit, and move it between views"
                     )
                 ok, frame = cap.read()
                 if not ok:
-                    raise CalibrationError(f"camera {index} stopped delivering frames")
+                    if is_camera:
+                        raise CalibrationError(f"{name} stopped delivering frames")
+                    break  # end of the video
                 size = (frame.shape[1], frame.shape[0])
                 corners = find_corners(frame, board)
                 if corners is not None and (
@@ -389,18 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index to capture from")
+    src.add_argument("--video", metavar="FILE", help="a video of the board moving about")
     src.add_argument("--images", metavar="GLOB", help='chessboard photos, e.g. "shots/*.png"')
     parser.add_argument(
         "--board", default="9x6", help="inner corners COLSxROWS (a 10x7-square board is 9x6)"
     )
     parser.add_argument("--square-mm", type=float, default=25.0, help="side of one square, mm")
     parser.add_argument("--out", default="calib.yaml", help="calibration file to write")
-    parser.add_argument("--views", type=int, default=20, help="--camera: board views to collect")
+    parser.add_argument("--views", type=int, default=20, help="--camera/--video: board views to collect")
     parser.add_argument(
         "--timeout-s", type=float, default=180.0, help="--camera: give up after this long"
     )
     parser.add_argument(
-        "--no-preview", action="store_true", help="--camera: no preview window even with a display"
+        "--no-preview", action="store_true", help="--camera/--video: no preview window even with a display"
     )
     parser.add_argument(
         "--k3", action="store_true", help="also fit k3 (wide-angle lenses; needs boards in the corners)"
@@ -417,8 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.images is not None:
             corners, size = corners_from_images(views_from_images(args.images), board)
         else:
-            corners, size = corners_from_camera(
-                args.camera, board, args.views, args.timeout_s,
+            corners, size = corners_from_capture(
+                args.camera if args.video is None else args.video, board, args.views,
+                args.timeout_s,
                 show=_has_display() and not args.no_preview,
             )
         calib = calibrate(corners, size, board, fit_k3=args.k3)

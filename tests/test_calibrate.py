@@ -222,3 +222,27 @@ def test_board_spec_rejects_nonsense():
         BoardSpec(cols=7, rows=7)
     with pytest.raises(CalibrationError, match="> 0 mm"):
         BoardSpec(square_mm=0.0)
+
+
+def test_cli_video_keeps_one_view_per_board_pose(tmp_path):
+    """--video runs the camera loop on a file: each pose is held for 4 frames, and only frames
+    where the board moved are kept, so 10 poses give 10 views."""
+    path = tmp_path / "boards.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, IMAGE_SIZE)
+    assert writer.isOpened(), "this OpenCV build cannot write MJPG AVI"
+    for rvec, centre in POSES:
+        image, _ = _render_view(rvec, centre)
+        for _ in range(4):
+            writer.write(image)
+    writer.release()
+    out = tmp_path / "calib.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.calibrate", "--video", str(path), "--views", "30",
+         "--board", "9x6", "--square-mm", "25", "--out", str(out), "--no-preview"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{len(POSES)} views")
+    K, _, size = load_calibration(out)
+    assert size == IMAGE_SIZE
+    assert abs(K[0, 0] / K_TRUE[0, 0] - 1) < 0.02 and abs(K[1, 1] / K_TRUE[1, 1] - 1) < 0.02
