@@ -179,7 +179,9 @@ class CaptureStage(Source):
             frame_id=self._next_id,
             t_capture_ns=t_capture_ns,
             image=image,
-            source=self.source_name,
+            # an image set names each file, so results can be matched to ground truth
+            source=f"image:{self._paths[self._path_index - 1]}" if self._paths
+            else self.source_name,
         )
         self._next_id += 1
         return frame
