@@ -83,7 +83,7 @@ class TrainConfig:
     lr: float = 1e-3                  # lifter (and root branch) learning rate, Adam
     lr_final_ratio: float = 0.05      # exponential decay to lr * this at the last step
     # lifter
-    width: int = 1024
+    width: int = 512                  # 512 x 2 blocks: 1.1 M weights, 4.3 MB ONNX (limit ~10 MB)
     blocks: int = 2
     dropout: float = 0.25
     head: str = "depth"
@@ -246,7 +246,7 @@ class Supervised(Method):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": float(loss), "mpjpe_units": float(loss)}
+        return {"loss": float(loss.detach()), "mpjpe_units": float(loss.detach())}
 
 
 class Chen2019(Method):
@@ -309,7 +309,7 @@ class Chen2019(Method):
             opt.zero_grad(set_to_none=True)
             loss_c.backward()
             opt.step()
-            out["critic"] = float(loss_c)
+            out["critic"] = float(loss_c.detach())
         # lifter update
         q, rel, fake, back, reproj = self._fake(lift_in, gen)
         loss_3d = torch.linalg.norm(back - rel, dim=-1).mean()
@@ -322,13 +322,13 @@ class Chen2019(Method):
             ratio = lengths / lengths.sum(-1, keepdim=True).clamp(min=1e-6)
             loss_bone = (ratio - self.bone_ratio).abs().sum(-1).mean()
             loss = loss + cfg.w_bone * loss_bone
-            out["bone"] = float(loss_bone)
+            out["bone"] = float(loss_bone.detach())
         opt = self.optimizers["lifter"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        out.update({"loss": float(loss), "loss_3d": float(loss_3d), "loss_2d": float(loss_2d),
-                    "adv": float(adv), "adv_temporal": float(adv_t)})
+        out.update({"loss": float(loss.detach()), "loss_3d": float(loss_3d.detach()), "loss_2d": float(loss_2d.detach()),
+                    "adv": float(adv.detach()), "adv_temporal": float(adv_t.detach())})
         return out
 
 
@@ -342,7 +342,12 @@ class Li2020(Method):
         self.optimizers["lifter"] = torch.optim.Adam(params, lr=cfg.lr)
 
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        """All li2020 loss terms for a batch (B, V, ...) of synchronized views."""
+        """All li2020 loss terms for a batch (B, V, ...) of synchronized views.
+
+        During pre-training (step < pretrain_steps) the re-projection terms see the lifter's
+        output detached: they train the root branch only, so it is ready (depths about right)
+        when they start to shape the lifter.
+        """
         cfg = self.cfg
         c = cfg.depth_offset
         q = batch["joints_2d_norm"]                                   # (B, V, J, 2)
@@ -353,8 +358,12 @@ class Li2020(Method):
         rel = self.lifter(flat).reshape(b, v, NUM_JOINTS, 3)          # codec units, virtual axes
         m = self.extra["root_branch"](flat).reshape(b, v)             # metres per unit
         root_depth = c * scale * m                                    # (B, V) metres
-        posed = rel * m[..., None, None]
-        posed = posed + torch.stack([torch.zeros_like(root_depth)] * 2 + [root_depth], -1)[:, :, None]
+        root = torch.stack([torch.zeros_like(root_depth)] * 2 + [root_depth], -1)[:, :, None]
+        posed = rel * m[..., None, None] + root                       # (B, V, J, 3) metres
+        if step < cfg.pretrain_steps:
+            posed_geometry = rel.detach() * m[..., None, None] + root
+        else:
+            posed_geometry = posed
         weight = conf / conf.sum(-1, keepdim=True).clamp(min=1e-6)    # (B, V, J)
 
         def reproj_error(points_virtual: torch.Tensor, view: int) -> torch.Tensor:
@@ -365,7 +374,8 @@ class Li2020(Method):
             return (err * weight[:, view]).sum(-1)
 
         own = torch.stack([reproj_error(posed[:, i], i) for i in range(v)], 1).mean()
-        world = torch.einsum("bvji,bvkj->bvki", to_virtual, posed) + centre[:, :, None]
+        # own view: m cancels in the projection, so this term shapes the lifter only
+        world = torch.einsum("bvji,bvkj->bvki", to_virtual, posed_geometry) + centre[:, :, None]
         pairs = []
         for i in range(v):
             for j in range(v):
@@ -383,16 +393,13 @@ class Li2020(Method):
     def step(self, batch, step, gen):
         cfg = self.cfg
         terms = self.losses(batch, step)
-        if step < cfg.pretrain_steps:
-            loss = cfg.w_consistency * terms["consistency"] + cfg.w_reproj * terms["reproj"]
-        else:
-            loss = (cfg.w_consistency * terms["consistency"] + cfg.w_reproj * terms["reproj"]
-                    + cfg.w_transform * terms["transform"])
+        loss = (cfg.w_consistency * terms["consistency"] + cfg.w_reproj * terms["reproj"]
+                + cfg.w_transform * terms["transform"])
         opt = self.optimizers["lifter"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": float(loss), **{k: float(t) for k, t in terms.items()}}
+        return {"loss": float(loss.detach()), **{k: float(t.detach()) for k, t in terms.items()}}
 
 
 METHOD_CLASSES = {"chen2019": Chen2019, "li2020": Li2020, "supervised": Supervised}
@@ -413,11 +420,12 @@ def _to_jsonable(value):
 
 
 def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool = False,
-          progress: bool = True) -> dict:
-    """Run training; returns the final checkpoint dict (also written to cfg.out).
+          progress: bool = True, until: int | None = None) -> dict:
+    """Run training; returns the last checkpoint dict (also written to cfg.out).
 
     data/codec: prepared data object and codec (tests pass small ones); None loads the mocap
-    sources of `cfg` and the canonical codec.
+    sources of `cfg` and the canonical codec. until: stop after this step (a checkpoint is
+    written there; `resume=True` later continues as if never stopped).
     """
     torch.set_num_threads(max(1, cfg.threads))
     out = Path(cfg.out)
@@ -468,7 +476,8 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
     last: dict[str, float] = {}
     sums: dict[str, float] = {}
     count = 0
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+    stop = cfg.steps if until is None else min(cfg.steps, until)
+    bar = tqdm(range(start_step, stop), initial=start_step, total=cfg.steps, mininterval=2.0,
                desc=f"train {cfg.method}", disable=not progress, dynamic_ncols=True)
     ckpt = None
     try:
@@ -482,7 +491,7 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
             for key, val in last.items():
                 sums[key] = sums.get(key, 0.0) + val
             count += 1
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            if (step + 1) % cfg.log_every == 0 or step + 1 == stop:
                 row = {"step": step + 1, "seconds": round(seconds_before + time.monotonic() - t0, 2)}
                 row.update({k: round(v / count, 6) for k, v in sums.items()})
                 if writer is None:
@@ -493,7 +502,7 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
                 log_file.flush()
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 sums, count = {}, 0
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stop:
                 ckpt = _checkpoint(cfg, method, codec, data, step + 1,
                                    seconds_before + time.monotonic() - t0, last, gen, rng)
                 tmp = ckpt_path.with_suffix(".tmp")
