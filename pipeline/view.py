@@ -10,7 +10,9 @@ second and at exit) or, without that option, only counts and logs. From Python,
 `run_viewer(endpoint, ...)` does the same and returns a `ViewerSummary`.
 
 Pose3D messages carry the 2D joints and the image size but not the image, so the 2D
-skeleton is drawn on a black canvas of that size.
+skeleton is drawn on a black canvas of that size, unless the publisher also sends the camera
+images as `Frame` messages on the topic `frame` (not the pipeline's default: a 720p stream is
+~80 MB/s): then each pose is drawn on the image with the same frame_id.
 
 The numbers on the picture: fps (poses received per second over the last 2 s), latency
 (capture to receipt, median over the last 2 s; the monotonic clock is shared only by
@@ -36,7 +38,7 @@ import zmq
 
 from pipeline.config import OutputConfig
 from pipeline.render import RenderStyle, ViewStats, render
-from pipeline.schema import Pose3D, SchemaError, Status, decode
+from pipeline.schema import Frame, Pose3D, SchemaError, Status, decode
 from pipeline.transport import open_socket
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ DEFAULT_ENDPOINT = OutputConfig().publish
 WINDOW_TITLE = "posestream"
 #: latencies outside this range come from another clock (another host, a replay): not shown
 MAX_PLAUSIBLE_LATENCY_NS = 10_000_000_000
+#: camera frames kept while waiting for their pose (about 2 s at 30 fps)
+FRAME_CACHE_SIZE = 64
 
 
 class StreamStats:
@@ -112,10 +116,16 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def render_pose(pose: Pose3D, stats: ViewStats, t_s: float, style: RenderStyle) -> np.ndarray:
-    """The viewer's picture for one Pose3D (no camera frame: a black canvas of its size)."""
+def render_pose(
+    pose: Pose3D, stats: ViewStats, t_s: float, style: RenderStyle, frame: Frame | None = None
+) -> np.ndarray:
+    """The viewer's picture for one Pose3D, on its camera frame if given (and of the pose's
+    image_size), else on a black canvas of that size."""
+    image = None
+    if frame is not None and (frame.image.shape[1], frame.image.shape[0]) == pose.image_size:
+        image = frame.image
     return render(
-        None,
+        image,
         pose.joints_2d_px,
         pose.joints_3d_m,
         pose.confidence,
@@ -140,6 +150,7 @@ def run_viewer(
     *,
     topic: str = OutputConfig().topic,
     status_topic: str | None = OutputConfig().status_topic,
+    frame_topic: str | None = "frame",
     headless_png: str | os.PathLike | None = None,
     png_interval_s: float = 1.0,
     show: bool | None = None,
@@ -150,6 +161,8 @@ def run_viewer(
 ) -> ViewerSummary:
     """Subscribe to `endpoint` and show (or save) each pose until told to stop.
 
+    Poses come on `topic`, Status messages on `status_topic`, and camera images (Frame
+    messages), if the publisher sends any, on `frame_topic` (None: never draw on images).
     show: open a window (None: when a display exists). headless_png: also keep this PNG file
     up to date (every png_interval_s and at exit). Stops after max_messages poses, after
     timeout_s without a message, when stop_event is set, or when the window is closed (q/Esc).
@@ -166,10 +179,13 @@ def run_viewer(
     last_log = t0
     last_msg = t0
     image: np.ndarray | None = None
+    frames: collections.OrderedDict[int, Frame] = collections.OrderedDict()
     try:
         sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         if status_topic:
             sock.setsockopt(zmq.SUBSCRIBE, status_topic.encode())
+        if frame_topic:
+            sock.setsockopt(zmq.SUBSCRIBE, frame_topic.encode())
         log.info("viewer: subscribed to %r on %s (%s)", topic, endpoint,
                  "window" if show else f"headless, png={png_path}")
         while stop_event is None or not stop_event.is_set():
@@ -193,7 +209,11 @@ def run_viewer(
                         log.warning("viewer: skipped a malformed message: %s", exc)
                         continue
                     last_msg = time.monotonic()
-                    if isinstance(msg, Status):
+                    if isinstance(msg, Frame):
+                        frames[msg.frame_id] = msg
+                        while len(frames) > FRAME_CACHE_SIZE:
+                            frames.popitem(last=False)
+                    elif isinstance(msg, Status):
                         statuses += 1
                         stats.note = f"{msg.kind}: {msg.text}"[:60]
                     elif isinstance(msg, Pose3D):
@@ -203,7 +223,8 @@ def run_viewer(
                             break
             t_s = time.monotonic() - t0
             if newest is not None:
-                image = render_pose(newest, stats.snapshot(), t_s, style)
+                image = render_pose(newest, stats.snapshot(), t_s, style,
+                                    frames.get(newest.frame_id))
                 rendered += 1
             if show:
                 if image is None:
@@ -227,7 +248,8 @@ def run_viewer(
                          "-" if snap.fps is None else f"{snap.fps:.1f}", snap.dropped)
                 last_log = time.monotonic()
         if png_path is not None and stats.last is not None:
-            image = render_pose(stats.last, stats.snapshot(), time.monotonic() - t0, style)
+            image = render_pose(stats.last, stats.snapshot(), time.monotonic() - t0, style,
+                                frames.get(stats.last.frame_id))
             _write_png(png_path, image)
             pngs += 1
     finally:
@@ -258,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT,
                         help=f"publisher to connect to (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--topic", default=OutputConfig().topic, help="pose topic (default %(default)s)")
+    parser.add_argument("--frame-topic", default="frame",
+                        help="topic of camera images (Frame messages) to draw on, if the "
+                        "publisher sends any (default %(default)s)")
     parser.add_argument("--headless-png", metavar="OUT.png",
                         help="keep this PNG up to date with the latest picture (~1/s and at exit)")
     parser.add_argument("--no-window", action="store_true", help="never open a window")
@@ -270,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if show is None and not has_display():
         log.info("no display: running headless")
     try:
-        summary = run_viewer(args.endpoint, topic=args.topic, headless_png=args.headless_png,
+        summary = run_viewer(args.endpoint, topic=args.topic, frame_topic=args.frame_topic or None,
+                             headless_png=args.headless_png,
                              show=show, max_messages=args.count, timeout_s=args.timeout)
     except KeyboardInterrupt:
         return 0

@@ -171,9 +171,9 @@ def test_bad_inputs_are_refused():
 PUBLISHER = textwrap.dedent(
     """
     import sys, numpy as np, zmq
-    from pipeline.schema import Pose3D, Status, encode
+    from pipeline.schema import Frame, Pose3D, Status, encode
     from pipeline.transport import open_socket
-    endpoint, n = sys.argv[1], int(sys.argv[2])
+    endpoint, n, with_frames = sys.argv[1], int(sys.argv[2]), sys.argv[5] == "frames"
     joints_3d = np.array(sys.argv[3].split(","), dtype=np.float32).reshape(17, 3)
     joints_2d = np.array(sys.argv[4].split(","), dtype=np.float32).reshape(17, 2)
     ctx = zmq.Context()
@@ -183,7 +183,10 @@ PUBLISHER = textwrap.dedent(
     # frame ids 0..n+2 with 5, 6, 7 missing: three frames "dropped upstream"
     ids = [i for i in range(n + 3) if i not in (5, 6, 7)]
     pub.send_multipart([b"status", *encode(Status(kind="info", text="hello"))])
+    image = np.full((720, 1280, 3), (60, 100, 140), np.uint8)
     for i in ids:
+        if with_frames:  # the camera image first, as a pipeline tap would send it
+            pub.send_multipart([b"frame", *encode(Frame(frame_id=i, t_capture_ns=0, image=image))])
         pose = Pose3D(frame_id=i, t_capture_ns=0, image_size=(1280, 720), person_present=True,
                       joints_3d_m=joints_3d, root_m=joints_3d[0], joints_2d_px=joints_2d,
                       confidence=np.ones(17, np.float32), reproj_err_px=np.zeros(17, np.float32),
@@ -195,7 +198,8 @@ PUBLISHER = textwrap.dedent(
 )
 
 
-def test_viewer_process_keeps_a_png_of_a_real_stream(tmp_path):
+@pytest.mark.parametrize("frames", ["no-frames", "frames"])
+def test_viewer_process_keeps_a_png_of_a_real_stream(tmp_path, frames):
     endpoint = f"ipc://{tmp_path}/pose.sock"
     out = tmp_path / "live.png"
     viewer = subprocess.Popen(
@@ -205,7 +209,8 @@ def test_viewer_process_keeps_a_png_of_a_real_stream(tmp_path):
     )
     publisher = subprocess.Popen(
         [sys.executable, "-c", PUBLISHER, endpoint, "20",
-         ",".join(map(str, JOINTS_3D_M.ravel())), ",".join(map(str, JOINTS_2D_PX.ravel()))],
+         ",".join(map(str, JOINTS_3D_M.ravel())), ",".join(map(str, JOINTS_2D_PX.ravel())),
+         frames],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -227,4 +232,7 @@ def test_viewer_process_keeps_a_png_of_a_real_stream(tmp_path):
     for j in range(NUM_JOINTS):
         x, y = np.round(JOINTS_2D_PX[j] * scale).astype(int)
         assert _is_color(cam[y, x], JOINT_COLORS[j])
+    # the skeleton is drawn on the camera image when the publisher sends one, else on black
+    background = (60, 100, 140) if frames == "frames" else COLOR_BLANK_BG
+    assert tuple(cam[400, 100]) == background
     assert not (tmp_path / "live.partial.png").exists()
