@@ -116,7 +116,7 @@ def run_pipeline(config: PipelineConfig, fps: float | None, warmup: int) -> dict
         sub.close(linger=0)
         ctx.term()
     measured = [r for r in records if r[0] >= warmup]
-    out = report.breakdown(measured, 1000.0 / fps if fps else None)
+    out = report.breakdown(measured, 1000.0 / fps if fps else None, n_frames - 1)
     out.update(
         fps_in=fps,
         frames_captured=n_frames,
@@ -185,7 +185,7 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
         result["codec"] = transport_floor.codec_costs(wh, repeat=500)
     for name, per_round in runs.items():
         if name in ("pipeline", "floor"):
-            result[name] = report.merge_stamped(per_round, interval)
+            result[name] = report.merge_stamped(per_round, interval, n - 1)
         elif name == "pipeline_max":
             result[name] = report.merge_stamped(per_round, None)
         else:

@@ -43,6 +43,13 @@ def summarize(samples_ms: Iterable[float]) -> dict[str, float]:
     }
 
 
+def finite_mean(values: Iterable[float]) -> float:
+    """Mean of the finite values, NaN when there are none."""
+    a = np.asarray(list(values), dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
 def ratio(a: float, b: float) -> float:
     """a / b, NaN when either is missing or b is 0."""
     if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
@@ -54,6 +61,7 @@ def ratio(a: float, b: float) -> float:
 def breakdown(
     records: Sequence[tuple[int, int, Sequence[Sequence[Any]], int]],
     frame_interval_ms: float | None = None,
+    last_frame_id: int | None = None,
 ) -> dict[str, Any]:
     """Per-stage compute, per-hop transport, end to end and overhead from message stamps.
 
@@ -62,7 +70,8 @@ def breakdown(
     frame_interval_ms: the camera's frame interval. A message is stale when it waited in some
     hop longer than that: a newer frame existed by then, and latest-wins should have replaced
     it (None: not counted). Compute time is not waiting: a slow detector makes every pose late,
-    but not stale.
+    but not stale. last_frame_id: the stream's last frame, never stale (no newer frame exists
+    to replace it).
 
     Returns {"stages": {name: summary of t_out - t_in}, "hops": {"a->b": summary of
     t_in(b) - t_out(a)}, "e2e": summary of t_receive - t_capture, "overhead": summary of
@@ -77,6 +86,7 @@ def breakdown(
     overhead_ms: list[float] = []
     transport_ms: list[float] = []
     longest_wait_ms: list[float] = []
+    stale = 0
     frame_ids: list[int] = []
     for frame_id, t_capture_ns, stamps, t_receive_ns in records:
         e2e = (t_receive_ns - t_capture_ns) / 1e6
@@ -102,13 +112,13 @@ def breakdown(
             longest = max(longest, hop)
         transport_ms.append(moving)
         longest_wait_ms.append(longest)
+        if frame_interval_ms is not None and longest > frame_interval_ms and (
+            last_frame_id is None or frame_id < last_frame_id
+        ):
+            stale += 1
         e2e_ms.append(e2e)
         overhead_ms.append(e2e - work)
         frame_ids.append(int(frame_id))
-    stale = (
-        sum(w > frame_interval_ms for w in longest_wait_ms)
-        if frame_interval_ms is not None else None
-    )
     return {
         "frames": len(e2e_ms),
         "stages": {k: summarize(v) for k, v in stage_ms.items()},
@@ -116,7 +126,7 @@ def breakdown(
         "e2e": summarize(e2e_ms),
         "overhead": summarize(overhead_ms),
         "transport_total": summarize(transport_ms),
-        "stale": stale,
+        "stale": stale if frame_interval_ms is not None else None,
         "longest_wait_ms": max(longest_wait_ms, default=float("nan")),
         "series": {
             "frame_id": frame_ids,
@@ -136,17 +146,17 @@ def throughput_fps(t_receive_ns: Sequence[int]) -> float:
 
 
 # --------------------------------------------------------------------------- several runs
-def merge_stamped(runs: Sequence[dict[str, Any]], frame_interval_ms: float | None
-                  ) -> dict[str, Any]:
+def merge_stamped(runs: Sequence[dict[str, Any]], frame_interval_ms: float | None,
+                  last_frame_id: int | None = None) -> dict[str, Any]:
     """Join runs of the same stamped benchmark (each with raw `records`, `throughput_fps`,
     `cpu_percent`) into one: breakdown over every record, throughput and CPU averaged over
     runs, per-run figures kept under "per_run" (without their records)."""
     records = [rec for r in runs for rec in r["records"]]
-    out = breakdown(records, frame_interval_ms)
+    out = breakdown(records, frame_interval_ms, last_frame_id)
     out["series"]["frame_id"] = list(range(len(records)))  # runs one after the other
-    out["throughput_fps"] = float(np.nanmean([r["throughput_fps"] for r in runs]))
+    out["throughput_fps"] = finite_mean([r["throughput_fps"] for r in runs])
     names = {k for r in runs for k in r["cpu_percent"]}
-    out["cpu_percent"] = {k: float(np.nanmean([r["cpu_percent"].get(k, np.nan) for r in runs]))
+    out["cpu_percent"] = {k: finite_mean([r["cpu_percent"].get(k, np.nan) for r in runs])
                           for k in sorted(names)}
     out["per_run"] = [{k: v for k, v in r.items() if k not in ("records", "series")}
                       for r in runs]
@@ -165,8 +175,8 @@ def merge_fed(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "frames": len(e2e),
         "e2e": summarize(e2e),
         "parts": {k: summarize(v) for k, v in parts.items()},
-        "throughput_fps": float(np.nanmean([r["throughput_fps"] for r in runs])),
-        "cpu_percent": float(np.nanmean([r["cpu_percent"] for r in runs])),
+        "throughput_fps": finite_mean([r["throughput_fps"] for r in runs]),
+        "cpu_percent": finite_mean([r["cpu_percent"] for r in runs]),
         "series": {"frame_id": list(range(len(e2e))), "e2e_ms": e2e},
         "per_run": [{k: v for k, v in r.items() if k not in ("raw", "series")} for r in runs],
         "runs": len(runs),

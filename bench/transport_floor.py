@@ -258,7 +258,7 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
         manager_counters.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
     measured = [r for r in records if r[0] >= warmup]
-    out = report.breakdown(measured, 1000.0 / fps if fps > 0 else None)
+    out = report.breakdown(measured, 1000.0 / fps if fps > 0 else None, frames - 1)
     out.update(
         fps_in=fps,
         frames_sent=frames,
