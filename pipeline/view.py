@@ -238,6 +238,8 @@ def run_viewer(
                     key = -1
                 if key in (ord("q"), 27):
                     break
+                if show and cv2.getWindowProperty(WINDOW_TITLE, cv2.WND_PROP_VISIBLE) < 1:
+                    break  # the window was closed with its close button
             if png_path is not None and newest is not None and t_s - last_png >= png_interval_s:
                 _write_png(png_path, image)
                 pngs += 1
