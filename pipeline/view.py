@@ -4,7 +4,7 @@
     python -m pipeline.view tcp://10.0.0.5:5556       # another host's stream
     python -m pipeline.view --headless-png live.png   # no display: keep live.png up to date
 
-With a display (DISPLAY or WAYLAND_DISPLAY set) it opens a window; q or Esc closes it.
+With an X display it opens a window; q, Esc or the close button stop it.
 Without one it runs headless: it writes the latest picture to `--headless-png` (about once a
 second and at exit) or, without that option, only counts and logs. From Python,
 `run_viewer(endpoint, ...)` does the same and returns a `ViewerSummary`.
@@ -26,6 +26,7 @@ import argparse
 import collections
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -111,9 +112,28 @@ class ViewerSummary:
     statuses: int
 
 
-def has_display() -> bool:
-    """True when a window can be opened (X11 or Wayland)."""
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+def has_display(environ: dict[str, str] | None = None) -> bool:
+    """True when an X display (what OpenCV's Qt windows need) can be reached.
+
+    Checked before any window is opened, because Qt aborts the whole process when DISPLAY
+    names a display that is not there. ":N" is a local socket /tmp/.X11-unix/XN;
+    "host:N" (e.g. ssh forwarding) a TCP port 6000 + N.
+    """
+    env = os.environ if environ is None else environ
+    display = env.get("DISPLAY", "")
+    if not display or ":" not in display:
+        return False
+    host, _, rest = display.rpartition(":")
+    number = rest.split(".")[0]
+    if not number.isdigit():
+        return False
+    if host in ("", "unix"):
+        return Path(f"/tmp/.X11-unix/X{number}").exists()
+    try:
+        with socket.create_connection((host, 6000 + int(number)), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def render_pose(

@@ -57,6 +57,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.view import has_display
+
 log = logging.getLogger(__name__)
 
 #: the dist_coeffs lengths OpenCV understands.
@@ -387,10 +389,6 @@ def corners_from_images(
     return kept, size or (0, 0)
 
 
-def _has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stages.calibrate",
@@ -431,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             corners, size = corners_from_capture(
                 args.camera if args.video is None else args.video, board, args.views,
                 args.timeout_s,
-                show=_has_display() and not args.no_preview,
+                show=has_display() and not args.no_preview,
             )
         calib = calibrate(corners, size, board, fit_k3=args.k3)
         save_calibration(args.out, calib)

@@ -236,3 +236,36 @@ def test_viewer_process_keeps_a_png_of_a_real_stream(tmp_path, frames):
     background = (60, 100, 140) if frames == "frames" else COLOR_BLANK_BG
     assert tuple(cam[400, 100]) == background
     assert not (tmp_path / "live.partial.png").exists()
+
+
+def test_has_display_needs_a_reachable_x_server(tmp_path):
+    from pipeline.view import has_display
+
+    assert not has_display({})
+    assert not has_display({"DISPLAY": ""})
+    assert not has_display({"DISPLAY": ":4321"})  # no /tmp/.X11-unix/X4321
+    assert not has_display({"DISPLAY": "127.0.0.1:4321.0"})  # nothing on port 10321
+    assert not has_display({"DISPLAY": "garbage"})
+    assert not has_display({"WAYLAND_DISPLAY": "wayland-0"})  # Qt here needs X
+
+
+def test_has_display_finds_a_listening_x_port():
+    import socket
+
+    from pipeline.view import has_display
+
+    for n in range(150, 250):  # a free port 6000 + n stands in for an X server
+        listener = socket.socket()
+        try:
+            listener.bind(("127.0.0.1", 6000 + n))
+        except OSError:
+            listener.close()
+            continue
+        try:
+            listener.listen(1)
+            assert has_display({"DISPLAY": f"127.0.0.1:{n}.0"})
+        finally:
+            listener.close()
+        assert not has_display({"DISPLAY": f"127.0.0.1:{n}.0"})
+        return
+    pytest.fail("no free port in 6150-6249 to stand in for an X server")
