@@ -332,6 +332,54 @@ class Chen2019(Method):
         return out
 
 
+def li2020_terms(rel: torch.Tensor, metres_per_unit: torch.Tensor, batch: dict[str, torch.Tensor],
+                 depth_offset: float, detach_transform: bool = False) -> dict[str, torch.Tensor]:
+    """Li et al. 2020's loss terms for V synchronized views of B poses.
+
+    rel: (B, V, J, 3) lifter output per view (codec units, virtual camera axes, root-relative).
+    metres_per_unit: (B, V) root branch output; the root then sits at depth c * scale * m on the
+    virtual camera's axis and the pose in metres is rel * m.
+    batch: the `MultiView2D` fields as tensors. Errors are 2D, in head-to-root units (codec units
+    x c), weighted by the 2D confidences:
+    - reproj: each view's pose projected into its own camera (m cancels: shapes the lifter);
+    - transform: each view's pose moved into every other view with the known cameras and
+      projected there (all V (V - 1) ordered pairs);
+    - consistency: the scale-free poses of all views, turned to world axes, agree.
+    """
+    c = depth_offset
+    q = batch["joints_2d_norm"]                                   # (B, V, J, 2)
+    scale, conf = batch["scale"], batch["confidence"]             # (B, V), (B, V, J)
+    to_virtual, centre = batch["world_to_virtual"], batch["centre_m"]
+    b, v = q.shape[:2]
+    m = metres_per_unit[..., None, None]
+    root_depth = c * scale * metres_per_unit                      # (B, V) metres
+    root = torch.stack([torch.zeros_like(root_depth)] * 2 + [root_depth], -1)[:, :, None]
+    posed = rel * m + root                                        # (B, V, J, 3) metres
+    posed_transform = rel.detach() * m + root if detach_transform else posed
+    weight = conf / conf.sum(-1, keepdim=True).clamp(min=1e-6)    # (B, V, J)
+
+    def reproj_error(points_virtual: torch.Tensor, view: int) -> torch.Tensor:
+        """(B, J, 3) metres in a view's virtual frame -> weighted 2D error (B,)."""
+        pred = project_unit_camera(points_virtual, min_depth=0.05) * scale[:, view, None, None]
+        err = torch.linalg.norm(pred - q[:, view], dim=-1) * c
+        return (err * weight[:, view]).sum(-1)
+
+    own = torch.stack([reproj_error(posed[:, i], i) for i in range(v)], 1).mean()
+    world = torch.einsum("bvji,bvkj->bvki", to_virtual, posed_transform) + centre[:, :, None]
+    pairs = []
+    for i in range(v):
+        for j in range(v):
+            if i != j:
+                in_j = torch.einsum("bij,bkj->bki", to_virtual[:, j], world[:, i] - centre[:, j, None])
+                pairs.append(reproj_error(in_j, j))
+    transform = torch.stack(pairs, 1).mean()
+    shape_world = scale_normalised(
+        torch.einsum("bvji,bvkj->bvki", to_virtual, rel).reshape(b * v, NUM_JOINTS, 3)
+    ).reshape(b, v, NUM_JOINTS, 3)
+    consistency = torch.linalg.norm(shape_world - shape_world.mean(1, keepdim=True), dim=-1).mean()
+    return {"reproj": own, "transform": transform, "consistency": consistency}
+
+
 class Li2020(Method):
     """Multi-view geometric self-supervision with known cameras (no adversary)."""
 
@@ -344,51 +392,17 @@ class Li2020(Method):
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """All li2020 loss terms for a batch (B, V, ...) of synchronized views.
 
-        During pre-training (step < pretrain_steps) the re-projection terms see the lifter's
-        output detached: they train the root branch only, so it is ready (depths about right)
-        when they start to shape the lifter.
+        During pre-training (step < pretrain_steps) the transform term sees the lifter's output
+        detached: it trains the root branch only, so the root depths are about right when it
+        starts to shape the lifter.
         """
-        cfg = self.cfg
-        c = cfg.depth_offset
-        q = batch["joints_2d_norm"]                                   # (B, V, J, 2)
-        scale, conf = batch["scale"], batch["confidence"]             # (B, V), (B, V, J)
-        to_virtual, centre = batch["world_to_virtual"], batch["centre_m"]
+        q = batch["joints_2d_norm"]
         b, v = q.shape[:2]
         flat = q.reshape(b * v, NUM_JOINTS, 2)
-        rel = self.lifter(flat).reshape(b, v, NUM_JOINTS, 3)          # codec units, virtual axes
-        m = self.extra["root_branch"](flat).reshape(b, v)             # metres per unit
-        root_depth = c * scale * m                                    # (B, V) metres
-        root = torch.stack([torch.zeros_like(root_depth)] * 2 + [root_depth], -1)[:, :, None]
-        posed = rel * m[..., None, None] + root                       # (B, V, J, 3) metres
-        if step < cfg.pretrain_steps:
-            posed_geometry = rel.detach() * m[..., None, None] + root
-        else:
-            posed_geometry = posed
-        weight = conf / conf.sum(-1, keepdim=True).clamp(min=1e-6)    # (B, V, J)
-
-        def reproj_error(points_virtual: torch.Tensor, view: int) -> torch.Tensor:
-            """(B, J, 3) metres in view's virtual frame -> confidence-weighted 2D error (B,),
-            head-to-root units (codec units x c)."""
-            pred = project_unit_camera(points_virtual, min_depth=0.05) * scale[:, view, None, None]
-            err = torch.linalg.norm(pred - q[:, view], dim=-1) * c
-            return (err * weight[:, view]).sum(-1)
-
-        own = torch.stack([reproj_error(posed[:, i], i) for i in range(v)], 1).mean()
-        # own view: m cancels in the projection, so this term shapes the lifter only
-        world = torch.einsum("bvji,bvkj->bvki", to_virtual, posed_geometry) + centre[:, :, None]
-        pairs = []
-        for i in range(v):
-            for j in range(v):
-                if i != j:
-                    in_j = torch.einsum("bij,bkj->bki", to_virtual[:, j], world[:, i] - centre[:, j, None])
-                    pairs.append(reproj_error(in_j, j))
-        transform = torch.stack(pairs, 1).mean()
-        shape_world = scale_normalised(
-            torch.einsum("bvji,bvkj->bvki", to_virtual, rel).reshape(b * v, NUM_JOINTS, 3)
-        ).reshape(b, v, NUM_JOINTS, 3)
-        consensus = shape_world.mean(1, keepdim=True)
-        consistency = torch.linalg.norm(shape_world - consensus, dim=-1).mean()
-        return {"reproj": own, "transform": transform, "consistency": consistency}
+        rel = self.lifter(flat).reshape(b, v, NUM_JOINTS, 3)
+        metres_per_unit = self.extra["root_branch"](flat).reshape(b, v)
+        return li2020_terms(rel, metres_per_unit, batch, self.cfg.depth_offset,
+                            detach_transform=step < self.cfg.pretrain_steps)
 
     def step(self, batch, step, gen):
         cfg = self.cfg

@@ -130,3 +130,25 @@ def test_cli_help_and_bad_source():
                           "/tmp/posestream-test-unused", "--sources", "nosuchsource"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nosuchsource" in bad.stderr
+
+
+def test_li2020_terms_vanish_for_the_true_poses_and_see_a_wrong_root(train_sequences):
+    """The multi-view geometry: the true pose of every view (from the 3D, here only to build the
+    check) with its true scale gives zero loss; a 10 % wrong root depth does not."""
+    from engines.train import li2020_terms
+
+    codec = canonical_codec()
+    poses = np.concatenate(train_sequences)[::97][:40].astype(np.float64)
+    data = ds.make_multi_view(poses, codec, ds.CameraSampling(), np.random.default_rng(0), views=4)
+    world_m = poses[:, None] / 1000.0
+    virtual = np.einsum("nvij,nvkj->nvki", data.world_to_virtual.astype(np.float64),
+                        world_m - data.centre_m[:, :, None])
+    np.testing.assert_allclose(virtual[:, :, 0, :2], 0.0, atol=1e-5)   # root on the virtual axis
+    root_depth = virtual[:, :, 0, 2]
+    rel = (virtual - virtual[:, :, :1]) * (codec.depth_offset * data.scale / root_depth)[..., None, None]
+    m = root_depth / (codec.depth_offset * data.scale)
+    batch = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in ds.array_fields(data).items()}
+    exact = li2020_terms(torch.from_numpy(rel).float(), torch.from_numpy(m).float(), batch, 10.0)
+    assert max(float(t) for t in exact.values()) < 1e-4
+    wrong = li2020_terms(torch.from_numpy(rel).float(), torch.from_numpy(m * 1.1).float(), batch, 10.0)
+    assert float(wrong["transform"]) > 0.1 and float(wrong["reproj"]) < 1e-4
