@@ -271,3 +271,23 @@ def test_stage_that_fails_to_open_is_reported_before_start(supervisors, monkeypa
     assert sup.run() == EXIT_FAILED
     assert "stage detect" in sup.failure and "No module named" in sup.failure
     assert all(not pid_alive(pid) for pid in sup.pids().values())
+
+
+def test_subscribe_cli_prints_one_json_line_per_pose(supervisors, reaper):
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    cli = reaper.python("-m", "pipeline.subscribe", endpoint, "--json", "--count", "5",
+                        "--timeout", "60", stdout=subprocess.PIPE, text=True)
+    sup = Supervisor(make_config(port, frames=400, fps=100.0), test_graph())
+    supervisors.append(sup)
+    sup.start()  # waits for the CLI to subscribe (wait_for_subscribers=1)
+    out, _ = cli.communicate(timeout=60)
+    assert cli.returncode == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 5
+    ids = [d["frame_id"] for d in lines]
+    assert ids == sorted(set(ids))
+    for d in lines:
+        assert np.array(d["joints_3d_m"]).shape == (NUM_JOINTS, 3)
+        assert d["joints_3d_m"][0][0] == d["frame_id"] % 256
+        assert [s[0] for s in d["stamps"]] == ["capture", "detect", "lift", "output"]
