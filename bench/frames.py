@@ -38,9 +38,11 @@ DEFAULT_VIDEO: Path = (
 
 
 @contextmanager
-def decoded_frames(video: str | Path, max_frames: int | None = None) -> Iterator[Path]:
+def decoded_frames(video: str | Path, max_frames: int | None = None,
+                   size: tuple[int, int] | None = None) -> Iterator[Path]:
     """Decode `video` into numbered BMP files in a temporary directory (RAM-backed where
-    /dev/shm exists); yields the directory, removes it afterwards.
+    /dev/shm exists); yields the directory, removes it afterwards. size: (width, height) to
+    resize every frame to (e.g. a webcam's 640x480), None for the video's own size.
 
     Raises FileNotFoundError / ValueError with advice when the video is missing or unreadable.
     """
@@ -57,6 +59,8 @@ def decoded_frames(video: str | Path, max_frames: int | None = None) -> Iterator
                 ok, image = cap.read()
                 if not ok:
                     break
+                if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+                    image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
                 cv2.imwrite(str(out / f"{n:06d}.bmp"), image)
                 n += 1
         finally:
@@ -67,6 +71,19 @@ def decoded_frames(video: str | Path, max_frames: int | None = None) -> Iterator
         yield out
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """"640x480" -> (640, 480); "native" -> None (the video's own size)."""
+    if text == "native":
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"frame size must be WIDTHxHEIGHT (e.g. 640x480) or native, got {text!r}")
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise ValueError(f"frame size {w}x{h} is out of range")
+    return w, h
 
 
 def frame_count(folder: Path) -> int:

@@ -40,6 +40,7 @@ from pipeline.config import (
     LiftConfig,
     OutputConfig,
     PipelineConfig,
+    SmoothConfig,
     SupervisorConfig,
     TransportConfig,
 )
@@ -60,14 +61,16 @@ IDLE_TIMEOUT_S = 10.0
 
 
 def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
-                    policy: str = "latest") -> PipelineConfig:
+                    policy: str = "latest", smooth: bool = True) -> PipelineConfig:
     """run_pipeline.py's defaults, with the benchmark's frames and engine, the public stream on
     a free loopback port, and the output holding the start until our subscriber is there.
-    policy "lossless" is run_pipeline.py --every-frame (every frame processed: throughput)."""
+    policy "lossless" is run_pipeline.py --every-frame (every frame processed: throughput);
+    smooth False is --no-smooth (no smooth process)."""
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,
         lift=LiftConfig(engine_path=str(engine)),
+        smooth=SmoothConfig(enabled=smooth),
         output=OutputConfig(publish=f"tcp://127.0.0.1:{port}", wait_for_subscribers=1,
                             wait_for_subscribers_s=60.0),
         transport=TransportConfig(kind=transport, policy=policy),
@@ -141,10 +144,12 @@ def image_size(folder: Path) -> tuple[int, int]:
 
 def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             engine: str | None = None, throughput: bool = True,
-            transport: str = "ipc", rounds: int = 2) -> dict[str, Any]:
+            transport: str = "ipc", rounds: int = 2,
+            size: tuple[int, int] | None = None, smooth: bool = True) -> dict[str, Any]:
     """The pipeline and every baseline on the same frames, `rounds` times in turn (so a change
     in the machine's load hits all of them alike); the figures of all rounds joined; the ratios
-    and targets.
+    and targets. size: resize the frames to (width, height) first (None: the video's size).
+    smooth False: the pipeline and the floor without the smooth process (--no-smooth).
 
     Latency at `fps` (None: as fast as frames can be read). Throughput (unless throughput is
     False): pipeline with every frame processed (policy lossless, run_pipeline.py
@@ -154,7 +159,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
                               "rounds": rounds}
     runs: dict[str, list[dict[str, Any]]] = {}
     interval = 1000.0 / fps if fps else None
-    with bench_frames.decoded_frames(video, frames) as folder, engine_file(engine) as eng:
+    with bench_frames.decoded_frames(video, frames, size) as folder, \
+            engine_file(engine) as eng:
         n = bench_frames.frame_count(folder)
         if n <= warmup + 1:
             raise ValueError(f"{n} frames and {warmup} warm-up frames leave nothing to measure: "
@@ -162,20 +168,23 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
         wh = image_size(folder)
         paced = bench_frames.capture_config(folder, fps)
         fastest = bench_frames.capture_config(folder, None)
-        config = pipeline_config(paced, eng, transport)
-        result.update(frames=n, image_wh=list(wh), engine=str(eng),
+        config = pipeline_config(paced, eng, transport, smooth=smooth)
+        chain = tuple(c for c in transport_floor.CHAIN if smooth or c != "smooth")
+        result.update(smooth=smooth, frames=n, image_wh=list(wh), engine=str(eng),
                       machine_before=report.machine_info())
         jobs = [
-            ("pipeline", lambda: run_pipeline(pipeline_config(paced, eng, transport), fps,
-                                              warmup)),
-            ("floor", lambda: transport_floor.run_chain(fps or 0.0, n, warmup, wh, transport)),
+            ("pipeline", lambda: run_pipeline(
+                pipeline_config(paced, eng, transport, smooth=smooth), fps, warmup)),
+            ("floor", lambda: transport_floor.run_chain(fps or 0.0, n, warmup, wh, transport,
+                                                        chain)),
             ("single", lambda: single_process.run(paced, config, warmup)),
             ("mediapipe", lambda: mediapipe_peer.run(paced, config.detect, warmup)),
         ]
         if throughput:
             jobs += [
                 ("pipeline_max", lambda: run_pipeline(
-                    pipeline_config(fastest, eng, transport, policy="lossless"), None, warmup)),
+                    pipeline_config(fastest, eng, transport, policy="lossless", smooth=smooth),
+                    None, warmup)),
                 ("single_max", lambda: single_process.run(fastest, config, warmup)),
             ]
         for i in range(rounds):
@@ -317,9 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None,
                         help="frames of the video to use (default all)")
     parser.add_argument("--warmup", type=int, default=30, help="frames left out (default 30)")
+    parser.add_argument("--size", type=bench_frames.parse_size, default=None, metavar="WxH",
+                        help="resize frames first, e.g. 640x480 (a webcam's); default native")
     parser.add_argument("--engine", help="lifter engine (default engines/default/lifter.onnx)")
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                         help="internal edges (default ipc, as run_pipeline.py)")
+    parser.add_argument("--no-smooth", action="store_true",
+                        help="pipeline and floor without the smooth process")
     parser.add_argument("--rounds", type=int, default=2,
                         help="run everything this many times in turn (default 2)")
     parser.add_argument("--no-throughput", action="store_true",
@@ -332,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     r = run_all(args.video, args.fps, args.frames, args.warmup, args.engine,
                 throughput=not args.no_throughput, transport=args.transport,
-                rounds=args.rounds)
+                rounds=args.rounds, size=args.size, smooth=not args.no_smooth)
     print(tables(r))
     if args.json:
         report.write_json(args.json, r)

@@ -191,19 +191,23 @@ def free_tcp_ports(n: int) -> list[int]:
 
 
 def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
-              image_wh: tuple[int, int] = (1280, 720), transport: str = "ipc") -> dict[str, Any]:
+              image_wh: tuple[int, int] = (1280, 720), transport: str = "ipc",
+              chain: tuple[str, ...] = CHAIN) -> dict[str, Any]:
     """Run the null chain once; return report.breakdown(...) plus throughput, drops, CPU
     and the raw `records` (report.merge_stamped joins several runs).
 
     fps: pacing of the source, 0 for back to back. frames: how many the source sends;
     the first `warmup` received are left out of the figures. transport: "ipc" or "tcp" for
     the internal edges (the pipeline's TransportConfig.kind); the published stream is always
-    loopback tcp, as OutputConfig's.
+    loopback tcp, as OutputConfig's. chain: the stages, CHAIN or a shorter path that starts
+    with "capture" and ends with "output" (e.g. without "smooth", as run_pipeline --no-smooth).
     """
     run_dir = tempfile.mkdtemp(prefix="posestream-floor-")
-    ports = free_tcp_ports(len(CHAIN))
+    if chain[0] != "capture" or chain[-1] != "output" or not set(chain) <= set(CHAIN):
+        raise ValueError(f"chain must run capture -> ... -> output through {CHAIN}, got {chain}")
+    ports = free_tcp_ports(len(chain))
     if transport == "ipc":
-        eps = [f"ipc://{run_dir}/e{i}.sock" for i in range(len(CHAIN) - 1)]
+        eps = [f"ipc://{run_dir}/e{i}.sock" for i in range(len(chain) - 1)]
     else:
         eps = [f"tcp://127.0.0.1:{p}" for p in ports[:-1]]
     eps.append(f"tcp://127.0.0.1:{ports[-1]}")  # the public stream is loopback tcp, as in the pipeline
@@ -211,12 +215,12 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
     manager_counters = spawn.Manager()
     counters = manager_counters.dict()
     go = spawn.Event()
-    readies = {name: spawn.Event() for name in CHAIN}
+    readies = {name: spawn.Event() for name in chain}
     procs: dict[str, Any] = {
         "capture": spawn.Process(target=_source, name="floor-capture",
                                  args=(eps[0], image_wh, fps, frames, readies["capture"], go))
     }
-    for i, name in enumerate(CHAIN[1:], start=1):
+    for i, name in enumerate(chain[1:], start=1):
         procs[name] = spawn.Process(target=_relay, name=f"floor-{name}",
                                     args=(name, eps[i - 1], eps[i], image_wh, readies[name],
                                           counters))
@@ -337,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=parse_wh, default=(1280, 720),
                         help="frame size WxH (default 1280x720, the sample video)")
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    parser.add_argument("--no-smooth", action="store_true",
+                        help="leave the smooth process out (as run_pipeline.py --no-smooth)")
     parser.add_argument("--json", metavar="OUT", help="write every figure as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -344,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for fps in args.fps:
         label = f"{fps:g} fps" if fps > 0 else "back to back"
-        floor = run_chain(fps, args.frames, args.warmup, args.image, args.transport)
+        chain = tuple(c for c in CHAIN if c != "smooth") if args.no_smooth else CHAIN
+        floor = run_chain(fps, args.frames, args.warmup, args.image, args.transport, chain)
         results["runs"][label] = floor
         rows += floor_rows(label, floor)
     results["codec"] = codec_costs(args.image)
