@@ -333,9 +333,11 @@ def record(
     writer: RecordingWriter | None = None
     bar = tqdm(desc="recorded", unit="msg", total=max_messages, disable=not progress)
     try:
+        # the file (with its header) exists before the publisher can see the subscription
+        writer = RecordingWriter(path, endpoint=endpoint, topics=topics)
+        writer.flush()
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        writer = RecordingWriter(path, endpoint=endpoint, topics=topics)
         log.info("recording %s (topics %s) to %s", endpoint, list(topics), path)
         last_msg = last_flush = time.monotonic()
         while stop_event is None or not stop_event.is_set():

@@ -155,7 +155,8 @@ def _text_lines(stats: ViewStats) -> list[str]:
     lat = "-" if stats.latency_ms is None else f"{stats.latency_ms:.0f} ms"
     lines = [f"fps {fps}   latency {lat}", f"dropped {stats.dropped}   shown {stats.received}"]
     if stats.frame_id is not None:
-        lines.append(f"frame {stats.frame_id}" + (f"   engine {stats.engine_id}" if stats.engine_id else ""))
+        engine = f"   engine {stats.engine_id}" if stats.engine_id else ""
+        lines.append(f"frame {stats.frame_id}{engine}")
     if not stats.person_present:
         lines.append("no person")
     if stats.note:
@@ -167,12 +168,15 @@ def _put_lines(canvas: np.ndarray, lines: list[str], origin: tuple[int, int]) ->
     x, y = origin
     for line in lines:
         # a dark outline keeps text readable on any frame
-        cv2.putText(canvas, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(canvas, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55, COLOR_TEXT, 1, cv2.LINE_AA)
+        for color, thickness in (((0, 0, 0), 3), (COLOR_TEXT, 1)):
+            cv2.putText(canvas, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55, color, thickness,
+                        cv2.LINE_AA)
         y += 22
 
 
-def camera_panel_size(image_size: tuple[int, int], style: RenderStyle = RenderStyle()) -> tuple[int, int]:
+def camera_panel_size(
+    image_size: tuple[int, int], style: RenderStyle = RenderStyle()
+) -> tuple[int, int]:
     """(width, height) px of the camera panel for frames of image_size (width, height)."""
     w, h = image_size
     return max(1, round(w * style.height_px / h)), style.height_px
@@ -213,7 +217,9 @@ def render(
         raise ValueError(f"confidence must be ({NUM_JOINTS},), got {confidence.shape}")
     if image_bgr is not None:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-            raise ValueError(f"image_bgr must be (h, w, 3) uint8, got {image_bgr.shape} {image_bgr.dtype}")
+            raise ValueError(
+                f"image_bgr must be (h, w, 3) uint8, got {image_bgr.shape} {image_bgr.dtype}"
+            )
         image_size = (image_bgr.shape[1], image_bgr.shape[0])
     elif image_size is None or min(image_size) < 1:
         raise ValueError("render needs image_bgr or a positive image_size (width, height)")

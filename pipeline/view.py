@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT,
                         help=f"publisher to connect to (default {DEFAULT_ENDPOINT})")
-    parser.add_argument("--topic", default=OutputConfig().topic, help="pose topic (default %(default)s)")
+    parser.add_argument("--topic", default=OutputConfig().topic,
+                        help="pose topic (default %(default)s)")
     parser.add_argument("--frame-topic", default="frame",
                         help="topic of camera images (Frame messages) to draw on, if the "
                         "publisher sends any (default %(default)s)")

@@ -19,12 +19,12 @@ Python or any OpenCV binding):
 
     %YAML:1.0
     ---
-    camera_matrix: !!opencv-matrix     # K, (3, 3) float64, pixels: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
+    camera_matrix: !!opencv-matrix     # K (3, 3) float64 px: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
        rows: 3
        cols: 3
        dt: d
        data: [ ... ]
-    dist_coeffs: !!opencv-matrix       # (1, N) float64, OpenCV order k1 k2 p1 p2 [k3 [k4 k5 k6 ...]]
+    dist_coeffs: !!opencv-matrix       # (1, N) float64, OpenCV order k1 k2 p1 p2 [k3 ...]
        ...
     image_width: 1280                  # pixels: the size the camera matrix refers to
     image_height: 720
@@ -404,15 +404,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--square-mm", type=float, default=25.0, help="side of one square, mm")
     parser.add_argument("--out", default="calib.yaml", help="calibration file to write")
-    parser.add_argument("--views", type=int, default=20, help="--camera/--video: board views to collect")
+    parser.add_argument(
+        "--views", type=int, default=20, help="--camera/--video: board views to collect"
+    )
     parser.add_argument(
         "--timeout-s", type=float, default=180.0, help="--camera: give up after this long"
     )
     parser.add_argument(
-        "--no-preview", action="store_true", help="--camera/--video: no preview window even with a display"
+        "--no-preview", action="store_true",
+        help="--camera/--video: no preview window even with a display",
     )
     parser.add_argument(
-        "--k3", action="store_true", help="also fit k3 (wide-angle lenses; needs boards in the corners)"
+        "--k3", action="store_true",
+        help="also fit k3 (wide-angle lenses; needs boards in the corners)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each image")
     args = parser.parse_args(argv)
@@ -443,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{calib.rms_error_px:.3f} px -> {args.out}"
     )
     if calib.rms_error_px > 1.0:
-        print("warning: RMS error above 1 px; use more, sharper, better-spread views", file=sys.stderr)
+        print("warning: RMS error above 1 px; use more, sharper, better-spread views",
+              file=sys.stderr)
     return 0
 
 

@@ -292,3 +292,40 @@ def test_replay_of_an_empty_recording_sends_nothing(tmp_path):
     assert (summary.sent, summary.duration_s) == (0, 0.0)
     with pytest.raises(ValueError, match="speed must be >= 0"):
         replay(path, f"ipc://{tmp_path}/empty.sock", speed=-1.0)
+
+
+def test_record_function_stops_on_its_event_and_keeps_what_came(tmp_path):
+    """How run_pipeline.py --record calls it: record(endpoint, path, stop_event) in a thread."""
+    import threading
+
+    from pipeline.record import record
+
+    endpoint = f"ipc://{tmp_path}/live.sock"
+    path = tmp_path / "live.psrec"
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(endpoint)
+    stop = threading.Event()
+    result = []
+    thread = threading.Thread(target=lambda: result.append(record(endpoint, path, stop)))
+    thread.start()
+    try:
+        assert pub.poll(30_000, zmq.POLLIN) and pub.recv() == b"\x01"  # the recorder is in
+        frames = [b"pose3d", *map(bytes, encode(_pose(0)))]
+        pub.send_multipart(frames)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the message is on disk (flushed each 1 s)
+            with Recording(path) as rec:
+                if len(rec) == 1:
+                    break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        pub.close(linger=0)
+        ctx.term()
+    assert not thread.is_alive()
+    assert result[0].count == 1
+    with Recording(path) as rec:
+        assert rec.complete and [list(m.frames) for m in rec] == [frames]

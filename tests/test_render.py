@@ -124,7 +124,8 @@ def test_3d_panel_orbits_with_time_and_matches_project_orbit():
     b = render(None, JOINTS_2D_PX, JOINTS_3D_M, conf, STATS, 2.5, image_size=IMAGE_SIZE)
     # the camera panel does not depend on time; the 3D panel does
     np.testing.assert_array_equal(_camera_panel(a), _camera_panel(b))
-    assert (np.abs(_panel_3d(a).astype(int) - _panel_3d(b).astype(int)).max(axis=2) > 40).sum() > 500
+    changed = np.abs(_panel_3d(a).astype(int) - _panel_3d(b).astype(int)).max(axis=2) > 40
+    assert changed.sum() > 500
     for t_s, img in ((0.0, a), (2.5, b)):
         xy, _ = project_orbit(JOINTS_3D_M, t_s, 480, STYLE)
         panel = _panel_3d(img)
@@ -269,3 +270,23 @@ def test_has_display_finds_a_listening_x_port():
         assert not has_display({"DISPLAY": f"127.0.0.1:{n}.0"})
         return
     pytest.fail("no free port in 6150-6249 to stand in for an X server")
+
+
+def test_run_viewer_returns_when_its_stop_event_is_set(tmp_path):
+    """How run_pipeline.py --view calls it: in a thread or process, stopped by an event."""
+    import threading
+
+    from pipeline.view import ViewerSummary, run_viewer
+
+    stop = threading.Event()
+    result: list[ViewerSummary] = []
+    thread = threading.Thread(target=lambda: result.append(
+        run_viewer(f"ipc://{tmp_path}/silent.sock", show=False, stop_event=stop,
+                   headless_png=tmp_path / "never.png")))
+    thread.start()
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "run_viewer did not stop when its stop_event was set"
+    assert result == [ViewerSummary(received=0, dropped=0, rendered=0, pngs_written=0,
+                                    statuses=0)]
+    assert not (tmp_path / "never.png").exists()  # nothing received, nothing drawn
