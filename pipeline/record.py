@@ -267,6 +267,15 @@ class Recording:
             raise RecordingError(f"{self.path}: byte {offset} is not a recorded message")
         return obj[0], tuple(obj[1])
 
+    def _unpack_at(self, unpacker: msgpack.Unpacker, offset: int) -> tuple[int, tuple[bytes, ...]]:
+        try:
+            obj = unpacker.unpack()
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise RecordingError(
+                f"{self.path}: the record at byte {offset} is damaged ({exc!r})"
+            ) from exc
+        return self._check_record(obj, offset)
+
     def __len__(self) -> int:
         return len(self._offsets)
 
@@ -274,7 +283,7 @@ class Recording:
         if not -len(self) <= i < len(self):
             raise IndexError(f"{self.path} has {len(self)} messages, no message {i}")
         offset = int(self._offsets[i])
-        t, frames = self._check_record(self._unpacker(offset).unpack(), offset)
+        t, frames = self._unpack_at(self._unpacker(offset), offset)
         return RecordedMessage(t_recv_ns=t, frames=frames)
 
     def __iter__(self) -> Iterator[RecordedMessage]:
@@ -282,7 +291,7 @@ class Recording:
             return
         unpacker = self._unpacker(int(self._offsets[0]))
         for offset in self._offsets:
-            t, frames = self._check_record(unpacker.unpack(), int(offset))
+            t, frames = self._unpack_at(unpacker, int(offset))
             yield RecordedMessage(t_recv_ns=t, frames=frames)
 
     @property

@@ -329,3 +329,20 @@ def test_record_function_stops_on_its_event_and_keeps_what_came(tmp_path):
     assert result[0].count == 1
     with Recording(path) as rec:
         assert rec.complete and [list(m.frames) for m in rec] == [frames]
+
+
+def test_a_damaged_record_is_a_recording_error(pose_recording, tmp_path):
+    path, poses, _ = pose_recording
+    data = bytearray(path.read_bytes())
+    with Recording(path) as rec:
+        offset = int(rec._offsets[3])
+    data[offset] = 0xC1  # a byte msgpack never uses
+    bad = tmp_path / "damaged.psrec"
+    bad.write_bytes(bytes(data))
+    with Recording(bad) as rec:
+        assert rec.complete  # the index is intact
+        assert rec[2].decode().frame_id == poses[1].frame_id  # record 0 is the Status
+        with pytest.raises(RecordingError, match=f"record at byte {offset} is damaged"):
+            list(rec)
+        with pytest.raises(RecordingError, match="damaged"):
+            rec[3]
