@@ -333,7 +333,8 @@ def record(
     """Subscribe to `endpoint` and write every message on `topics` ("": all) to `path`.
 
     Stops when stop_event is set (a threading or multiprocessing Event), after max_messages,
-    or after timeout_s without a message; then writes the index. The file is flushed every
+    or after timeout_s without a message; messages already received by then are kept, and
+    the index is written. The file is flushed every
     flush_interval_s, so a killed recorder loses at most that much. progress: show a tqdm
     counter of messages recorded.
     """
@@ -349,6 +350,17 @@ def record(
             sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         log.info("recording %s (topics %s) to %s", endpoint, list(topics), path)
         last_msg = last_flush = time.monotonic()
+
+        def drain() -> None:
+            """Write every message already received (up to max_messages)."""
+            while max_messages is None or writer.count < max_messages:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                writer.write(time.monotonic_ns(), frames)
+                bar.update(1)
+
         while stop_event is None or not stop_event.is_set():
             if max_messages is not None and writer.count >= max_messages:
                 break
@@ -360,14 +372,9 @@ def record(
                 if timeout_s is not None and now - last_msg > timeout_s:
                     break
                 continue
-            while max_messages is None or writer.count < max_messages:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                writer.write(time.monotonic_ns(), frames)
-                bar.update(1)
+            drain()
             last_msg = time.monotonic()
+        drain()  # a stop request keeps what had already arrived
     finally:
         bar.close()
         sock.close(linger=0)
