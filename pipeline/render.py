@@ -54,11 +54,13 @@ class ViewStats:
     """The numbers printed on the image. None: unknown (shown as "-").
 
     fps: messages per second received. latency_ms: end-to-end, capture to receipt, ms.
+    pipeline_ms: capture to publish, ms, from the message's stamps.
     dropped: frames lost upstream (gaps in frame_id). received: messages shown so far.
     """
 
     fps: float | None = None
     latency_ms: float | None = None
+    pipeline_ms: float | None = None
     dropped: int = 0
     received: int = 0
     frame_id: int | None = None
@@ -153,7 +155,11 @@ def _draw_skeleton(
 def _text_lines(stats: ViewStats) -> list[str]:
     fps = "-" if stats.fps is None else f"{stats.fps:.1f}"
     lat = "-" if stats.latency_ms is None else f"{stats.latency_ms:.0f} ms"
-    lines = [f"fps {fps}   latency {lat}", f"dropped {stats.dropped}   shown {stats.received}"]
+    pipe = "" if stats.pipeline_ms is None else f"   pipeline {stats.pipeline_ms:.0f} ms"
+    lines = [
+        f"fps {fps}   latency {lat}{pipe}",
+        f"dropped {stats.dropped}   shown {stats.received}",
+    ]
     if stats.frame_id is not None:
         engine = f"   engine {stats.engine_id}" if stats.engine_id else ""
         lines.append(f"frame {stats.frame_id}{engine}")

@@ -17,6 +17,7 @@ images as `Frame` messages on the topic `frame` (not the pipeline's default: a 7
 The numbers on the picture: fps (poses received per second over the last 2 s), latency
 (capture to receipt, median over the last 2 s; the monotonic clock is shared only by
 processes on one host, so it is shown as "-" when the publisher is elsewhere or replayed),
+pipeline (capture to publish, from the message's own stamps: valid anywhere, replays too),
 dropped (frames lost upstream: gaps in frame_id) and shown.
 """
 
@@ -61,7 +62,8 @@ class StreamStats:
 
     def __init__(self, window_s: float = 2.0) -> None:
         self.window_ns = int(window_s * 1e9)
-        self._recv: collections.deque[tuple[int, int | None]] = collections.deque()
+        # (t_recv_ns, capture-to-receipt ns or None, capture-to-publish ns or None)
+        self._recv: collections.deque[tuple[int, int | None, int | None]] = collections.deque()
         self.received = 0
         self.dropped = 0
         self.last_frame_id: int | None = None
@@ -72,7 +74,8 @@ class StreamStats:
         """Count one pose received at t_recv_ns (time.monotonic_ns())."""
         latency = t_recv_ns - pose.t_capture_ns
         plausible = 0 <= latency <= MAX_PLAUSIBLE_LATENCY_NS
-        self._recv.append((t_recv_ns, latency if plausible else None))
+        published = pose.stamps[-1][2] - pose.t_capture_ns if pose.stamps else None
+        self._recv.append((t_recv_ns, latency if plausible else None, published))
         while self._recv and self._recv[0][0] < t_recv_ns - self.window_ns:
             self._recv.popleft()
         if self.last_frame_id is not None and pose.frame_id > self.last_frame_id + 1:
@@ -86,11 +89,13 @@ class StreamStats:
         if len(self._recv) >= 2:
             span_ns = self._recv[-1][0] - self._recv[0][0]
             fps = (len(self._recv) - 1) * 1e9 / span_ns if span_ns > 0 else None
-        lat = [v for _, v in self._recv if v is not None]
+        lat = [v for _, v, _ in self._recv if v is not None]
+        pipe = [v for _, _, v in self._recv if v is not None]
         last = self.last
         return ViewStats(
             fps=fps,
             latency_ms=float(np.median(lat)) / 1e6 if lat else None,
+            pipeline_ms=float(np.median(pipe)) / 1e6 if pipe else None,
             dropped=self.dropped,
             received=self.received,
             frame_id=None if last is None else last.frame_id,

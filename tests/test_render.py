@@ -290,3 +290,40 @@ def test_run_viewer_returns_when_its_stop_event_is_set(tmp_path):
     assert result == [ViewerSummary(received=0, dropped=0, rendered=0, pngs_written=0,
                                     statuses=0)]
     assert not (tmp_path / "never.png").exists()  # nothing received, nothing drawn
+
+
+def test_stream_stats_fps_latencies_and_drops():
+    from pipeline.schema import Pose3D
+    from pipeline.view import StreamStats
+
+    def pose(frame_id: int, t_capture_ns: int) -> Pose3D:
+        return Pose3D(
+            frame_id=frame_id, t_capture_ns=t_capture_ns,
+            stamps=(("capture", t_capture_ns, t_capture_ns + 1_000_000),
+                    ("output", t_capture_ns + 30_000_000, t_capture_ns + 31_000_000)),
+            image_size=(640, 480), person_present=True,
+            joints_3d_m=JOINTS_3D_M, root_m=JOINTS_3D_M[0], joints_2d_px=JOINTS_2D_PX,
+            confidence=np.ones(NUM_JOINTS, np.float32),
+            reproj_err_px=np.zeros(NUM_JOINTS, np.float32),
+        )
+
+    stats = StreamStats(window_s=2.0)
+    t0 = 50_000_000_000
+    # 25 fps for 1 s, frames 3 and 4 lost upstream; received 40 ms after capture
+    ids = [i for i in range(28) if i not in (3, 4)]
+    for k, i in enumerate(ids):
+        t_cap = t0 + i * 40_000_000
+        stats.add(pose(i, t_cap), t_cap + 40_000_000)
+    snap = stats.snapshot()
+    assert snap.dropped == 2 and snap.received == len(ids) and snap.frame_id == 27
+    assert snap.latency_ms == pytest.approx(40.0)
+    assert snap.pipeline_ms == pytest.approx(31.0)
+    # 26 poses over 27 frame intervals of 40 ms
+    assert snap.fps == pytest.approx(25 / (27 * 0.040))
+    # a replay far later: receipt latency is not shown, the pipeline's own still is
+    late = StreamStats()
+    late.add(pose(0, t0), t0 + 3600 * 10**9)
+    assert late.snapshot().latency_ms is None and late.snapshot().pipeline_ms == pytest.approx(31.0)
+    # a frame_id that goes back (restart, replay loop) is not a drop
+    stats.add(pose(0, t0 + 2 * 10**9), t0 + 2 * 10**9 + 40_000_000)
+    assert stats.snapshot().dropped == 2
