@@ -167,6 +167,8 @@ class StageRunner:
                 self.senders.append(EdgeSender(self.ctx, endpoint, policy))
             for endpoint in self.plan.inputs:
                 self.receivers.append(EdgeReceiver(self.ctx, endpoint))
+            if not self._connect_inputs():
+                return 0
             self._tell("ready")
             if self._wait_for_go():
                 if isinstance(self.stage, Source):
@@ -203,13 +205,42 @@ class StageRunner:
             "rejected": dict(self.rejected),
         }
 
+    def _startup_poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        for sock in [self.control, *(s.socket for s in self.senders),
+                     *(r.socket for r in self.receivers)]:
+            poller.register(sock, zmq.POLLIN)
+        return poller
+
+    def _startup_events(self, poller: zmq.Poller, timeout_ms: int) -> None:
+        """While starting: obey control, answer downstream pings, take upstream pongs."""
+        ready = poll_once(poller, timeout_ms)
+        if self.control in ready:
+            self._on_control()
+        for s in self.senders:
+            if s.socket in ready:
+                s.on_readable()  # pongs; early credits are kept for the first message
+        for r in self.receivers:
+            if r.socket in ready:
+                r.receive()
+
+    def _connect_inputs(self) -> bool:
+        """Handshake on every input edge (ping until pong); False if told to stop first."""
+        poller = self._startup_poller()
+        while not all(r.connected for r in self.receivers):
+            for r in self.receivers:
+                if not r.connected:
+                    r.ping()
+            self._startup_events(poller, 20)
+            if self._should_stop():
+                return False
+        return True
+
     def _wait_for_go(self) -> bool:
         self._go = False
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
+        poller = self._startup_poller()
         while not self._go:
-            if self.control in poll_once(poller, POLL_MS):
-                self._on_control()
+            self._startup_events(poller, POLL_MS)
             if self._should_stop():
                 return False
         return True

@@ -5,7 +5,9 @@
                                       # 130 / 143 after SIGINT / SIGTERM
 
 or, to drive a run from a test or a benchmark: `sup.start()` (returns once every stage has
-opened and been told to go), `sup.pids()`, `sup.watch(timeout_s)`, `sup.stop()`.
+opened and been told to go), `sup.pids()`, `sup.watch(timeout_s)`, `sup.stop()`. Call
+`start()` from a thread that outlives the run: Linux's PDEATHSIG fires when the thread that
+started a child exits, and takes the stages with it.
 
 Start-up is a handshake, not a sleep: each child says "ready" after `open()`; only when all
 are ready does the supervisor send "go", so the source's first frame finds every stage
@@ -43,7 +45,8 @@ from pipeline.transport import open_socket
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXIT_OK, EXIT_FAILED, EXIT_NO_SOURCE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_NO_SOURCE = 0, 1, 2
+EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143
 
 
 def _child_setup() -> None:
@@ -350,6 +353,10 @@ class Supervisor:
             signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: self.request_stop(EXIT_SIGINT)),
             signal.SIGTERM: signal.signal(
                 signal.SIGTERM, lambda *_: self.request_stop(EXIT_SIGTERM)
+            ),
+            # the terminal went away: stop in order rather than die and leave it to PDEATHSIG
+            signal.SIGHUP: signal.signal(
+                signal.SIGHUP, lambda *_: self.request_stop(EXIT_SIGHUP)
             ),
         }
 

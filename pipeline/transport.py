@@ -11,6 +11,9 @@ edge heals by itself when either end restarts: no sleeps, no lost first frame.
 
 Frames on an edge: producer -> consumer `[kind, *message frames]`, kind `b"D"` (data: a
 pipeline.schema message) or `b"E"` (end of stream). Consumer -> producer `[b"C", token]`.
+Before a stage says it is ready, each of its input edges completes a handshake: the
+consumer sends `[b"P"]` until the producer answers `[b"P"]`, so the connection is up before
+the first frame flows (nothing is lost to connection set-up or reconnect back-off).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 DATA = b"D"
 END = b"E"
 CREDIT = b"C"
+PING = b"P"
 #: edge policies: "latest" (one unsent message, newest wins) or "lossless" (queue, the
 #: consumer side holds back its own credits so the queue stays short: for offline runs)
 POLICIES: tuple[str, ...] = ("latest", "lossless")
@@ -61,8 +65,10 @@ def open_socket(
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, sndhwm)
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        # local peers: retry often and without growing back-off, so an edge comes back
+        # within ~50 ms of its peer (re)binding
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 50)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
         if socket_type == zmq.ROUTER:
@@ -139,6 +145,12 @@ class EdgeSender:
                 parts = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if len(parts) == 2 and parts[1] == PING:
+                try:
+                    self.socket.send_multipart([parts[0], PING], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # the consumer pings again
+                continue
             if len(parts) != 3 or parts[1] != CREDIT or len(parts[2]) > 16:
                 log.warning("edge %s: ignored a malformed credit (%d frames)", self.endpoint,
                             len(parts))
@@ -198,8 +210,16 @@ class EdgeReceiver:
         self._token = 0
         self._asked_at: float | None = None
         self._end_seen = False
+        self.connected = False  # True once the producer answered a ping
         self.received = 0
         self.dropped = 0
+
+    def ping(self) -> None:
+        """Ask the producer for a pong (see `connected`); call again until it comes."""
+        try:
+            self.socket.send_multipart([PING], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     @property
     def waiting(self) -> bool:
@@ -245,6 +265,8 @@ class EdgeReceiver:
             elif kind == END:
                 self._end_seen = True
                 self._asked_at = None
+            elif kind == PING:
+                self.connected = True
             else:
                 log.warning("edge %s: ignored a message of unknown kind %r", self.endpoint,
                             kind[:8])

@@ -36,6 +36,7 @@ HERE = "tests.test_supervisor"
 #: environment knobs read by the test stages in their own processes
 CRASH_AT = "POSESTREAM_TEST_CRASH_AT"
 DELAY_S = "POSESTREAM_TEST_DELAY_S"
+OPEN_S = "POSESTREAM_TEST_OPEN_S"
 
 
 # --------------------------------------------------------------------------- test stages
@@ -82,11 +83,15 @@ class Detect(Stage):
 
 
 class Lift(Stage):
-    """Keypoints2D -> Pose3D (the frame's pixel value copied into x, to check the data path)."""
+    """Keypoints2D -> Pose3D (the frame's pixel value copied into x, to check the data path);
+    open() takes $POSESTREAM_TEST_OPEN_S seconds (a slow model load)."""
 
     name = "lift"
     inputs = (Keypoints2D,)
     outputs = (Pose3D,)
+
+    def open(self) -> None:
+        time.sleep(float(os.environ.get(OPEN_S, "0")))
 
     def process(self, msg: Keypoints2D) -> Pose3D:
         joints = np.zeros((NUM_JOINTS, 3), np.float32)
@@ -171,6 +176,20 @@ def test_stream_to_the_end_every_frame_with_stamps(supervisors):
         assert pose.joints_3d_m[0, 0] == pose.frame_id % 256  # the data went the whole way
     assert sup.eos
     assert all(not pid_alive(pid) for pid in sup.pids().values())
+
+
+def test_first_frame_is_not_lost_to_a_slow_starting_stage(supervisors, monkeypatch):
+    # lift binds its output 1.5 s after output first tried to connect; the edge handshake
+    # and the go signal make sure frame 0 still flows through every stage (latest policy)
+    monkeypatch.setenv(OPEN_S, "1.5")
+    port = free_port()
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=20.0, last_frame=2)
+    collector.start()
+    sup = Supervisor(make_config(port, frames=3, fps=5.0), test_graph())
+    supervisors.append(sup)
+    assert sup.run() == EXIT_OK
+    collector.join(timeout=10)
+    assert [p.frame_id for p in collector.poses] == [0, 1, 2]
 
 
 def test_latest_wins_under_overload_drops_are_counted(supervisors, monkeypatch):
