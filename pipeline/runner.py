@@ -162,6 +162,10 @@ class StageRunner:
             cls = stage_class(self.name, self.plan.module)
             self.stage = cls(getattr(self.plan.config, self.plan.config_key, None))
             self.stage.open()
+            # from here on SIGTERM means "finish the current message, close, exit"; during
+            # imports and open() (models loading) it keeps its default: exit at once
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
             opened = True
             for endpoint, policy in self.plan.outputs:
                 self.senders.append(EdgeSender(self.ctx, endpoint, policy))
@@ -418,7 +422,6 @@ def main(argv: list[str] | None = None) -> int:
     runner = StageRunner(plan)
     # Ctrl-C goes to the whole process group: the supervisor alone decides, and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(runner, "stop_requested", True))
     return runner.run()
 
 

@@ -215,7 +215,10 @@ class Supervisor:
         t0 = time.monotonic()
         alive = [p for p in self.procs.values() if p.popen.poll() is None]
         for p in alive:
-            self._send(p.name, "stop")
+            if p.ready:
+                self._send(p.name, "stop")
+            else:  # still importing or opening: nothing to finish, SIGTERM ends it at once
+                p.popen.send_signal(signal.SIGTERM)
         for phase_end, action in ((0.55, signal.SIGTERM), (0.8, signal.SIGKILL), (1.0, None)):
             while alive and time.monotonic() - t0 < phase_end * timeout:
                 self._pump_control(0.02)

@@ -30,7 +30,7 @@ from pipeline.schema import Frame, Keypoints2D, Pose3D
 from pipeline.stage import EndOfStream, Source, Stage
 from pipeline.subscribe import subscribe
 from pipeline.supervisor import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Supervisor
-from tests.conftest import pid_alive, wait_gone
+from tests.conftest import children_of, pid_alive, wait_gone
 
 HERE = "tests.test_supervisor"
 #: environment knobs read by the test stages in their own processes
@@ -48,11 +48,12 @@ class TickSource(Source):
 
     def open(self) -> None:
         self.n = 0
-        self.t0 = time.monotonic()
+        self.t0 = None
 
     def produce(self) -> Frame:
         if self.config.max_frames is not None and self.n >= self.config.max_frames:
             raise EndOfStream
+        self.t0 = self.t0 or time.monotonic()  # the clock starts with the first frame
         if not self.config.as_fast_as_possible:
             due = self.t0 + self.n / self.config.images_fps
             time.sleep(max(0.0, due - time.monotonic()))
@@ -225,6 +226,33 @@ def test_crashing_stage_is_reported_with_traceback(supervisors, monkeypatch):
     assert "stage detect" in sup.failure and "boom at frame" in sup.failure
     assert "Traceback" in sup.failure and "in process" in sup.failure
     assert all(not pid_alive(pid) for pid in sup.pids().values())
+
+
+def test_sigint_while_stages_are_still_opening(reaper, short_tmp):
+    """Ctrl-C during a slow model load: no waiting for open() to finish."""
+    port = free_port()
+    code = (
+        "import sys\n"
+        "from tests.test_supervisor import make_config, test_graph\n"
+        "from pipeline.supervisor import Supervisor\n"
+        f"sys.exit(Supervisor(make_config({port}, None, subscribers=0), test_graph()).run())\n"
+    )
+    popen = reaper.python("-c", code, stderr=subprocess.DEVNULL,
+                          env={"TMPDIR": str(short_tmp), OPEN_S: "60"})
+    deadline = time.monotonic() + 60
+    while len(children_of(popen.pid)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stage_pids = children_of(popen.pid)
+    assert len(stage_pids) == 4
+    reaper.track(stage_pids)
+    time.sleep(1.0)  # the fast stages are ready; lift is inside its 60 s open()
+    t0 = time.monotonic()
+    popen.send_signal(signal.SIGINT)
+    popen.wait(timeout=10)
+    left = wait_gone(stage_pids, max(0.0, 3.0 - (time.monotonic() - t0)))
+    assert left == [] and time.monotonic() - t0 < 3.0
+    assert popen.returncode == EXIT_SIGINT
+    assert list(short_tmp.iterdir()) == []
 
 
 def _start_supervisor_process(reaper, port: int, tmp_dir, frames: int | None = None):
