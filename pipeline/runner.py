@@ -8,7 +8,8 @@ command, on SIGTERM, at end of stream, or when its parent dies; an exception is 
 the supervisor with its traceback and the process exits 1.
 
 Control messages are msgpack maps. Child -> supervisor: {"event": "hello"|"ready"|"error"|
-"eos"|"bye", "stage": name, ...}; supervisor -> child: {"cmd": "go"|"stop"}.
+"eos"|"bye", "stage": name, ...}; supervisor -> child: {"cmd": "go"|"stop"} or
+{"cmd": "status", "kind", "text", "frame_id"} (published by a stage with `publish_status`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import zmq
 
 from pipeline.config import PipelineConfig
 from pipeline.graph import stage_class
-from pipeline.schema import SchemaError, decode, encode, with_stamp
+from pipeline.schema import SchemaError, Status, decode, encode, with_stamp
 from pipeline.stage import EndOfStream, Sink, Source, Stage
 from pipeline.transport import (
     EdgeReceiver,
@@ -116,6 +117,7 @@ class StageRunner:
         self.receivers: list[EdgeReceiver] = []
         self.rejected: collections.Counter[str] = collections.Counter()
         self.processed = 0
+        self._last_frame_id = 0
 
     # ------------------------------------------------------------------ control
     def _tell(self, event: str, **fields: Any) -> None:
@@ -135,7 +137,8 @@ class StageRunner:
             except zmq.Again:
                 return
             try:
-                cmd = msgpack.unpackb(raw).get("cmd")
+                command = msgpack.unpackb(raw)
+                cmd = command.get("cmd")
             except Exception:
                 log.warning("ignored a malformed control message")
                 continue
@@ -143,6 +146,19 @@ class StageRunner:
                 self.stop_requested = True
             elif cmd == "go":
                 self._go = True
+            elif cmd == "status":
+                self._publish_status(command.get("kind", "info"), command.get("text", ""),
+                                     command.get("frame_id", 0))
+
+    def _publish_status(self, kind: str, text: str, frame_id: int = 0) -> None:
+        """Hand a Status to a stage that publishes (the output stage); others ignore it."""
+        publish = getattr(self.stage, "publish_status", None)
+        if publish is None:
+            return
+        try:
+            publish(Status(kind=kind, text=text, t_ns=now_ns(), frame_id=frame_id))
+        except (SchemaError, zmq.ZMQError) as exc:
+            log.warning("could not publish a %s status: %s", kind, exc)
 
     def _should_stop(self) -> bool:
         if os.getppid() != self.plan.parent_pid:
@@ -296,6 +312,7 @@ class StageRunner:
                 if got is EdgeReceiver.END:
                     log.info("stage %s: end of stream", self.name)
                     if is_sink:
+                        self._publish_status("info", "end of stream", self._last_frame_id)
                         self._tell("eos")
                     else:
                         self._flush_end(poller)
@@ -315,6 +332,7 @@ class StageRunner:
                          f"{[c.__name__ for c in self.stage.inputs]}")
             return
         self.processed += 1
+        self._last_frame_id = msg.frame_id
         if is_sink:
             self.stage.consume(with_stamp(msg, self.name, t_in_ns, now_ns()))
             return

@@ -198,6 +198,8 @@ class Supervisor:
                     return EXIT_OK
             except PipelineError as exc:
                 log.error("%s", exc)
+                # the output stage handles this before the stop command that follows
+                self.publish_status("error", str(exc).splitlines()[0])
                 return EXIT_FAILED
             if deadline is not None and time.monotonic() > deadline:
                 return -1
@@ -279,12 +281,18 @@ class Supervisor:
         self.procs[plan.stage] = StageProcess(plan.stage, popen)
         log.debug("started stage %s as pid %d", plan.stage, popen.pid)
 
-    def _send(self, name: str, cmd: str) -> None:
+    def publish_status(self, kind: str, text: str, frame_id: int = 0) -> None:
+        """Send subscribers a Status (kind: gap | restart | error | info) through every
+        stage that publishes (the output stage), on the status topic."""
+        for name in self.procs:
+            self._send(name, "status", kind=kind, text=text, frame_id=frame_id)
+
+    def _send(self, name: str, cmd: str, **fields: Any) -> None:
         if self._control is None:
             return
         try:
             self._control.send_multipart(
-                [name.encode(), msgpack.packb({"cmd": cmd})], zmq.NOBLOCK
+                [name.encode(), msgpack.packb({"cmd": cmd, **fields})], zmq.NOBLOCK
             )
         except zmq.ZMQError:
             log.debug("could not send %s to %s", cmd, name)

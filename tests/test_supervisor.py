@@ -26,7 +26,7 @@ import pytest
 from engines.skeleton import NUM_JOINTS
 from pipeline.config import CaptureConfig, OutputConfig, PipelineConfig
 from pipeline.graph import Edge, Graph, StageSpec
-from pipeline.schema import Frame, Keypoints2D, Pose3D
+from pipeline.schema import Frame, Keypoints2D, Pose3D, Status
 from pipeline.stage import EndOfStream, Source, Stage
 from pipeline.subscribe import subscribe
 from pipeline.supervisor import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Supervisor
@@ -146,23 +146,27 @@ def short_tmp():
 
 
 class Collector(threading.Thread):
-    """Subscribes in a thread and keeps every pose it receives."""
+    """Subscribes in a thread and keeps every pose and status it receives, until the
+    pipeline says it ended (status info) or failed (status error)."""
 
-    def __init__(self, endpoint: str, idle_s: float = 20.0, last_frame: int = -1) -> None:
+    def __init__(self, endpoint: str, idle_s: float = 20.0) -> None:
         super().__init__(daemon=True)
-        self.endpoint, self.idle_s, self.last_frame, self.poses = endpoint, idle_s, last_frame, []
+        self.endpoint, self.idle_s, self.poses, self.statuses = endpoint, idle_s, [], []
 
     def run(self) -> None:
-        for pose in subscribe(self.endpoint, timeout_s=self.idle_s):
-            self.poses.append(pose)
-            if pose.frame_id == self.last_frame:
-                return
+        for msg in subscribe(self.endpoint, timeout_s=self.idle_s, include_status=True):
+            if isinstance(msg, Status):
+                self.statuses.append(msg)
+                if msg.kind in ("error", "info"):
+                    return
+                continue
+            self.poses.append(msg)
 
 
 # --------------------------------------------------------------------------- tests
 def test_stream_to_the_end_every_frame_with_stamps(supervisors):
     port = free_port()
-    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0, last_frame=39)
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0)
     collector.start()
     sup = Supervisor(make_config(port, frames=40, afap=True), test_graph("lossless"))
     supervisors.append(sup)
@@ -170,6 +174,8 @@ def test_stream_to_the_end_every_frame_with_stamps(supervisors):
     collector.join(timeout=10)
     ids = [p.frame_id for p in collector.poses]
     assert ids == list(range(40))  # lossless: every frame, in order, the last one included
+    assert [(s.kind, s.text, s.frame_id) for s in collector.statuses] == [
+        ("info", "end of stream", 39)]
     for pose in collector.poses:
         assert [s[0] for s in pose.stamps] == ["capture", "detect", "lift", "output"]
         times = [pose.t_capture_ns] + [t for s in pose.stamps for t in s[1:]]
@@ -184,7 +190,7 @@ def test_first_frame_is_not_lost_to_a_slow_starting_stage(supervisors, monkeypat
     # and the go signal make sure frame 0 still flows through every stage (latest policy)
     monkeypatch.setenv(OPEN_S, "1.5")
     port = free_port()
-    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=20.0, last_frame=2)
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=20.0)
     collector.start()
     sup = Supervisor(make_config(port, frames=3, fps=5.0), test_graph())
     supervisors.append(sup)
@@ -196,7 +202,7 @@ def test_first_frame_is_not_lost_to_a_slow_starting_stage(supervisors, monkeypat
 def test_latest_wins_under_overload_drops_are_counted(supervisors, monkeypatch):
     monkeypatch.setenv(DELAY_S, "0.03")  # detect: about 30 fps; capture: 300 fps
     port = free_port()
-    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0, last_frame=149)
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0)
     collector.start()
     sup = Supervisor(make_config(port, frames=150, fps=300.0), test_graph())
     supervisors.append(sup)
@@ -225,6 +231,10 @@ def test_crashing_stage_is_reported_with_traceback(supervisors, monkeypatch):
     assert code == EXIT_FAILED
     assert "stage detect" in sup.failure and "boom at frame" in sup.failure
     assert "Traceback" in sup.failure and "in process" in sup.failure
+    collector.join(timeout=10)
+    # subscribers are told why the stream stopped
+    assert [s.kind for s in collector.statuses] == ["error"]
+    assert "boom at frame" in collector.statuses[0].text
     assert all(not pid_alive(pid) for pid in sup.pids().values())
 
 
