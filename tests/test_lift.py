@@ -305,3 +305,18 @@ def test_compute_stages_do_not_import_torch():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_lift_degenerate_2d_gives_no_person(frames, lift_with_calib):
+    """All joints on one pixel, or no confident joint: no fit, so no person (never NaN)."""
+    frame = frames[0]
+    stage = lift_with_calib(frame)
+    collapsed = keypoints(np.full((NUM_JOINTS, 2), 500.0), frame["image_size"])
+    pose = stage.process(collapsed)
+    assert not pose.person_present and np.all(pose.joints_3d_m == 0)
+    unsure = Keypoints2D(
+        frame_id=1, t_capture_ns=10**9, image_size=frame["image_size"], person_present=True,
+        joints_2d_px=frame["joints_2d_px"], confidence=np.zeros(NUM_JOINTS, np.float32),
+    )
+    assert not stage.process(unsure).person_present
+    assert stage.failed_fits == 2
