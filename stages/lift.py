@@ -10,6 +10,9 @@ Per frame (one person, 17 joints):
    translation in the camera frame and each joint's reprojection error in pixels;
 4. Pose3D: joints_3d_m = root-relative pose + root_m, camera frame (OpenCV axes), metres.
 
+`joints_2d_px` in the output are the detector's pixels as received; `reproj_err_px` is measured
+on the undistorted keypoints (the same when there is no distortion).
+
 No person in the input, or a fit that fails (degenerate 2D, no solution in front of the
 camera), gives a Pose3D with person_present False and zeros. Runtime module: no torch.
 """

@@ -182,6 +182,11 @@ class SmoothStage(Stage):
             self._reset(f"gap of {t_s - last:.3f} s")
         root_m = np.asarray(msg.root_m, dtype=np.float64)
         rel_m = np.asarray(msg.joints_3d_m, dtype=np.float64) - root_m  # (17, 3)
+        if not (np.all(np.isfinite(rel_m)) and np.all(np.isfinite(root_m))):
+            logger.warning("smooth: frame %d has non-finite joints; passed on unsmoothed",
+                           msg.frame_id)
+            self._reset("non-finite input")
+            return msg
         rel_smooth_m = self._pose_filter.filter(rel_m, t_s)
         root_smooth_m = self._root_filter.filter(root_m, t_s)
         joints_smooth_m = rel_smooth_m + root_smooth_m

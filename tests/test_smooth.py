@@ -260,3 +260,15 @@ def test_stage_on_real_lifted_poses_of_the_street_video():
           f"{deviation_mm:.1f} mm, resets {smooth.resets}")
     assert factor > 1.15
     assert deviation_mm < 40.0
+
+
+def test_stage_passes_non_finite_poses_on_and_starts_afresh(stage):
+    rel = np.full((NUM_JOINTS, 3), 0.2)
+    rel[ROOT] = 0.0
+    stage.process(make_pose(0, 10**12, rel, [0, 0, 3.0]))
+    bad = rel.copy()
+    bad[5, 1] = np.nan
+    out = stage.process(make_pose(1, 10**12 + 33_000_000, bad, [0, 0, 3.1]))
+    assert np.isnan(out.joints_3d_m[5, 1])  # not hidden, not smoothed into the state
+    after = stage.process(make_pose(2, 10**12 + 66_000_000, rel, [0, 0, 3.5]))
+    assert after.root_m[2] == pytest.approx(3.5, abs=1e-6)  # a fresh start
