@@ -13,8 +13,8 @@ Calibration files (`--calib FILE`), detected by content:
   `{rows: 3, cols: 3, data: [...]}` map (ROS `camera_info` files); or top-level keys
   `fx, fy, cx, cy`.
 Optionally distortion coefficients under `dist_coeffs`, `distortion_coefficients`, `dist` or
-`D` (OpenCV order), and `image_width` and `image_height` (or `width`/`height`, or `image_size: [w, h]`): the
-resolution the calibration was made at. Frames of another size with the same aspect ratio get
+`D` (OpenCV order), and `image_width` and `image_height` (or `width`/`height`, or
+`image_size: [w, h]`): the resolution the calibration was made at. Frames of another size with the same aspect ratio get
 the matrix scaled to them; a different aspect ratio is an error.
 """
 

@@ -136,7 +136,8 @@ def test_reads_plain_json_yaml_and_ros_files(tmp_path):
     (tmp_path / "keys.yaml").write_text("fx: 1145.0\nfy: 1143.7\ncx: 512.5\ncy: 515.4\n")
     (tmp_path / "ros.yaml").write_text(
         "image_width: 1000\nimage_height: 1002\ncamera_name: cam\n"
-        "camera_matrix:\n  rows: 3\n  cols: 3\n  data: [1145.0, 0, 512.5, 0, 1143.7, 515.4, 0, 0, 1]\n"
+        "camera_matrix:\n  rows: 3\n  cols: 3\n"
+        "  data: [1145.0, 0, 512.5, 0, 1143.7, 515.4, 0, 0, 1]\n"
         "distortion_model: plumb_bob\n"
         "distortion_coefficients:\n  rows: 1\n  cols: 5\n  data: [0, 0, 0, 0, 0]\n"
     )
