@@ -133,7 +133,11 @@ class LiftStage(Stage):
         )
         if not (np.all(np.isfinite(t_m)) and np.all(np.isfinite(rel_m))):
             self.failed_fits += 1
-            logger.debug("lift: frame %d: no translation fit; no person", msg.frame_id)
+            # say so the first time and then now and then, not on every frame of a bad stretch
+            log = logger.warning if self.failed_fits % 100 == 1 else logger.debug
+            log("lift: frame %d: no root translation fits the 2D joints (degenerate or behind "
+                "the camera); sent as no person (%d such frames so far)",
+                msg.frame_id, self.failed_fits)
             return empty_pose(msg, engine_id)
         return Pose3D(
             frame_id=msg.frame_id,
