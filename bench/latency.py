@@ -217,6 +217,9 @@ def ratios_and_targets(r: dict[str, Any]) -> tuple[dict[str, float], list[dict[s
     ratios = {
         "overhead_p50_vs_floor": report.ratio(p["overhead"]["p50"], f["overhead"]["p50"]),
         "overhead_p99_vs_floor": report.ratio(p["overhead"]["p99"], f["overhead"]["p99"]),
+        # the framework alone: time between stages (every hop), whatever the stages compute
+        "transport_p50_vs_floor": report.ratio(p["transport_total"]["p50"],
+                                               f["transport_total"]["p50"]),
         "e2e_p50_vs_single": report.ratio(p["e2e"]["p50"], s["e2e"]["p50"]),
         "e2e_p50_vs_mediapipe": report.ratio(p["e2e"]["p50"], m["e2e"]["p50"]),
         "e2e_p99_vs_mediapipe": report.ratio(p["e2e"]["p99"], m["e2e"]["p99"]),
@@ -275,8 +278,10 @@ def tables(r: dict[str, Any]) -> str:
     rows = [
         report.summary_row("pipeline", p["e2e"], p["throughput_fps"], sum_cpu(p["cpu_percent"])),
         report.summary_row("pipeline overhead (e2e - detect - lift)", p["overhead"], None, None),
+        report.summary_row("pipeline transport (sum of hops)", p["transport_total"], None, None),
         report.summary_row("transport floor (no work)", f["e2e"], f["throughput_fps"],
                            sum_cpu(f["cpu_percent"])),
+        report.summary_row("transport floor, sum of hops", f["transport_total"], None, None),
         report.summary_row("single process", r["single"]["e2e"], r["single"]["throughput_fps"],
                            r["single"]["cpu_percent"]),
         report.summary_row("MediaPipe pose (world landmarks)", r["mediapipe"]["e2e"],

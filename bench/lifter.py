@@ -190,14 +190,26 @@ def bench_engines(engine_path: Path, checkpoint: str | None, batch: int, calls: 
                 candidates.append(("tensorrt", trt))
             else:
                 rows.append({"backend": "tensorrt", "skipped": status["tensorrt"]})
+        check = pose_inputs(base.codec, batch, seed=1)
+        reference = base.run({runtime.INPUT_NAME: check})[runtime.OUTPUT_NAME]
         for label, make in candidates:
             fn = make()
+            got = fn(check)
+            got = got[runtime.OUTPUT_NAME] if isinstance(got, dict) else got
+            got = got.numpy() if hasattr(got, "numpy") else got
+            # how far this backend's output is from the fp32 ONNX Runtime engine, codec units
+            # (head-to-root ~ 1): a quantized or reduced-precision row must stay accurate.
+            # torch without --checkpoint has fresh weights: nothing to compare.
+            fresh = label.startswith("torch") and checkpoint is None
+            diff = float("nan") if fresh else float(
+                np.max(np.abs(np.asarray(got, np.float64) - reference)))
             for b in (1, batch):
                 x = pose_inputs(base.codec, b)
                 hot = time_calls(lambda: fn(x), calls)
                 paced = time_calls(lambda: fn(x), paced_calls, pace_s=1.0 / PACED_FPS, warmup=3)
                 rows.append({"backend": label, "batch": b, "hot": hot, "paced_30fps": paced,
-                             "us_per_pose_hot": 1000.0 * hot["p50"] / b})
+                             "us_per_pose_hot": 1000.0 * hot["p50"] / b,
+                             "max_abs_diff_vs_fp32": diff})
     finally:
         tmp.cleanup()
     return rows
@@ -311,14 +323,16 @@ def print_tables(out: dict[str, Any]) -> None:
     rows = []
     for r in out["engines"]:
         if "skipped" in r:
-            rows.append([r["backend"], "-", "-", "-", "-", "-", "-"])
+            rows.append([r["backend"], "-", "-", "-", "-", "-", "-", "-"])
             continue
         rows.append([r["backend"], r["batch"], r["hot"]["p50"], r["hot"]["p99"],
-                     r["paced_30fps"]["p50"], r["paced_30fps"]["p99"], r["us_per_pose_hot"]])
+                     r["paced_30fps"]["p50"], r["paced_30fps"]["p99"], r["us_per_pose_hot"],
+                     f"{r['max_abs_diff_vs_fp32']:.1e}"
+                     if r["max_abs_diff_vs_fp32"] == r["max_abs_diff_vs_fp32"] else "-"])
     print(f"lifter engine {out['engine']['engine_id']} ({out['engine']['model_config']}), "
           f"load {out['machine']['loadavg']}")
     print(report.table(["backend", "batch", "hot p50 ms", "hot p99 ms", "30 fps p50 ms",
-                        "30 fps p99 ms", "us/pose hot"], rows, 3))
+                        "30 fps p99 ms", "us/pose hot", "max diff vs fp32"], rows, 3))
     for r in out["engines"]:
         if "skipped" in r:
             print(f"  {r['backend']}: skipped: {r['skipped']}")

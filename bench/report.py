@@ -337,7 +337,7 @@ def plot_latency(path: str | Path, series: dict[str, dict[str, Sequence[float]]]
         ax_t.plot(ids, e2e, ".-", ms=3, lw=0.8, label=label)
         xs = np.sort(e2e)
         ax_c.plot(xs, np.arange(1, xs.size + 1) / xs.size, lw=1.2, label=label)
-    ax_t.set_xlabel("frame id")
+    ax_t.set_xlabel("measured frame (runs one after another)")
     ax_t.set_ylabel("latency, ms")
     ax_t.set_title("latency per frame")
     ax_t.grid(alpha=0.3)
