@@ -192,6 +192,13 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
                 log.info("round %d of %d: %s", i + 1, rounds, name)
                 runs.setdefault(name, []).append(job())
         result["codec"] = transport_floor.codec_costs(wh, repeat=500)
+        # one plain ZeroMQ hop (no credits, no schema): the least a hop costs here
+        pose_bytes = len(transport_floor.encode(transport_floor.template("pose", wh))[0])
+        result["raw_hops"] = {
+            f"{what} ({nbytes} B)": transport_floor.raw_hop(nbytes, fps or 30.0,
+                                                            transport=transport)
+            for what, nbytes in (("pose", pose_bytes), ("frame", wh[0] * wh[1] * 3))
+        }
     for name, per_round in runs.items():
         if name in ("pipeline", "floor"):
             result[name] = report.merge_stamped(per_round, interval, n - 1)
@@ -271,6 +278,10 @@ def tables(r: dict[str, Any]) -> str:
         report.table(["hop", "pipeline p50", "pipeline p99", "floor p50", "floor p99"],
                      [[k, v["p50"], v["p99"], f["hops"].get(k, {}).get("p50"),
                        f["hops"].get(k, {}).get("p99")] for k, v in p["hops"].items()], 3),
+        "",
+        "Plain ZeroMQ hop between two processes (PUSH -> PULL, no credits, no schema), ms: "
+        + ", ".join(f"{k} p50 {report.fmt(v['p50'], 3)} / p99 {report.fmt(v['p99'], 3)}"
+                    for k, v in r.get("raw_hops", {}).items()),
         "",
         f"End to end (capture -> subscriber), ms, at {rate}",
         "",

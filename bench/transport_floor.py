@@ -278,6 +278,66 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
     return out
 
 
+def _raw_receiver(endpoint: str, n: int, ready: Any, results: Any) -> None:
+    """Receiving end of raw_hop: PULL, stamp each arrival, send the latencies back."""
+    ctx = zmq.Context()
+    sock = open_socket(ctx, zmq.PULL, bind=endpoint, rcvhwm=1000)
+    lat_ms = []
+    try:
+        ready.set()
+        while len(lat_ms) < n:
+            if not sock.poll(5000, zmq.POLLIN):
+                break
+            parts = sock.recv_multipart(copy=False)
+            t_recv = now_ns()
+            lat_ms.append((t_recv - int.from_bytes(parts[0].bytes, "little")) / 1e6)
+        results.put(lat_ms)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def raw_hop(nbytes: int, fps: float = 30.0, n: int = 150, warmup: int = 15,
+            transport: str = "ipc") -> dict[str, float]:
+    """One plain ZeroMQ hop between two processes (PUSH -> PULL, no credits, no schema, no
+    copy of the payload on send): the least any one-way hop costs here, paced at `fps` > 0
+    (without pacing PUSH queues, and the figure is the queue's). ms summary."""
+    if fps <= 0:
+        raise ValueError("raw_hop needs a pace: fps > 0")
+    spawn = mp.get_context("spawn")
+    run_dir = tempfile.mkdtemp(prefix="posestream-hop-")
+    endpoint = (f"ipc://{run_dir}/hop.sock" if transport == "ipc"
+                else f"tcp://127.0.0.1:{free_tcp_ports(1)[0]}")
+    ready, results = spawn.Event(), spawn.Queue()
+    proc = spawn.Process(target=_raw_receiver, args=(endpoint, n, ready, results))
+    ctx = zmq.Context()
+    sock = None
+    try:
+        proc.start()
+        if not ready.wait(30):
+            raise RuntimeError("raw hop receiver did not start")
+        sock = open_socket(ctx, zmq.PUSH, connect=endpoint, sndhwm=1000)
+        payload = np.random.default_rng(0).integers(0, 255, nbytes, np.uint8)
+        period_ns = int(1e9 / fps) if fps > 0 else 0
+        t0 = now_ns()
+        for i in range(n):
+            wait_ns = t0 + i * period_ns - now_ns()
+            if wait_ns > 0:
+                time.sleep(wait_ns / 1e9)
+            sock.send_multipart([now_ns().to_bytes(8, "little"), payload], copy=nbytes < 65536)
+        lat_ms = results.get(timeout=30)
+        proc.join(timeout=5)
+    finally:
+        if sock is not None:
+            sock.close(linger=0)
+        ctx.term()
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=2)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return report.summarize(lat_ms[warmup:])
+
+
 def codec_costs(image_wh: tuple[int, int] = (1280, 720), repeat: int = 2000) -> dict[str, Any]:
     """In-process cost, microseconds per call (p50 / p99): schema encode + decode per message
     type, with_stamp + dataclasses.replace as the runner does, and plain msgpack of a
@@ -354,6 +414,15 @@ def main(argv: list[str] | None = None) -> int:
         floor = run_chain(fps, args.frames, args.warmup, args.image, args.transport, chain)
         results["runs"][label] = floor
         rows += floor_rows(label, floor)
+    pose_bytes = len(encode(template("pose", args.image))[0])
+    frame_bytes = args.image[0] * args.image[1] * 3
+    results["raw_hops"] = {}
+    for fps in (f for f in args.fps if f > 0):  # back to back, PUSH only measures its queue
+        label = f"{fps:g} fps"
+        for what, nbytes in (("pose", pose_bytes), ("frame", frame_bytes)):
+            key = f"{label} raw PUSH/PULL hop, {what} ({nbytes} B)"
+            results["raw_hops"][key] = raw_hop(nbytes, fps, transport=args.transport)
+            rows.append(report.summary_row(key, results["raw_hops"][key]))
     results["codec"] = codec_costs(args.image)
     print(f"transport floor: {args.transport}, frame {args.image[0]}x{args.image[1]}, "
           f"load {results['machine']['loadavg']}")
