@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.skeleton import NUM_JOINTS, PARENTS, ROOT
 
 #: Chen et al.'s depth offset c: the normalised root sits at depth c and head-to-root is 1/c in 2D.
 DEFAULT_DEPTH_OFFSET: float = 10.0
@@ -180,17 +180,23 @@ class RootBranch(nn.Module):
 class PoseDiscriminator(nn.Module):
     """Scores single 2D poses (B, J, 2) -> (B,) real-ness; no sigmoid (LSGAN / WGAN losses).
 
-    No batch norm, so a gradient penalty on interpolates is well defined.
+    Input features: the joints and the 2D bone vectors (child - parent; a 2D analogue of Wandt
+    et al.'s kinematic chain space), so limb proportions and angles are direct inputs. No batch
+    norm, so a gradient penalty on interpolates is well defined.
     """
 
     def __init__(self, num_joints: int = NUM_JOINTS, width: int = 512, blocks: int = 2) -> None:
         super().__init__()
         self.num_joints = num_joints
-        self.mlp = _leaky_mlp(num_joints * 2, width, blocks)
+        self.register_buffer("parents", torch.as_tensor(PARENTS[1:], dtype=torch.long), False)
+        self.mlp = _leaky_mlp(num_joints * 2 + (num_joints - 1) * 2, width, blocks)
 
     def forward(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
         """(B, J, 2) -> (B,)."""
-        return self.mlp(joints_2d_norm.reshape(joints_2d_norm.shape[0], -1)).squeeze(-1)
+        bones = joints_2d_norm[:, 1:] - joints_2d_norm[:, self.parents]
+        batch = joints_2d_norm.shape[0]
+        features = torch.cat([joints_2d_norm.reshape(batch, -1), bones.reshape(batch, -1)], 1)
+        return self.mlp(features).squeeze(-1)
 
 
 class TemporalDiscriminator(nn.Module):
