@@ -227,31 +227,24 @@ class StageRunner:
 
     def _startup_poller(self) -> zmq.Poller:
         poller = zmq.Poller()
-        for sock in [self.control, *(s.socket for s in self.senders),
-                     *(r.socket for r in self.receivers)]:
+        for sock in [self.control, *(s.socket for s in self.senders)]:
             poller.register(sock, zmq.POLLIN)
         return poller
 
     def _startup_events(self, poller: zmq.Poller, timeout_ms: int) -> None:
-        """While starting: obey control, answer downstream pings, take upstream pongs."""
+        """While starting: obey control, keep early credits from downstream."""
         ready = poll_once(poller, timeout_ms)
         if self.control in ready:
             self._on_control()
         for s in self.senders:
             if s.socket in ready:
-                s.on_readable()  # pongs; early credits are kept for the first message
-        for r in self.receivers:
-            if r.socket in ready:
-                r.receive()
+                s.on_readable()  # early credits are kept for the first message
 
     def _connect_inputs(self) -> bool:
-        """Handshake on every input edge (ping until pong); False if told to stop first."""
+        """Wait until every input connection is up; False if told to stop first."""
         poller = self._startup_poller()
-        while not all(r.connected for r in self.receivers):
-            for r in self.receivers:
-                if not r.connected:
-                    r.ping()
-            self._startup_events(poller, 20)
+        while not all(r.wait_connected(0.02) for r in self.receivers):
+            self._startup_events(poller, 0)
             if self._should_stop():
                 return False
         return True

@@ -11,9 +11,10 @@ edge heals by itself when either end restarts: no sleeps, no lost first frame.
 
 Frames on an edge: producer -> consumer `[kind, *message frames]`, kind `b"D"` (data: a
 pipeline.schema message) or `b"E"` (end of stream). Consumer -> producer `[b"C", token]`.
-Before a stage says it is ready, each of its input edges completes a handshake: the
-consumer sends `[b"P"]` until the producer answers `[b"P"]`, so the connection is up before
-the first frame flows (nothing is lost to connection set-up or reconnect back-off).
+Before a stage says it is ready, each of its input connections must be up: the consumer
+watches its own socket (a ZeroMQ socket monitor, EVENT_HANDSHAKE_SUCCEEDED), so the first
+frame is not lost to connection set-up or reconnect back-off, and the wire protocol stays
+the three kinds above.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 DATA = b"D"
 END = b"E"
 CREDIT = b"C"
-PING = b"P"
 #: edge policies: "latest" (one unsent message, newest wins) or "lossless" (queue, the
 #: consumer side holds back its own credits so the queue stays short: for offline runs)
 POLICIES: tuple[str, ...] = ("latest", "lossless")
@@ -61,16 +61,8 @@ def open_socket(
         raise ValueError("open_socket: give exactly one of bind= or connect=")
     sock = ctx.socket(socket_type)
     try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, sndhwm)
-        sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        # local peers: retry often and without growing back-off, so an edge comes back
-        # within ~50 ms of its peer (re)binding
-        sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 50)
-        if identity is not None:
-            sock.setsockopt(zmq.IDENTITY, identity)
+        _configure(sock, sndhwm=sndhwm, rcvhwm=rcvhwm, max_message_bytes=max_message_bytes,
+                   identity=identity)
         if socket_type == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if bind is not None:
@@ -88,6 +80,20 @@ def open_socket(
         sock.close(linger=0)
         raise
     return sock
+
+
+def _configure(sock: zmq.Socket, *, sndhwm: int, rcvhwm: int, max_message_bytes: int,
+               identity: bytes | None = None) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    # local peers: retry often and without growing back-off, so an edge comes back within
+    # ~50 ms of its peer (re)binding
+    sock.setsockopt(zmq.RECONNECT_IVL, 20)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 50)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
 
 
 class EdgeSender:
@@ -145,12 +151,6 @@ class EdgeSender:
                 parts = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if len(parts) == 2 and parts[1] == PING:
-                try:
-                    self.socket.send_multipart([parts[0], PING], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass  # the consumer pings again
-                continue
             if len(parts) != 3 or parts[1] != CREDIT or len(parts[2]) > 16:
                 log.warning("edge %s: ignored a malformed credit (%d frames)", self.endpoint,
                             len(parts))
@@ -206,20 +206,39 @@ class EdgeReceiver:
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.socket = open_socket(ctx, zmq.DEALER, connect=endpoint, rcvhwm=8, sndhwm=8)
+        # the monitor must watch before connect(), or a fast handshake goes unseen
+        self.socket = ctx.socket(zmq.DEALER)
+        try:
+            _configure(self.socket, sndhwm=8, rcvhwm=8, max_message_bytes=MAX_MESSAGE_BYTES)
+            self._monitor: zmq.Socket | None = self.socket.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+            )
+            self.socket.connect(endpoint)
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
         self._token = 0
         self._asked_at: float | None = None
         self._end_seen = False
-        self.connected = False  # True once the producer answered a ping
+        self.connected = False
         self.received = 0
         self.dropped = 0
 
-    def ping(self) -> None:
-        """Ask the producer for a pong (see `connected`); call again until it comes."""
-        try:
-            self.socket.send_multipart([PING], zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+    def wait_connected(self, timeout_s: float) -> bool:
+        """True once the connection to the producer is up (ZMTP handshake done); waits at
+        most timeout_s. Afterwards the monitor is closed: reconnects heal on their own."""
+        if self.connected:
+            return True
+        if self._monitor.poll(int(timeout_s * 1000), zmq.POLLIN):
+            self.connected = True
+            self._close_monitor()
+        return self.connected
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     @property
     def waiting(self) -> bool:
@@ -265,8 +284,6 @@ class EdgeReceiver:
             elif kind == END:
                 self._end_seen = True
                 self._asked_at = None
-            elif kind == PING:
-                self.connected = True
             else:
                 log.warning("edge %s: ignored a message of unknown kind %r", self.endpoint,
                             kind[:8])
@@ -278,6 +295,7 @@ class EdgeReceiver:
         return None
 
     def close(self) -> None:
+        self._close_monitor()
         self.socket.close(linger=0)
 
 
