@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -32,6 +33,7 @@ import zmq
 
 from pipeline.config import PipelineConfig
 from pipeline.graph import stage_class
+from pipeline.health import RejectCounter
 from pipeline.schema import SchemaError, Status, decode, encode, with_stamp
 from pipeline.stage import EndOfStream, Sink, Source, Stage
 from pipeline.transport import (
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100  # longest a loop waits before checking stop flags and parent
 LOSSLESS_BACKLOG = 2  # with policy "lossless", hold input credits while this many wait
+#: a stage whose process() raised on every message, at least this many and for at least
+#: this long, is broken: it exits 1 and the supervisor reports its traceback. Fewer
+#: failures are counted as rejects (kind "process") and the stream goes on.
+BROKEN_AFTER_FAILURES = 10
+BROKEN_AFTER_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +122,9 @@ class StageRunner:
         self.stage: Stage | None = None
         self.senders: list[EdgeSender] = []
         self.receivers: list[EdgeReceiver] = []
-        self.rejected: collections.Counter[str] = collections.Counter()
+        self.rejects = RejectCounter(f"stage {self.name}", log)
+        self.consecutive_failures = 0
+        self._failing_since = 0.0
         self.processed = 0
         self._last_frame_id = 0
 
@@ -186,7 +195,10 @@ class StageRunner:
             for endpoint, policy in self.plan.outputs:
                 self.senders.append(EdgeSender(self.ctx, endpoint, policy))
             for endpoint in self.plan.inputs:
-                self.receivers.append(EdgeReceiver(self.ctx, endpoint))
+                self.receivers.append(EdgeReceiver(
+                    self.ctx, endpoint,
+                    on_malformed=lambda why: self.rejects.reject("transport", why),
+                ))
             if not self._connect_inputs():
                 return 0
             self._tell("ready")
@@ -222,7 +234,7 @@ class StageRunner:
             "dropped_in": sum(r.dropped for r in self.receivers),
             "sent": sum(s.sent for s in self.senders),
             "dropped_out": sum(s.dropped for s in self.senders),
-            "rejected": dict(self.rejected),
+            "rejected": self.rejects.as_dict(),
         }
 
     def _startup_poller(self) -> zmq.Poller:
@@ -257,13 +269,6 @@ class StageRunner:
             if self._should_stop():
                 return False
         return True
-
-    def _reject(self, why: str) -> None:
-        kind = why.split(":")[0][:60]
-        if self.rejected[kind] == 0:
-            log.warning("stage %s: rejected a message (%s); further ones of this kind are "
-                        "only counted", self.name, why)
-        self.rejected[kind] += 1
 
     def _flush_end(self, poller: zmq.Poller) -> None:
         """Deliver end-of-stream downstream, then return (or on stop)."""
@@ -318,29 +323,47 @@ class StageRunner:
         try:
             msg = decode(frames)
         except SchemaError as exc:
-            self._reject(str(exc))
+            self.rejects.reject("schema", str(exc))
             return
         if not isinstance(msg, self.stage.inputs):
-            self._reject(f"unexpected type: {type(msg).__name__} is not one of "
-                         f"{[c.__name__ for c in self.stage.inputs]}")
+            self.rejects.reject("type", f"{type(msg).__name__} is not one of "
+                                        f"{[c.__name__ for c in self.stage.inputs]}")
             return
+        try:
+            if is_sink:
+                self.stage.consume(with_stamp(msg, self.name, t_in_ns, now_ns()))
+                frames_out = None
+            else:
+                out = self.stage.process(msg)
+                frames_out = None if out is None else encode(dataclasses.replace(
+                    out,
+                    frame_id=msg.frame_id,
+                    t_capture_ns=msg.t_capture_ns,
+                    stamps=msg.stamps + ((self.name, t_in_ns, now_ns()),),
+                ))
+        except Exception as exc:
+            # one message that a stage cannot handle must not end the stream; a stage that
+            # fails on every message is broken: it exits and the supervisor reports why
+            self.consecutive_failures += 1
+            if self.consecutive_failures == 1:
+                self._failing_since = time.monotonic()
+            if (self.consecutive_failures >= BROKEN_AFTER_FAILURES
+                    and time.monotonic() - self._failing_since >= BROKEN_AFTER_S):
+                log.error("stage %s: process() failed on each of the last %d messages (%.1f s):"
+                          " giving up", self.name, self.consecutive_failures,
+                          time.monotonic() - self._failing_since)
+                raise
+            if self.rejects.counts["process"] == 0:
+                log.exception("stage %s: process() failed on frame %d", self.name,
+                              msg.frame_id)
+            self.rejects.reject("process", f"{type(exc).__name__}: {exc}")
+            return
+        self.consecutive_failures = 0
         self.processed += 1
         self._last_frame_id = msg.frame_id
-        if is_sink:
-            self.stage.consume(with_stamp(msg, self.name, t_in_ns, now_ns()))
-            return
-        out = self.stage.process(msg)
-        if out is None:
-            return
-        out = dataclasses.replace(
-            out,
-            frame_id=msg.frame_id,
-            t_capture_ns=msg.t_capture_ns,
-            stamps=msg.stamps + ((self.name, t_in_ns, now_ns()),),
-        )
-        frames_out = encode(out)
-        for s in self.senders:
-            s.offer(frames_out)
+        if frames_out is not None:
+            for s in self.senders:
+                s.offer(frames_out)
 
     # ------------------------------------------------------------------ source
     def _loop_source(self) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -204,8 +204,14 @@ class EdgeReceiver:
 
     END = END
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str,
+                 on_malformed: Callable[[str], None] | None = None) -> None:
+        """on_malformed(why) is called for each message that is not a valid edge message
+        (it still answers our credit); default: log a warning."""
         self.endpoint = endpoint
+        self._on_malformed = on_malformed or (
+            lambda why: log.warning("edge %s: ignored a malformed message: %s", endpoint, why)
+        )
         # the monitor must watch before connect(), or a fast handshake goes unseen
         self.socket = ctx.socket(zmq.DEALER)
         try:
@@ -275,18 +281,18 @@ class EdgeReceiver:
                 parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            self._asked_at = None  # whatever came, it answered our credit
             kind = parts[0].bytes
             if kind == DATA and len(parts) >= 2:
                 if latest is not None:
                     self.dropped += 1
                 latest = parts[1:]
-                self._asked_at = None
-            elif kind == END:
+            elif kind == END and len(parts) == 1:
                 self._end_seen = True
-                self._asked_at = None
+            elif kind == DATA:
+                self._on_malformed("a data message without frames")
             else:
-                log.warning("edge %s: ignored a message of unknown kind %r", self.endpoint,
-                            kind[:8])
+                self._on_malformed(f"unknown edge message kind {kind[:8]!r}")
         if latest is not None:
             self.received += 1
             return latest

@@ -37,6 +37,7 @@ HERE = "tests.test_supervisor"
 CRASH_AT = "POSESTREAM_TEST_CRASH_AT"
 DELAY_S = "POSESTREAM_TEST_DELAY_S"
 OPEN_S = "POSESTREAM_TEST_OPEN_S"
+FAIL_ONCE_AT = "POSESTREAM_TEST_FAIL_ONCE_AT"
 
 
 # --------------------------------------------------------------------------- test stages
@@ -73,6 +74,8 @@ class Detect(Stage):
     def process(self, msg: Frame) -> Keypoints2D:
         if msg.frame_id >= int(os.environ.get(CRASH_AT, sys.maxsize)):
             raise RuntimeError(f"boom at frame {msg.frame_id}")
+        if msg.frame_id == int(os.environ.get(FAIL_ONCE_AT, -1)):
+            raise ValueError(f"cannot handle frame {msg.frame_id}")
         time.sleep(float(os.environ.get(DELAY_S, "0")))
         h, w, _ = msg.image.shape
         return Keypoints2D(
@@ -263,6 +266,20 @@ def test_sigint_while_stages_are_still_opening(reaper, short_tmp):
     assert left == [] and time.monotonic() - t0 < 3.0
     assert popen.returncode == EXIT_SIGINT
     assert list(short_tmp.iterdir()) == []
+
+
+def test_one_message_a_stage_cannot_handle_is_counted_not_fatal(supervisors, monkeypatch):
+    monkeypatch.setenv(FAIL_ONCE_AT, "7")
+    port = free_port()
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=20.0)
+    collector.start()
+    sup = Supervisor(make_config(port, frames=15, afap=True), test_graph("lossless"))
+    supervisors.append(sup)
+    assert sup.run() == EXIT_OK
+    collector.join(timeout=10)
+    assert [p.frame_id for p in collector.poses] == [i for i in range(15) if i != 7]
+    assert sup.procs["detect"].stats["rejected"] == {"process": 1}
+    assert sup.procs["detect"].stats["processed"] == 14
 
 
 def _start_supervisor_process(reaper, port: int, tmp_dir, frames: int | None = None):
