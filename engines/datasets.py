@@ -68,6 +68,15 @@ def _noisy(px: np.ndarray, rng: np.random.Generator, noise_px: float) -> tuple[n
     return camera.detector_noise(px, rng, sigma_px=noise_px)
 
 
+def bone_mirror_index() -> np.ndarray:
+    """(16,) for each bone (BONES order) the index of its left/right twin, itself if central."""
+    from engines.skeleton import BONES, flip_permutation
+
+    perm = flip_permutation()
+    index = {child: b for b, (child, _) in enumerate(BONES)}
+    return np.array([index[int(perm[child])] for child, _ in BONES], dtype=np.int64)
+
+
 def check_poses(joints_mm: np.ndarray, what: str) -> np.ndarray:
     """Validate (N, 17, 3) mocap poses (mm); DataError names what is wrong and what to do."""
     arr = np.asarray(joints_mm)

@@ -90,6 +90,7 @@ class TrainConfig:
     depth_offset: float = 10.0
     # data
     noise_px: float = 0.0
+    bone_jitter: float = 0.0          # per-clip random bone lengths: canonical x N(1, this), 0 = off
     views: int = 4                    # li2020 rig size; supervised uses as many views per pose
     window: int = 3                   # chen2019 temporal window (frames)
     # chen2019
@@ -139,17 +140,31 @@ def canonical_codec(depth_offset: float = 10.0) -> Codec:
                  depth_offset=depth_offset)
 
 
-def load_training_sequences(sources: tuple[str, ...], fps: float) -> list[np.ndarray]:
+def load_training_sequences(sources: tuple[str, ...], fps: float, bone_jitter: float = 0.0,
+                            seed: int = 0) -> list[np.ndarray]:
     """Training-split mocap sequences (F, 17, 3) mm, world +Y up, root-relative, at `fps`,
-    retargeted to the canonical bone lengths."""
+    retargeted to the canonical bone lengths, or, with bone_jitter > 0, to per-clip random
+    lengths (canonical x N(1, bone_jitter) per bone, the same on the left and right, clipped to
+    +-2.5 sigma) so the lifter learns to read body proportions from the 2D instead of assuming
+    one skeleton."""
     from engines import mocap
 
     sequences = mocap.load_sequences(list(sources), "train", fps=fps)
     if len(sequences) == 0:
         raise ds.DataError(f"no training sequences in sources {sources}; check the names and "
                            "that ../shared/data/mocap (or $POSESTREAM_SHARED) holds them")
-    return [np.asarray(mocap.retarget(np.asarray(s, np.float32), mocap.CANONICAL_BONE_LENGTHS_MM),
-                       np.float32) for s in sequences]
+    canonical = np.asarray(mocap.CANONICAL_BONE_LENGTHS_MM, np.float64)
+    rng = np.random.default_rng(seed + 1000)
+    mirror = ds.bone_mirror_index()
+    out = []
+    for seq in sequences:
+        lengths = canonical
+        if bone_jitter > 0:
+            factor = np.clip(rng.normal(1.0, bone_jitter, len(canonical)), 1 - 2.5 * bone_jitter,
+                             1 + 2.5 * bone_jitter)
+            lengths = canonical * factor[np.minimum(np.arange(len(canonical)), mirror)]
+        out.append(np.asarray(mocap.retarget(np.asarray(seq, np.float32), lengths), np.float32))
+    return out
 
 
 def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
@@ -447,7 +462,7 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
     codec = codec or canonical_codec(cfg.depth_offset)
     t_data = time.monotonic()
     if data is None:
-        sequences = load_training_sequences(cfg.sources, cfg.fps)
+        sequences = load_training_sequences(cfg.sources, cfg.fps, cfg.bone_jitter, cfg.seed)
         data = build_data(cfg, sequences, codec)
         del sequences
     check_data(cfg, data)
@@ -580,6 +595,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--dropout", type=float, default=defaults.dropout)
     p.add_argument("--head", choices=("depth", "xyz"), default=defaults.head)
     p.add_argument("--noise-px", type=float, default=defaults.noise_px, help="2D noise std, px")
+    p.add_argument("--bone-jitter", type=float, default=defaults.bone_jitter,
+                   help="per-clip random bone lengths, relative std (0: canonical skeleton)")
     p.add_argument("--views", type=int, default=defaults.views, help="li2020 cameras per pose")
     p.add_argument("--gan", choices=("lsgan", "wgan-gp"), default=defaults.gan)
     p.add_argument("--critic-steps", type=int, default=defaults.critic_steps)
@@ -600,6 +617,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
         method=a.method, out=a.out, steps=a.steps, batch=a.batch, seed=a.seed,
         sources=tuple(a.sources), fps=a.fps, max_poses=a.max_poses, threads=a.threads, lr=a.lr,
         width=a.width, blocks=a.blocks, dropout=a.dropout, head=a.head, noise_px=a.noise_px,
+        bone_jitter=a.bone_jitter,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,

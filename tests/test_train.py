@@ -152,3 +152,22 @@ def test_li2020_terms_vanish_for_the_true_poses_and_see_a_wrong_root(train_seque
     assert max(float(t) for t in exact.values()) < 1e-4
     wrong = li2020_terms(torch.from_numpy(rel).float(), torch.from_numpy(m * 1.1).float(), batch, 10.0)
     assert float(wrong["transform"]) > 0.1 and float(wrong["reproj"]) < 1e-4
+
+
+def test_bone_jitter_gives_each_clip_its_own_symmetric_skeleton():
+    from engines.skeleton import BONES, bone_lengths
+    from engines.train import load_training_sequences
+
+    canonical = load_training_sequences(("cmu_bvh",), 15.0)
+    jittered = load_training_sequences(("cmu_bvh",), 15.0, bone_jitter=0.1, seed=3)
+    np.testing.assert_allclose(bone_lengths(canonical[0]), mocap.CANONICAL_BONE_LENGTHS_MM[None],
+                               rtol=1e-4)
+    per_clip = [bone_lengths(clip) for clip in jittered]
+    for lengths in per_clip:
+        np.testing.assert_allclose(lengths, lengths[:1].repeat(len(lengths), 0), rtol=1e-4)
+        mirror = ds.bone_mirror_index()
+        np.testing.assert_allclose(lengths[0], lengths[0][mirror], rtol=1e-5)
+        ratio = lengths[0] / mocap.CANONICAL_BONE_LENGTHS_MM
+        assert np.all(np.abs(ratio - 1) <= 0.25 + 1e-6) and np.std(ratio) > 0.02
+    assert not np.allclose(per_clip[0][0], per_clip[1][0])
+    assert len(BONES) == len(mirror)
