@@ -5,7 +5,6 @@ message size on receivers, and garbage that never breaks an edge."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import shutil
 import tempfile
 import time
