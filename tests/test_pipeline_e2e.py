@@ -132,7 +132,8 @@ def test_poses_are_plausible_metric_skeletons(street_run):
 
 
 def test_sigint_stops_the_real_pipeline_within_3s(shared_dir, reaper, tmp_path):
-    """Ctrl-C in the middle of a paced video: every process gone within 3 s, no orphan."""
+    """Ctrl-C in the middle of a paced video: every process gone within 3 s, no orphan.
+    On the way: no process of the running pipeline has torch loaded."""
     engine = _engine()
     port = _free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -151,6 +152,9 @@ def test_sigint_stops_the_real_pipeline_within_3s(shared_dir, reaper, tmp_path):
         ctx.term()
     stage_pids = children_of(popen.pid)
     assert len(stage_pids) == len(STAGES)
+    for pid in [popen.pid, *stage_pids]:  # the runtime never loads torch, not even indirectly
+        with open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as maps:
+            assert "libtorch" not in maps.read(), f"pid {pid} has torch loaded"
     t0 = time.monotonic()
     popen.send_signal(signal.SIGINT)
     popen.wait(timeout=10)
