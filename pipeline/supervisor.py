@@ -45,7 +45,7 @@ from pipeline.transport import open_socket
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXIT_OK, EXIT_FAILED, EXIT_NO_SOURCE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_PREFLIGHT = 0, 1, 2
 EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143
 
 
@@ -66,8 +66,8 @@ class PipelineError(RuntimeError):
     """The pipeline could not start or a stage failed; the message says which and why."""
 
 
-class SourceUnavailable(PipelineError):
-    """A source failed its preflight check (no camera, unreadable file)."""
+class PreflightError(PipelineError):
+    """A check before start failed (no camera, unreadable file, publish port in use)."""
 
 
 @dataclass
@@ -111,9 +111,9 @@ class Supervisor:
         try:
             try:
                 self.start()
-            except SourceUnavailable as exc:
+            except PreflightError as exc:
                 log.error("%s", exc)
-                return EXIT_NO_SOURCE
+                return EXIT_PREFLIGHT
             except PipelineError as exc:
                 self.failure = self.failure or str(exc)
                 log.error("%s", exc)
@@ -249,9 +249,13 @@ class Supervisor:
 
     # ------------------------------------------------------------------ internals
     def _preflight(self) -> None:
-        for spec in self.graph.stages:
-            if self.graph.inputs_of(spec.name):
-                continue  # only sources are checked up front: cheap and they fail most
+        # sources first (a missing camera must fail in about a second), then sinks; the
+        # stages in between load models, which is too slow for a check
+        ends = [s for s in self.graph.stages if not self.graph.inputs_of(s.name)] + [
+            s for s in self.graph.stages
+            if self.graph.inputs_of(s.name) and not self.graph.outputs_of(s.name)
+        ]
+        for spec in ends:
             cls = stage_class(spec.name, spec.module_name)
             check = getattr(cls, "preflight", None)
             if check is not None:
@@ -259,7 +263,7 @@ class Supervisor:
                     check(getattr(self.config, spec.config_section, None))
                 except Exception as exc:
                     self.failure = str(exc)
-                    raise SourceUnavailable(str(exc)) from exc
+                    raise PreflightError(str(exc)) from exc
 
     def _spawn(self, plan: Plan) -> None:
         path = os.path.join(self._run_dir, f"{plan.stage}.plan.json")

@@ -69,11 +69,7 @@ def open_socket(
             try:
                 sock.bind(bind)
             except zmq.ZMQError as exc:
-                raise zmq.ZMQError(
-                    exc.errno,
-                    f"could not bind {bind}: {exc.strerror} (is another posestream "
-                    "running? pick another endpoint)",
-                ) from exc
+                raise zmq.ZMQError(exc.errno, f"could not bind {bind}: {exc.strerror}") from exc
         else:
             sock.connect(connect)
     except BaseException:

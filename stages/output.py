@@ -42,6 +42,22 @@ class OutputStage(Sink):
         self.subscribers = 0
         self.published = 0
 
+    @staticmethod
+    def preflight(config: OutputConfig) -> None:
+        """Bind the publish endpoint once and let it go: fails before any stage starts
+        when another program (another posestream?) holds it."""
+        ctx = zmq.Context()
+        try:
+            sock = open_socket(ctx, zmq.XPUB, bind=config.publish)
+            sock.close(linger=0)
+        except zmq.ZMQError as exc:
+            raise RuntimeError(
+                f"{exc.strerror}: is another posestream running? stop it, or publish on "
+                "another endpoint with --publish tcp://127.0.0.1:PORT"
+            ) from exc
+        finally:
+            ctx.term()
+
     def open(self) -> None:
         self._ctx = zmq.Context()
         self._pub = open_socket(

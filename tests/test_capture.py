@@ -117,6 +117,35 @@ def test_run_pipeline_fails_fast_on_a_bad_source(tmp_path, flags, message):
     assert elapsed < 5.0  # no stage process was started (the target is under 2-3 s)
 
 
+def test_run_pipeline_fails_fast_when_the_publish_port_is_taken(shared_file):
+    import zmq
+
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.PUB)
+    taken.setsockopt(zmq.LINGER, 0)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "run_pipeline.py", "--video", str(shared_file(VIDEO)),
+             "--publish", f"tcp://127.0.0.1:{port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        taken.close()
+        ctx.term()
+    assert proc.returncode == 2, proc.stderr
+    assert f"could not bind tcp://127.0.0.1:{port}" in proc.stderr
+    assert "is another posestream running?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_pipeline_refuses_a_public_endpoint_without_allow_remote():
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "--publish", "tcp://0.0.0.0:5556"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "reachable from other machines" in proc.stderr and "--allow-remote" in proc.stderr
+
+
 def test_run_pipeline_help_explains_the_flags():
     proc = subprocess.run([sys.executable, "run_pipeline.py", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
