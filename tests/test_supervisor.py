@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from engines.skeleton import NUM_JOINTS
-from pipeline.config import CaptureConfig, OutputConfig, PipelineConfig
+from pipeline.config import CaptureConfig, OutputConfig, PipelineConfig, TransportConfig
 from pipeline.graph import Edge, Graph, StageSpec
 from pipeline.schema import Frame, Keypoints2D, Pose3D, Status
 from pipeline.stage import EndOfStream, Source, Stage
@@ -167,11 +167,14 @@ class Collector(threading.Thread):
 
 
 # --------------------------------------------------------------------------- tests
-def test_stream_to_the_end_every_frame_with_stamps(supervisors):
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_stream_to_the_end_every_frame_with_stamps(supervisors, transport):
     port = free_port()
     collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0)
     collector.start()
-    sup = Supervisor(make_config(port, frames=40, afap=True), test_graph("lossless"))
+    config = dataclasses.replace(make_config(port, frames=40, afap=True),
+                                 transport=TransportConfig(kind=transport))
+    sup = Supervisor(config, test_graph("lossless"))
     supervisors.append(sup)
     assert sup.run() == EXIT_OK
     collector.join(timeout=10)
