@@ -186,12 +186,12 @@ class StageRunner:
             self._tell("hello", pid=os.getpid())
             cls = stage_class(self.name, self.plan.module)
             self.stage = cls(getattr(self.plan.config, self.plan.config_key, None))
+            opened = True  # close() runs even when open() fails half way
             self.stage.open()
             # from here on SIGTERM means "finish the current message, close, exit"; during
             # imports and open() (models loading) it keeps its default: exit at once
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
-            opened = True
             for endpoint, policy in self.plan.outputs:
                 self.senders.append(EdgeSender(self.ctx, endpoint, policy))
             for endpoint in self.plan.inputs:
