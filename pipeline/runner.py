@@ -7,8 +7,9 @@ decode, `process`, stamp `(stage, t_in_ns, t_out_ns)`, encode, send. It stops on
 command, on SIGTERM, at end of stream, or when its parent dies; an exception is reported to
 the supervisor with its traceback and the process exits 1.
 
-Control messages are msgpack maps. Child -> supervisor: {"event": "hello"|"ready"|"error"|
-"eos"|"bye", "stage": name, ...}; supervisor -> child: {"cmd": "go"|"stop"} or
+Control messages are msgpack maps. Child -> supervisor: {"event": "hello"|"ready"|"beat"|
+"error"|"eos"|"bye", "stage": name, ...} ("beat" every HEARTBEAT_INTERVAL_S from the main
+loop, with `busy_s`: how long a source's produce() call has been running); supervisor -> child: {"cmd": "go"|"stop"} or
 {"cmd": "status", "kind", "text", "frame_id"} (published by a stage with `publish_status`).
 """
 
@@ -33,7 +34,7 @@ import zmq
 
 from pipeline.config import PipelineConfig
 from pipeline.graph import stage_class
-from pipeline.health import RejectCounter
+from pipeline.health import HEARTBEAT_INTERVAL_S, RejectCounter
 from pipeline.schema import SchemaError, Status, decode, encode, with_stamp
 from pipeline.stage import EndOfStream, Sink, Source, Stage
 from pipeline.transport import (
@@ -125,6 +126,8 @@ class StageRunner:
         self.rejects = RejectCounter(f"stage {self.name}", log)
         self.consecutive_failures = 0
         self._failing_since = 0.0
+        self._last_beat = 0.0
+        self._produce_started = 0.0  # monotonic s when the running produce() began, else 0
         self.processed = 0
         self._last_frame_id = 0
 
@@ -170,6 +173,12 @@ class StageRunner:
             log.warning("could not publish a %s status: %s", kind, exc)
 
     def _should_stop(self) -> bool:
+        """Checked by every loop at least every POLL_MS; also sends the heartbeat."""
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_INTERVAL_S:
+            started = self._produce_started
+            self._tell("beat", busy_s=now - started if started else 0.0)
+            self._last_beat = now
         if os.getppid() != self.plan.parent_pid:
             log.error("supervisor (pid %d) is gone: stopping", self.plan.parent_pid)
             self.stop_requested = True
@@ -383,7 +392,9 @@ class StageRunner:
                 while not stop.is_set():
                     if lossless and not room.wait(POLL_MS / 1000):
                         continue
+                    self._produce_started = time.monotonic()
                     msg = self.stage.produce()
+                    self._produce_started = 0.0
                     if msg is None:
                         continue
                     msg = with_stamp(msg, self.name, msg.t_capture_ns, now_ns())

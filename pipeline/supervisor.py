@@ -80,6 +80,8 @@ class StageProcess:
     error: str | None = None  # "Type: message" from the child
     traceback: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    last_beat: float = 0.0  # time.monotonic() of its last heartbeat (0: none yet)
+    busy_s: float = 0.0  # from that heartbeat: how long its current call had been running
 
     @property
     def pid(self) -> int:
@@ -330,6 +332,9 @@ class Supervisor:
             elif kind == "error":
                 proc.error = event.get("text")
                 proc.traceback = event.get("traceback")
+            elif kind == "beat":
+                proc.last_beat = time.monotonic()
+                proc.busy_s = float(event.get("busy_s", 0.0))
             elif kind == "eos":
                 self.eos = True
             elif kind == "bye":

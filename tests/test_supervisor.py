@@ -188,6 +188,7 @@ def test_stream_to_the_end_every_frame_with_stamps(supervisors, transport):
         assert times == sorted(times)  # one monotonic clock across four processes
         assert pose.joints_3d_m[0, 0] == pose.frame_id % 256  # the data went the whole way
     assert sup.eos
+    assert all(p.last_beat > 0 for p in sup.procs.values())  # every stage sent heartbeats
     assert all(not pid_alive(pid) for pid in sup.pids().values())
 
 
