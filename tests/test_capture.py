@@ -146,6 +146,25 @@ def test_run_pipeline_refuses_a_public_endpoint_without_allow_remote():
     assert "reachable from other machines" in proc.stderr and "--allow-remote" in proc.stderr
 
 
+def test_flags_become_the_config():
+    from run_pipeline import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(
+        ["--images", "x/*.jpg", "--every-frame", "--fov", "75", "--height", "0",
+         "--engine", "e.onnx", "--backend", "onnxruntime", "--max-frames", "9"]))
+    assert config.capture.images == "x/*.jpg" and config.capture.max_frames == 9
+    assert config.detect.static_image_mode and not config.smooth.enabled  # unrelated images
+    assert config.transport.policy == "lossless"
+    assert config.lift.fov_deg == 75.0 and config.lift.height_m is None  # bone-length prior
+    assert config.lift.engine_path == "e.onnx" and config.lift.backend == "onnxruntime"
+    video = config_from_args(build_parser().parse_args(["--video", "v.mp4"]))
+    assert not video.detect.static_image_mode and video.smooth.enabled
+    assert video.transport.policy == "latest" and video.lift.height_m == 1.70
+    camera = config_from_args(build_parser().parse_args([]))
+    assert camera.capture.source_kind() == "camera"
+    assert camera.output.publish == "tcp://127.0.0.1:5556" and camera.output.topic == "pose3d"
+
+
 def test_run_pipeline_help_explains_the_flags():
     proc = subprocess.run([sys.executable, "run_pipeline.py", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
