@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index (/dev/videoN)")
     one.add_argument("--video", metavar="FILE", help="a video file, paced at its own frame rate")
     one.add_argument("--images", metavar="GLOB",
-                     help="image files in sorted order (quote the pattern: 'dir/*.jpg'); each "
-                          "is posed on its own: person detection on every image, no smoothing")
+                     help="image files in sorted order (quote the pattern: 'dir/*.jpg'); the "
+                          "person detector runs on every image (add --no-smooth when the images "
+                          "are unrelated)")
     src.add_argument("--as-fast-as-possible", action="store_true",
                      help="don't pace --video/--images at their frame rate (benchmarks)")
     src.add_argument("--every-frame", action="store_true",
@@ -124,8 +125,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             calib_path=args.calib,
             height_m=args.height if args.height else None,
         ),
-        # images are unrelated to each other: nothing to track or smooth across them
-        smooth=SmoothConfig(enabled=not args.no_smooth and capture.source_kind() != "images"),
+        smooth=SmoothConfig(enabled=not args.no_smooth),
         output=OutputConfig(
             publish=args.publish,
             allow_remote=args.allow_remote,
