@@ -11,7 +11,8 @@ decoded once into BMP files in memory and read by the capture stage as an image 
 From the `stamps` every Pose3D carries (no benchmark code in the stages), after `--warmup`
 frames: compute per stage, transport per hop, end to end (capture -> this subscriber), pipeline
 overhead (end to end minus detector and lifter compute), throughput, drops, stale deliveries
-(a message that waited in a hop longer than one frame interval), CPU per process (/proc).
+(a frame overtaken by a newer one on the way: latest-wins must keep this at 0), CPU per
+process (/proc).
 
 Baselines, same frames, same machine, same run (so the ratios hold on a noisy machine):
 - transport floor (bench/transport_floor.py): the pipeline's topology and edges with no work;
@@ -308,8 +309,10 @@ def tables(r: dict[str, Any]) -> str:
     out += [report.table(["run", "n", "p50", "p95", "p99", "fps", "CPU %"], rows), ""]
     out += [
         f"Frames: {p['frames_captured']} captured, {p['frames_delivered']} delivered, "
-        f"{p['frames_dropped']} dropped (latest wins); stale delivered: {p['stale']} "
-        f"(longest wait in one hop {report.fmt(p['longest_wait_ms'])} ms)",
+        f"{p['frames_dropped']} dropped (latest wins); stale delivered (a newer frame overtook "
+        f"it): {p['stale']}; waited in a hop past one frame interval: "
+        f"{p['waited_past_interval']} (longest {report.fmt(p['longest_wait_ms'])} ms); "
+        f"delivered more than one interval after capture: {p['late']}",
         "",
         "Ratios: " + ", ".join(f"{k} {report.fmt(v)}" for k, v in r["ratios"].items()),
         "",

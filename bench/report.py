@@ -67,17 +67,23 @@ def breakdown(
 
     records: one `(frame_id, t_capture_ns, stamps, t_receive_ns)` per message the subscriber
     got, stamps as on the message: `((stage, t_in_ns, t_out_ns), ...)` in path order.
-    frame_interval_ms: the camera's frame interval. A message is stale when it waited in some
-    hop longer than that: a newer frame existed by then, and latest-wins should have replaced
-    it (None: not counted). Compute time is not waiting: a slow detector makes every pose late,
-    but not stale. last_frame_id: the stream's last frame, never stale (no newer frame exists
-    to replace it).
+    frame_interval_ms: the camera's frame interval, for two informational counts (None: not
+    counted): "waited_past_interval", messages that waited in some hop longer than one interval
+    (leaving out the stream's last frame, `last_frame_id`, which nothing newer can replace),
+    and "late", messages delivered more than one interval after capture (compute counts here:
+    a detector slower than the camera makes poses late, not stale).
+
+    "stale": messages that a newer one overtook: some newer delivered message had already
+    left the upstream stage of a hop before this one arrived at its downstream stage, so the
+    downstream stage worked on (or the subscriber got) an older frame while a newer one was
+    waiting. Latest-wins must keep this at 0. Records of several runs one after another (frame
+    ids start again) are checked run by run.
 
     Returns {"stages": {name: summary of t_out - t_in}, "hops": {"a->b": summary of
     t_in(b) - t_out(a)}, "e2e": summary of t_receive - t_capture, "overhead": summary of
     e2e - compute of WORK_STAGES, "transport_total": summary of the hops' sum per message,
-    "stale": count, "longest_wait_ms": the longest single hop, "frames": n, "series":
-    per-frame lists}.
+    "stale", "waited_past_interval", "late": counts, "longest_wait_ms": the longest single
+    hop, "frames": n, "series": per-frame lists}.
     The last hop is "output->subscriber" (t_receive - t_out of the last stage).
     """
     stage_ms: dict[str, list[float]] = {}
@@ -86,7 +92,7 @@ def breakdown(
     overhead_ms: list[float] = []
     transport_ms: list[float] = []
     longest_wait_ms: list[float] = []
-    stale = 0
+    waited = 0
     frame_ids: list[int] = []
     for frame_id, t_capture_ns, stamps, t_receive_ns in records:
         e2e = (t_receive_ns - t_capture_ns) / 1e6
@@ -115,7 +121,7 @@ def breakdown(
         if frame_interval_ms is not None and longest > frame_interval_ms and (
             last_frame_id is None or frame_id < last_frame_id
         ):
-            stale += 1
+            waited += 1
         e2e_ms.append(e2e)
         overhead_ms.append(e2e - work)
         frame_ids.append(int(frame_id))
@@ -126,7 +132,10 @@ def breakdown(
         "e2e": summarize(e2e_ms),
         "overhead": summarize(overhead_ms),
         "transport_total": summarize(transport_ms),
-        "stale": stale if frame_interval_ms is not None else None,
+        "stale": overtaken(records),
+        "waited_past_interval": waited if frame_interval_ms is not None else None,
+        "late": (sum(e > frame_interval_ms for e in e2e_ms)
+                 if frame_interval_ms is not None else None),
         "longest_wait_ms": max(longest_wait_ms, default=float("nan")),
         "series": {
             "frame_id": frame_ids,
@@ -135,6 +144,31 @@ def breakdown(
             "stage_ms": stage_ms,
         },
     }
+
+
+def overtaken(records: Sequence[tuple[int, int, Sequence[Sequence[Any]], int]]) -> int:
+    """How many records a newer one overtook in some hop (see `breakdown`, "stale")."""
+    runs: list[list[Any]] = []
+    last_id = None
+    for rec in records:
+        if last_id is None or rec[0] <= last_id:
+            runs.append([])  # frame ids start again: the next run
+        runs[-1].append(rec)
+        last_id = rec[0]
+    count = 0
+    for run in runs:
+        run.sort(key=lambda r: r[0])
+        paths = [[tuple(s) for s in r[2]] + [("subscriber", r[3], r[3])] for r in run]
+        hops = min(len(p) for p in paths) - 1
+        flagged = [False] * len(run)
+        for h in range(hops):
+            newest_left = float("inf")  # earliest departure of any newer message
+            for i in range(len(run) - 1, -1, -1):
+                if newest_left < paths[i][h + 1][1]:
+                    flagged[i] = True
+                newest_left = min(newest_left, paths[i][h][2])
+        count += sum(flagged)
+    return count
 
 
 def throughput_fps(t_receive_ns: Sequence[int]) -> float:

@@ -35,10 +35,10 @@ def sane(summary: dict, n_min: int = 1) -> None:
 # --------------------------------------------------------------------------- report
 def test_breakdown_reads_stamps() -> None:
     ms = 1_000_000
-    records = [
-        (i, 0, (("capture", 0, 1 * ms), ("detect", 2 * ms, 20 * ms), ("lift", 21 * ms, 22 * ms)),
-         25 * ms)
-        for i in range(10)
+    records = [  # one frame every 33 ms
+        (i, t, (("capture", t, t + 1 * ms), ("detect", t + 2 * ms, t + 20 * ms),
+                ("lift", t + 21 * ms, t + 22 * ms)), t + 25 * ms)
+        for i, t in ((i, i * 33 * ms) for i in range(10))
     ]
     b = report.breakdown(records, frame_interval_ms=33.3)
     assert b["frames"] == 10
@@ -48,12 +48,18 @@ def test_breakdown_reads_stamps() -> None:
     assert b["e2e"]["p50"] == pytest.approx(25.0)
     assert b["overhead"]["p50"] == pytest.approx(25.0 - 18.0 - 1.0)
     assert b["transport_total"]["p50"] == pytest.approx(1.0 + 1.0 + 3.0)
-    assert b["stale"] == 0
-    # a message that sat in a hop for more than a frame interval is stale
-    late = [(0, 0, (("capture", 0, 1 * ms), ("detect", 40 * ms, 50 * ms)), 51 * ms)]
-    assert report.breakdown(late, frame_interval_ms=33.3)["stale"] == 1
-    # ... unless it is the stream's last frame: nothing newer could have replaced it
-    assert report.breakdown(late, frame_interval_ms=33.3, last_frame_id=0)["stale"] == 0
+    assert b["stale"] == 0 and b["late"] == 0 and b["waited_past_interval"] == 0
+    # frame 0 reached detect (40 ms) after frame 1 had left capture (34 ms): overtaken, stale
+    overtaken = [(0, 0, (("capture", 0, 1 * ms), ("detect", 40 * ms, 50 * ms)), 51 * ms),
+                 (1, 33 * ms, (("capture", 33 * ms, 34 * ms), ("detect", 50 * ms, 60 * ms)),
+                  61 * ms)]
+    b = report.breakdown(overtaken, frame_interval_ms=33.3)
+    assert b["stale"] == 1 and b["late"] == 1 and b["waited_past_interval"] == 1
+    # a long wait with nothing newer around is not stale (e.g. the stream's last frame)
+    assert report.breakdown(overtaken[:1], 33.3, last_frame_id=0)["stale"] == 0
+    assert report.breakdown(overtaken[:1], 33.3, last_frame_id=0)["waited_past_interval"] == 0
+    # runs one after another (frame ids start again) are checked separately
+    assert report.overtaken(records + records) == 0
 
 
 def test_table_json_plot(tmp_path: Path) -> None:
