@@ -467,7 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     runner = StageRunner(plan)
     # Ctrl-C goes to the whole process group: the supervisor alone decides, and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return runner.run()
+    code = runner.run()
+    # everything this process opened is closed by now; skip the interpreter's teardown,
+    # where native libraries (mediapipe, ONNX Runtime threads) can take a second or hang
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
