@@ -6,6 +6,10 @@ From Python:
     for pose in subscribe("tcp://127.0.0.1:5556"):      # pipeline.schema.Pose3D
         print(pose.frame_id, pose.joints_3d_m[0])        # (17, 3) metres, camera frame
 
+    stream = subscribe(endpoint, latest_only=True)      # a reader slower than the stream:
+    for pose in stream: ...                             # always the newest pose waiting,
+    stream.skipped                                      # and how many were passed over
+
 From a shell: `python -m pipeline.subscribe [ENDPOINT] [--json] [--count N]` prints one line
 per pose. From any other language: SUB to the endpoint, subscribe to "pose3d", and read
 two frames per message: the topic, then a msgpack map (see pipeline/schema.py for the
@@ -15,10 +19,10 @@ fields; arrays are {dtype: "<f4", shape, data: little-endian bytes}).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import zmq
@@ -33,6 +37,93 @@ DEFAULT_ENDPOINT = OutputConfig().publish
 DEFAULT_TOPIC = OutputConfig().topic
 
 
+class Subscription:
+    """An iterator over the messages of one SUB socket (what `subscribe()` returns).
+
+    Counters: `received` (messages decoded), `skipped` (poses passed over in latest-only
+    mode because a newer one was already waiting), `malformed`. `close()` (or `with`, or
+    garbage collection) closes the socket.
+    """
+
+    def __init__(self, endpoint: str, topic: str, *, timeout_s: float | None,
+                 include_status: bool, rcvhwm: int, latest_only: bool) -> None:
+        self._sock: zmq.Socket | None = None
+        self.endpoint = endpoint
+        self.latest_only = latest_only
+        self.received = 0
+        self.skipped = 0
+        self.malformed = 0
+        self._timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
+        self._ready: collections.deque[Pose3D | Status] = collections.deque()
+        self._sock = open_socket(
+            zmq.Context.instance(), zmq.SUB, connect=endpoint, rcvhwm=rcvhwm
+        )
+        self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        if include_status:
+            self._sock.setsockopt(zmq.SUBSCRIBE, OutputConfig().status_topic.encode())
+
+    def __iter__(self) -> "Subscription":
+        return self
+
+    def __next__(self) -> Pose3D | Status:
+        while not self._ready:
+            if self._sock is None or not self._sock.poll(self._timeout_ms, zmq.POLLIN):
+                self.close()
+                raise StopIteration
+            self._receive()
+        return self._ready.popleft()
+
+    def _decode(self, parts: list) -> Pose3D | Status | None:
+        try:
+            msg = decode(parts[1:])
+        except SchemaError as exc:
+            self.malformed += 1
+            log.warning("skipped a malformed message: %s", exc)
+            return None
+        self.received += 1
+        return msg
+
+    def _receive(self) -> None:
+        """One message; in latest-only mode everything waiting, keeping every Status and
+        only the newest pose (in arrival order)."""
+        if not self.latest_only:
+            msg = self._decode(self._sock.recv_multipart(copy=False))
+            if msg is not None:
+                self._ready.append(msg)
+            return
+        batch: list[Pose3D | Status] = []
+        while True:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            msg = self._decode(parts)
+            if msg is not None:
+                batch.append(msg)
+        newest = max((i for i, m in enumerate(batch) if isinstance(m, Pose3D)), default=-1)
+        for i, msg in enumerate(batch):
+            if isinstance(msg, Pose3D) and i != newest:
+                self.skipped += 1
+            else:
+                self._ready.append(msg)
+
+    def close(self) -> None:
+        """Close the socket (idempotent); iteration ends."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_sock", None) is not None:
+            self.close()
+
+
 def subscribe(
     endpoint: str = DEFAULT_ENDPOINT,
     topic: str = DEFAULT_TOPIC,
@@ -40,32 +131,20 @@ def subscribe(
     timeout_s: float | None = None,
     include_status: bool = False,
     rcvhwm: int = 64,
-) -> Iterator[Pose3D | Status]:
-    """Yield each message published on `endpoint` (Pose3D; Status too if include_status).
+    latest_only: bool = False,
+) -> Subscription:
+    """Iterate over the messages published on `endpoint` (Pose3D; Status too if
+    include_status), only those on `topic`.
 
     Connects (the publisher may start later). Stops after `timeout_s` without a message
-    (None: waits forever). Malformed messages are skipped and logged, never raised. The
-    socket is closed when the generator is closed or garbage-collected.
+    (None: waits forever). Malformed messages are skipped and logged, never raised.
+    latest_only: each step drains what is waiting and yields only the newest pose (Status
+    messages are all kept), for a reader that is slower than the stream; the poses passed
+    over are counted in `.skipped`. The socket is closed when iteration ends, on `close()`,
+    or when the subscription is garbage-collected.
     """
-    ctx = zmq.Context.instance()
-    sock = open_socket(ctx, zmq.SUB, connect=endpoint, rcvhwm=rcvhwm)
-    try:
-        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        if include_status:
-            sock.setsockopt(zmq.SUBSCRIBE, OutputConfig().status_topic.encode())
-        timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
-        while True:
-            if not sock.poll(timeout_ms, zmq.POLLIN):
-                return
-            parts = sock.recv_multipart(copy=False)
-            try:
-                msg = decode(parts[1:])
-            except SchemaError as exc:
-                log.warning("skipped a malformed message: %s", exc)
-                continue
-            yield msg
-    finally:
-        sock.close(linger=0)
+    return Subscription(endpoint, topic, timeout_s=timeout_s, include_status=include_status,
+                        rcvhwm=rcvhwm, latest_only=latest_only)
 
 
 def pose_to_dict(pose: Pose3D) -> dict:
@@ -107,12 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=None, help="stop after N poses")
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop after this many seconds without a pose")
+    parser.add_argument("--latest", action="store_true",
+                        help="latest only: when this program falls behind, skip to the newest "
+                             "pose (the count skipped is logged at the end)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     n = 0
+    stream = subscribe(args.endpoint, args.topic, timeout_s=args.timeout,
+                       include_status=not args.json, latest_only=args.latest)
     try:
-        for pose in subscribe(args.endpoint, args.topic, timeout_s=args.timeout,
-                              include_status=not args.json):
+        for pose in stream:
             if args.json:
                 if isinstance(pose, Pose3D):
                     sys.stdout.write(json.dumps(pose_to_dict(pose)) + "\n")
@@ -124,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    finally:
+        stream.close()
+    if args.latest:
+        log.info("%d poses shown, %d skipped to keep up", n, stream.skipped)
     return 0
 
 
