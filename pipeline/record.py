@@ -47,7 +47,14 @@ import zmq
 from tqdm import tqdm
 
 from pipeline.config import OutputConfig
-from pipeline.schema import MAX_MESSAGE_BYTES, SCHEMA_VERSION, Message, decode
+from pipeline.schema import (
+    MAX_MESSAGE_BYTES,
+    SCHEMA_VERSION,
+    Message,
+    SchemaError,
+    Status,
+    decode,
+)
 from pipeline.transport import open_socket
 
 log = logging.getLogger(__name__)
@@ -329,6 +336,7 @@ def record(
     rcvhwm: int = 100_000,
     flush_interval_s: float = 1.0,
     progress: bool = False,
+    until_end_of_stream: bool = False,
 ) -> RecordSummary:
     """Subscribe to `endpoint` and write every message on `topics` ("": all) to `path`.
 
@@ -336,7 +344,9 @@ def record(
     or after timeout_s without a message; messages already received by then are kept, and
     the index is written. The file is flushed every
     flush_interval_s, so a killed recorder loses at most that much. progress: show a tqdm
-    counter of messages recorded.
+    counter of messages recorded. until_end_of_stream: also stop after the publisher's
+    end-of-stream Status (topic "status", kind "info", text "end of stream"), which comes
+    after its last pose: so a recording of a finished video holds every pose.
     """
     ctx = zmq.Context.instance()
     sock = open_socket(ctx, zmq.SUB, connect=endpoint, rcvhwm=rcvhwm)
@@ -350,6 +360,7 @@ def record(
             sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         log.info("recording %s (topics %s) to %s", endpoint, list(topics), path)
         last_msg = last_flush = time.monotonic()
+        ended = threading.Event()
 
         def drain() -> None:
             """Write every message already received (up to max_messages)."""
@@ -360,8 +371,10 @@ def record(
                     return
                 writer.write(time.monotonic_ns(), frames)
                 bar.update(1)
+                if until_end_of_stream and _is_end_of_stream(frames):
+                    ended.set()
 
-        while stop_event is None or not stop_event.is_set():
+        while (stop_event is None or not stop_event.is_set()) and not ended.is_set():
             if max_messages is not None and writer.count >= max_messages:
                 break
             now = time.monotonic()
@@ -382,6 +395,17 @@ def record(
             writer.close()
     log.info("recorded %d messages, %d bytes, to %s", writer.count, writer.bytes_written, path)
     return RecordSummary(count=writer.count, bytes_written=writer.bytes_written, path=str(path))
+
+
+def _is_end_of_stream(frames: Sequence[Any]) -> bool:
+    """True for the Status the output stage publishes after its last pose."""
+    if bytes(frames[0]) != OutputConfig().status_topic.encode():
+        return False
+    try:
+        msg = decode([bytes(f) for f in frames[1:]])
+    except SchemaError:
+        return False
+    return isinstance(msg, Status) and msg.kind == "info" and msg.text == "end of stream"
 
 
 def main(argv: list[str] | None = None) -> int:
