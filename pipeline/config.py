@@ -142,6 +142,10 @@ class SupervisorConfig:
     startup_timeout_s: float = 120.0  # all stages opened (models loaded) within this
     stop_timeout_s: float = 2.5  # stop message -> SIGTERM -> SIGKILL, all within this
     log_level: str = "INFO"
+    max_restarts: int = 3  # a stage that dies is restarted at most this often per window
+    restart_window_s: float = 60.0  # ... (0 restarts: the first death ends the run)
+    heartbeat_timeout_s: float = 10.0  # silent (or one call busy) this long: stuck, killed
+    #                                    and restarted; 0 turns the check off
 
 
 @dataclass(frozen=True)

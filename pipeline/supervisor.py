@@ -39,6 +39,7 @@ import zmq
 
 from pipeline.config import PipelineConfig
 from pipeline.graph import Graph, build_graph, stage_class
+from pipeline.health import HEARTBEAT_INTERVAL_S, Liveness, RestartBudget
 from pipeline.runner import Plan
 from pipeline.transport import open_socket
 
@@ -76,7 +77,11 @@ class StageProcess:
 
     name: str
     popen: subprocess.Popen
+    plan: Plan
+    budget: RestartBudget
     ready: bool = False
+    restart_at: float | None = None  # monotonic s when a scheduled restart is due
+    restarts: int = 0
     error: str | None = None  # "Type: message" from the child
     traceback: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +102,12 @@ class Supervisor:
         self.procs: dict[str, StageProcess] = {}
         self.failure: str | None = None  # why the run failed, for people
         self.eos = False  # the sink saw the end of the stream
+        self.running = False  # every stage has been told to go
+        sup = config.supervisor
+        self.liveness = (
+            Liveness(sup.heartbeat_timeout_s)
+            if sup.heartbeat_timeout_s > HEARTBEAT_INTERVAL_S else None
+        )
         self._stop_code: int | None = None
         self._run_dir: str | None = None
         self._ctx: zmq.Context | None = None
@@ -175,7 +186,13 @@ class Supervisor:
                 )
         log.info("all %d stages ready: %s", len(self.procs), self.pids())
         for name in self.procs:
-            self._send(name, "go")
+            self._go(name)
+        self.running = True
+
+    def _go(self, name: str) -> None:
+        self._send(name, "go")
+        if self.liveness is not None:
+            self.liveness.start(name, time.monotonic())
 
     def pids(self) -> dict[str, int]:
         """Stage name -> OS process id."""
@@ -194,6 +211,8 @@ class Supervisor:
                 return self._stop_code
             self._pump_control(0.1)
             try:
+                self._kill_stuck()
+                self._restart_due()
                 if self._check_children(starting=False):
                     self._log_summary()
                     log.info("stream ended; all stages exited cleanly")
@@ -284,7 +303,15 @@ class Supervisor:
             process_group=0,
             preexec_fn=_child_setup,
         )
-        self.procs[plan.stage] = StageProcess(plan.stage, popen)
+        old = self.procs.get(plan.stage)
+        if old is None:
+            sup = self.config.supervisor
+            budget = RestartBudget(max_restarts=sup.max_restarts, window_s=sup.restart_window_s)
+            self.procs[plan.stage] = StageProcess(plan.stage, popen, plan, budget)
+        else:  # a restart: same plan, same budget
+            old.popen, old.ready, old.restart_at = popen, False, None
+            old.error = old.traceback = None
+            old.restarts += 1
         log.debug("started stage %s as pid %d", plan.stage, popen.pid)
 
     def publish_status(self, kind: str, text: str, frame_id: int = 0) -> None:
@@ -329,22 +356,49 @@ class Supervisor:
             if kind == "ready":
                 proc.ready = True
                 log.debug("stage %s ready", proc.name)
+                if self.running:  # a restarted stage joins the running pipeline
+                    log.info("stage %s (pid %d) is back", proc.name, proc.pid)
+                    self._go(proc.name)
             elif kind == "error":
                 proc.error = event.get("text")
                 proc.traceback = event.get("traceback")
             elif kind == "beat":
                 proc.last_beat = time.monotonic()
                 proc.busy_s = float(event.get("busy_s", 0.0))
+                if self.liveness is not None and proc.ready:
+                    self.liveness.beat(proc.name, proc.last_beat, proc.busy_s)
             elif kind == "eos":
                 self.eos = True
             elif kind == "bye":
                 proc.stats = event.get("stats", {})
 
+    def _kill_stuck(self) -> None:
+        """SIGKILL stages whose heartbeats stopped (or one call ran too long); the death
+        is then handled like any other (restart or report)."""
+        if self.liveness is None:
+            return
+        for name, why in self.liveness.stuck(time.monotonic()):
+            p = self.procs[name]
+            self.liveness.forget(name)
+            if p.popen.poll() is None:
+                log.error("stage %s (pid %d) is stuck (%s): killing it", name, p.pid, why)
+                p.error = f"stuck: {why}"
+                p.popen.kill()
+                p.popen.wait(timeout=5)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for p in self.procs.values():
+            if p.restart_at is not None and now >= p.restart_at:
+                log.info("restarting stage %s", p.name)
+                self._spawn(p.plan)
+
     def _check_children(self, starting: bool) -> bool:
-        """Raise PipelineError if a stage failed; True when every stage exited with 0."""
+        """Raise PipelineError if a stage failed for good; schedule restarts (after start-up,
+        within the restart budget); True when every stage exited with 0."""
         for p in self.procs.values():
             code = p.popen.poll()
-            if code is None:
+            if code is None or p.restart_at is not None:
                 continue
             if code != 0 or (starting and not p.ready):
                 self._pump_control(0.05)  # its error report may still be in flight
@@ -356,6 +410,21 @@ class Supervisor:
                            f"{signal.Signals(-code).name}")
                 else:
                     msg = f"stage {p.name} (pid {p.pid}) exited with code {code}"
+                if not starting:
+                    now = time.monotonic()
+                    if self.liveness is not None:
+                        self.liveness.forget(p.name)
+                    backoff = p.budget.on_death(now)
+                    if backoff is not None:
+                        log.error("%s\nrestarting it in %.2f s (%s)", msg, backoff,
+                                  p.budget.describe(now))
+                        self.publish_status(
+                            "restart", f"stage {p.name} died ({msg.splitlines()[0]}); "
+                            "restarting it")
+                        p.restart_at = now + backoff
+                        continue
+                    if p.budget.max_restarts > 0:
+                        msg += f"\ngave up restarting it: {p.budget.describe(now)}"
                 self.failure = msg
                 raise PipelineError(msg)
         return all(p.popen.poll() == 0 for p in self.procs.values())

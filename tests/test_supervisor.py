@@ -24,7 +24,13 @@ import numpy as np
 import pytest
 
 from engines.skeleton import NUM_JOINTS
-from pipeline.config import CaptureConfig, OutputConfig, PipelineConfig, TransportConfig
+from pipeline.config import (
+    CaptureConfig,
+    OutputConfig,
+    PipelineConfig,
+    SupervisorConfig,
+    TransportConfig,
+)
 from pipeline.graph import Edge, Graph, StageSpec
 from pipeline.schema import Frame, Keypoints2D, Pose3D, Status
 from pipeline.stage import EndOfStream, Source, Stage
@@ -38,6 +44,7 @@ CRASH_AT = "POSESTREAM_TEST_CRASH_AT"
 DELAY_S = "POSESTREAM_TEST_DELAY_S"
 OPEN_S = "POSESTREAM_TEST_OPEN_S"
 FAIL_ONCE_AT = "POSESTREAM_TEST_FAIL_ONCE_AT"
+HANG_AT = "POSESTREAM_TEST_HANG_AT"
 
 
 # --------------------------------------------------------------------------- test stages
@@ -76,6 +83,8 @@ class Detect(Stage):
             raise RuntimeError(f"boom at frame {msg.frame_id}")
         if msg.frame_id == int(os.environ.get(FAIL_ONCE_AT, -1)):
             raise ValueError(f"cannot handle frame {msg.frame_id}")
+        if msg.frame_id == int(os.environ.get(HANG_AT, -1)):
+            time.sleep(3600)  # stuck: a call that never returns
         time.sleep(float(os.environ.get(DELAY_S, "0")))
         h, w, _ = msg.image.shape
         return Keypoints2D(
@@ -122,11 +131,15 @@ test_graph.__test__ = False  # a helper, not a test
 
 
 def make_config(port: int, frames: int | None, fps: float = 200.0, afap: bool = False,
-                subscribers: int = 1) -> PipelineConfig:
+                subscribers: int = 1, restarts: int = 0,
+                heartbeat_timeout_s: float = 0.0) -> PipelineConfig:
+    """Test pipelines: no restarts and no stuck check unless asked (a death ends the run)."""
     return PipelineConfig(
         capture=CaptureConfig(max_frames=frames, images_fps=fps, as_fast_as_possible=afap),
         output=OutputConfig(publish=f"tcp://127.0.0.1:{port}", wait_for_subscribers=subscribers,
                             wait_for_subscribers_s=20),
+        supervisor=SupervisorConfig(max_restarts=restarts,
+                                    heartbeat_timeout_s=heartbeat_timeout_s),
     )
 
 
@@ -284,6 +297,60 @@ def test_one_message_a_stage_cannot_handle_is_counted_not_fatal(supervisors, mon
     assert [p.frame_id for p in collector.poses] == [i for i in range(15) if i != 7]
     assert sup.procs["detect"].stats["rejected"] == {"process": 1}
     assert sup.procs["detect"].stats["processed"] == 14
+
+
+def _run_until(sup: Supervisor, condition, timeout_s: float) -> None:
+    """Drive sup.watch() until condition() holds; fail if the run ends or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        assert sup.watch(timeout_s=0.1) == -1, f"the run ended: {sup.failure}"
+
+
+def test_a_killed_stage_is_restarted_and_poses_resume(supervisors):
+    port = free_port()
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=30.0)
+    collector.start()
+    sup = Supervisor(make_config(port, frames=None, fps=50.0, restarts=3), test_graph())
+    supervisors.append(sup)
+    sup.start()
+    _run_until(sup, lambda: len(collector.poses) >= 5, 30)
+    old_pid = sup.pids()["detect"]
+    os.kill(old_pid, signal.SIGKILL)
+    last_before = collector.poses[-1].frame_id
+    _run_until(sup, lambda: collector.poses[-1].frame_id > last_before + 20, 30)
+    assert sup.pids()["detect"] != old_pid and not pid_alive(old_pid)
+    assert sup.procs["detect"].restarts == 1
+    restarts = [s for s in collector.statuses if s.kind == "restart"]
+    assert len(restarts) == 1 and "stage detect" in restarts[0].text
+    assert "SIGKILL" in restarts[0].text
+    ids = [p.frame_id for p in collector.poses]
+    assert ids == sorted(set(ids))  # a gap, never a step back
+
+
+def test_a_stuck_stage_is_killed_and_restarted(supervisors, monkeypatch):
+    monkeypatch.setenv(HANG_AT, "20")
+    port = free_port()
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=30.0)
+    collector.start()
+    sup = Supervisor(make_config(port, frames=None, fps=50.0, restarts=3,
+                                 heartbeat_timeout_s=1.0), test_graph())
+    supervisors.append(sup)
+    sup.start()
+    _run_until(sup, lambda: collector.poses and collector.poses[-1].frame_id > 40, 30)
+    assert sup.procs["detect"].restarts == 1
+    restarts = [s for s in collector.statuses if s.kind == "restart"]
+    assert len(restarts) == 1 and "stuck" in restarts[0].text
+
+
+def test_a_stage_that_keeps_dying_ends_the_run_after_its_restarts(supervisors, monkeypatch):
+    monkeypatch.setenv(CRASH_AT, "0")  # detect cannot process anything
+    sup = Supervisor(make_config(free_port(), frames=None, fps=100.0, subscribers=0,
+                                 restarts=1), test_graph())
+    supervisors.append(sup)
+    assert sup.run() == EXIT_FAILED
+    assert sup.procs["detect"].restarts == 1
+    assert "boom at frame" in sup.failure and "gave up restarting it" in sup.failure
 
 
 def _start_supervisor_process(reaper, port: int, tmp_dir, frames: int | None = None):
