@@ -154,7 +154,7 @@ def test_flags_become_the_config():
          "--engine", "e.onnx", "--backend", "onnxruntime", "--max-frames", "9"]))
     assert config.capture.images == "x/*.jpg" and config.capture.max_frames == 9
     assert config.detect.static_image_mode  # the person detector on every image
-    assert config.transport.policy == "lossless"
+    assert config.transport.policy == "lossless" and config.supervisor.max_restarts == 3
     assert config.lift.fov_deg == 75.0 and config.lift.height_m is None  # bone-length prior
     assert config.lift.engine_path == "e.onnx" and config.lift.backend == "onnxruntime"
     video = config_from_args(build_parser().parse_args(["--video", "v.mp4"]))
