@@ -9,6 +9,7 @@ This file only turns flags into a PipelineConfig and hands it to the supervisor.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -43,6 +44,7 @@ examples:
   python run_pipeline.py --video clip.mp4 --fov 70 --height 1.82
   python run_pipeline.py --video clip.mp4 --as-fast-as-possible --max-frames 300
   python run_pipeline.py --images 'frames/*.jpg' --every-frame --calib camera.yaml
+  python run_pipeline.py --camera 0 --view --record session.psrec
 """
 
 
@@ -95,7 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--allow-remote", action="store_true",
                      help="allow --publish on a non-loopback address (exposes the stream)")
     out.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
-                     help="hold the start (up to 10 s) until N subscribers are connected")
+                     help="hold the start (up to 10 s) until N subscribers are connected "
+                          "(--view and --record are waited for as well)")
+    out.add_argument("--view", action="store_true",
+                     help="open a live viewer window (2D skeleton, orbiting 3D skeleton, fps, "
+                          "latency, drops); q or Esc closes it and stops the run; without a "
+                          "display it runs headless and only logs")
+    out.add_argument("--record", metavar="FILE",
+                     help="record every published message to FILE (.psrec; replay with "
+                          "python -m pipeline.replay FILE, convert with python -m "
+                          "pipeline.export FILE)")
 
     p.add_argument("--max-restarts", type=int, default=SupervisorConfig.max_restarts,
                    metavar="N", help="restart a stage that dies or hangs at most N times a "
@@ -149,10 +160,21 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+    from pipeline.companions import Companions, check_record_path
+
     try:
         config = config_from_args(args)
+        if args.record:
+            check_record_path(args.record)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
+    companions = Companions(config.output.publish, view=args.view, record_path=args.record,
+                            log_level=args.log_level)
+    if companions.subscriptions:  # so their first poses are not lost to the slow joiner
+        config = dataclasses.replace(config, output=dataclasses.replace(
+            config.output,
+            wait_for_subscribers=config.output.wait_for_subscribers + companions.subscriptions,
+        ))
     if config.output.allow_remote:
         logging.getLogger("run_pipeline").warning(
             "publishing on %s: anyone who can reach this address can read the stream",
@@ -160,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     from pipeline.supervisor import Supervisor  # after logging is set up
 
-    return Supervisor(config).run()
+    supervisor = Supervisor(config)
+    companions.start()
+    try:
+        return supervisor.run(
+            on_started=lambda _: companions.stop_pipeline_when_viewer_closes(supervisor))
+    finally:
+        companions.stop(stream_ended=supervisor.eos)
 
 if __name__ == "__main__":
     sys.exit(main())
