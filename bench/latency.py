@@ -310,7 +310,8 @@ def tables(r: dict[str, Any]) -> str:
     out += [
         f"Frames: {p['frames_captured']} captured, {p['frames_delivered']} delivered, "
         f"{p['frames_dropped']} dropped (latest wins); stale delivered (a newer frame overtook "
-        f"it): {p['stale']}; waited in a hop past one frame interval: "
+        f"it): {p['stale']} {dict((k, v) for k, v in p['stale_by_hop'].items() if k != 'any')}; "
+        "waited in a hop past one frame interval: "
         f"{p['waited_past_interval']} (longest {report.fmt(p['longest_wait_ms'])} ms); "
         f"delivered more than one interval after capture: {p['late']}",
         "",

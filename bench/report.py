@@ -133,6 +133,7 @@ def breakdown(
         "overhead": summarize(overhead_ms),
         "transport_total": summarize(transport_ms),
         "stale": overtaken(records),
+        "stale_by_hop": overtaken_by_hop(records),
         "waited_past_interval": waited if frame_interval_ms is not None else None,
         "late": (sum(e > frame_interval_ms for e in e2e_ms)
                  if frame_interval_ms is not None else None),
@@ -148,6 +149,12 @@ def breakdown(
 
 def overtaken(records: Sequence[tuple[int, int, Sequence[Sequence[Any]], int]]) -> int:
     """How many records a newer one overtook in some hop (see `breakdown`, "stale")."""
+    return overtaken_by_hop(records)["any"]
+
+
+def overtaken_by_hop(records: Sequence[tuple[int, int, Sequence[Sequence[Any]], int]]
+                     ) -> dict[str, int]:
+    """{"a->b": records overtaken in that hop, ..., "any": records overtaken anywhere}."""
     runs: list[list[Any]] = []
     last_id = None
     for rec in records:
@@ -155,20 +162,24 @@ def overtaken(records: Sequence[tuple[int, int, Sequence[Sequence[Any]], int]]) 
             runs.append([])  # frame ids start again: the next run
         runs[-1].append(rec)
         last_id = rec[0]
-    count = 0
+    counts: dict[str, int] = {}
+    anywhere = 0
     for run in runs:
         run.sort(key=lambda r: r[0])
         paths = [[tuple(s) for s in r[2]] + [("subscriber", r[3], r[3])] for r in run]
         hops = min(len(p) for p in paths) - 1
         flagged = [False] * len(run)
         for h in range(hops):
+            name = f"{paths[0][h][0]}->{paths[0][h + 1][0]}"
             newest_left = float("inf")  # earliest departure of any newer message
             for i in range(len(run) - 1, -1, -1):
                 if newest_left < paths[i][h + 1][1]:
                     flagged[i] = True
+                    counts[name] = counts.get(name, 0) + 1
                 newest_left = min(newest_left, paths[i][h][2])
-        count += sum(flagged)
-    return count
+        anywhere += sum(flagged)
+    counts["any"] = anywhere
+    return counts
 
 
 def throughput_fps(t_receive_ns: Sequence[int]) -> float:
