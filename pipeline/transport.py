@@ -39,6 +39,9 @@ CREDIT = b"C"
 POLICIES: tuple[str, ...] = ("latest", "lossless")
 #: an unanswered credit is sent again after this long (heals restarts of either end)
 CREDIT_RESEND_S: float = 0.25
+#: once one consumer of an edge has the end of stream, the others must ask within this
+#: long (a worker finishing its message does); one that does not has gone away
+END_WAIT_S: float = 5.0
 
 
 def open_socket(
@@ -95,7 +98,9 @@ def _configure(sock: zmq.Socket, *, sndhwm: int, rcvhwm: int, max_message_bytes:
 class EdgeSender:
     """Producer end of an internal edge: a ROUTER bound at `endpoint`.
 
-    Call `offer(frames)` with an encoded message; register `socket` for POLLIN in your
+    Several consumers may connect (fan-out: detection workers): each message goes to one
+    of the consumers holding a credit, the one that asked first, and the end-of-stream
+    marker goes to each of them when it asks. Call `offer(frames)` with an encoded message; register `socket` for POLLIN in your
     poller and call `on_readable()` when it fires; call `end()` once at end of stream and
     keep polling until `finished`. Counters: `sent`, `dropped` (replaced before sending).
     """
@@ -109,9 +114,13 @@ class EdgeSender:
         self._queue: collections.deque[list[Any]] = collections.deque()
         self._ended = False
         self._end_sent = False
-        self._peer: bytes | None = None  # a consumer holding an unanswered credit
-        self._pending_token = b""
+        # consumers holding an unanswered credit -> its token, oldest first: several
+        # consumers of one edge (detection workers) share its messages, each to one of them
+        self._waiting: dict[bytes, bytes] = {}
         self._served: dict[bytes, bytes] = {}  # peer -> last token answered
+        self._peers: set[bytes] = set()  # every consumer seen: each gets the end marker
+        self._end_to: set[bytes] = set()  # ... and these have had it
+        self._end_at: float | None = None  # monotonic s when the first consumer got it
         self.sent = 0
         self.dropped = 0
 
@@ -122,7 +131,13 @@ class EdgeSender:
 
     @property
     def finished(self) -> bool:
-        """True once the end-of-stream marker has been delivered."""
+        """True once the end-of-stream marker has been delivered to every consumer (a
+        consumer that has not asked for END_WAIT_S after the first got it has gone away)."""
+        if not self._end_sent and self._end_to and self._end_at is not None:
+            if time.monotonic() - self._end_at > END_WAIT_S:
+                log.info("edge %s: %d consumer(s) never asked for the end of stream",
+                         self.endpoint, len(self._peers - self._end_to))
+                self._end_sent = True
         return self._end_sent
 
     def offer(self, frames: Sequence[Any]) -> None:
@@ -136,7 +151,7 @@ class EdgeSender:
         self._pump()
 
     def end(self) -> None:
-        """Mark end of stream: delivered after everything queued."""
+        """Mark end of stream: delivered to every consumer after everything queued."""
         self._ended = True
         self._pump()
 
@@ -152,38 +167,51 @@ class EdgeSender:
                             len(parts))
                 continue
             peer, token = parts[0], parts[2]
+            self._peers.add(peer)
             if self._served.get(peer) != token:
-                self._peer = peer
-                self._pending_token = token
+                self._waiting[peer] = token
         self._pump()
 
     def _pump(self) -> None:
-        if self._peer is None:
-            return
-        if self._queue:
-            parts = self._queue[0]
-        elif self._ended and not self._end_sent:
-            parts = [END]
-        else:
-            return
-        peer = self._peer
+        while self._queue and self._waiting:
+            peer, token = next(iter(self._waiting.items()))
+            sent = self._send(peer, self._queue[0])
+            if sent is None:
+                return  # the consumer's pipe is full: keep the credit, try on the next event
+            del self._waiting[peer]
+            if sent:
+                self._served[peer] = token
+                self._queue.popleft()
+                self.sent += 1
+        if self._ended and not self._queue:
+            # every consumer gets the end marker, each in answer to its credit (so it has
+            # read everything before it, and closing this socket loses nothing)
+            for peer, token in list(self._waiting.items()):
+                sent = self._send(peer, [END])
+                if sent is None:
+                    return
+                del self._waiting[peer]
+                if sent:
+                    self._served[peer] = token
+                    self._end_to.add(peer)
+                    if self._end_at is None:
+                        self._end_at = time.monotonic()
+            if self._end_to and not self._peers - self._end_to:
+                self._end_sent = True
+
+    def _send(self, peer: bytes, parts: list[Any]) -> bool | None:
+        """True: sent; False: that consumer went away; None: its pipe is full."""
         try:
             self.socket.send_multipart([peer, *parts], zmq.NOBLOCK, copy=len(parts) < 3)
         except zmq.Again:
-            return  # the consumer's pipe is full: keep the credit, try on the next event
+            return None
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            log.info("edge %s: consumer went away; waiting for a new one", self.endpoint)
-            self._peer = None
-            return
-        self._served[peer] = self._pending_token
-        self._peer = None
-        if parts[0] == END:
-            self._end_sent = True
-        else:
-            self._queue.popleft()
-            self.sent += 1
+            log.info("edge %s: a consumer went away; waiting for a new one", self.endpoint)
+            self._peers.discard(peer)
+            return False
+        return True
 
     def close(self) -> None:
         self.socket.close(linger=0)
