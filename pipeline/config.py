@@ -149,6 +149,45 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class TopologyConfig:
+    """Where the stages run and how their edges are reached: several hosts, several workers.
+
+    An edge is named "<producer>-<consumer>" ("capture-detect", "detect-lift", ...; with
+    detection workers "detect#0-lift", ...). Its producer binds its endpoint and its
+    consumer connects: on two hosts give each run the same edge, e.g. the camera host
+    `capture-detect=tcp://0.0.0.0:5560` (with allow_remote) and the other
+    `capture-detect=tcp://camera-host:5560`.
+    """
+
+    only: tuple[str, ...] = ()  # run only these stages (empty: all); a cut edge needs an endpoint
+    endpoints: tuple[tuple[str, str], ...] = ()  # (edge name, endpoint): overrides the private one
+    detect_workers: int = 1  # detection processes sharing the frames; more when detection is
+    #                           the bottleneck and cores are free
+    reorder_wait_s: float = 0.2  # lift holds a frame at most this long for an earlier one from
+    #                              another worker (then that one is dropped when it comes)
+    allow_remote: bool = False  # binding an edge on a non-loopback address must be asked for
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back: keep the dataclass hashable and comparable
+        object.__setattr__(self, "only", tuple(self.only))
+        object.__setattr__(self, "endpoints", tuple(tuple(e) for e in self.endpoints))
+        for pair in self.endpoints:
+            if len(pair) != 2 or "://" not in pair[1]:
+                raise ValueError(
+                    f"edge endpoint {pair!r}: write it as EDGE=ENDPOINT, e.g. "
+                    "capture-detect=tcp://127.0.0.1:5560"
+                )
+        if not 1 <= self.detect_workers <= 16:
+            raise ValueError(f"detect_workers must be 1 to 16, got {self.detect_workers}")
+        if not 0.0 < self.reorder_wait_s <= 10.0:
+            raise ValueError(f"reorder_wait_s must be in (0, 10] s, got {self.reorder_wait_s}")
+
+    def endpoint_map(self) -> dict[str, str]:
+        """Edge name -> endpoint, for the edges given."""
+        return dict(self.endpoints)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything one run needs."""
 
@@ -159,6 +198,7 @@ class PipelineConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
 
     def to_json(self) -> str:
         """JSON text of the whole config (what child processes receive)."""

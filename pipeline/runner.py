@@ -35,6 +35,7 @@ import zmq
 from pipeline.config import PipelineConfig
 from pipeline.graph import stage_class
 from pipeline.health import HEARTBEAT_INTERVAL_S, RejectCounter
+from pipeline.reorder import Reorder
 from pipeline.schema import SchemaError, Status, decode, encode, with_stamp
 from pipeline.stage import EndOfStream, Sink, Source, Stage
 from pipeline.transport import (
@@ -130,6 +131,7 @@ class StageRunner:
         self._produce_started = 0.0  # monotonic s when the running produce() began, else 0
         self.processed = 0
         self._last_frame_id = 0
+        self.reorder: Reorder | None = None  # with several input edges (workers): the merge
 
     # ------------------------------------------------------------------ control
     def _tell(self, event: str, **fields: Any) -> None:
@@ -244,6 +246,7 @@ class StageRunner:
             "sent": sum(s.sent for s in self.senders),
             "dropped_out": sum(s.dropped for s in self.senders),
             "rejected": self.rejects.as_dict(),
+            **({} if self.reorder is None else {"dropped_late": self.reorder.dropped_late}),
         }
 
     def _startup_poller(self) -> zmq.Poller:
@@ -293,6 +296,9 @@ class StageRunner:
 
     # ------------------------------------------------------------------ processing stage
     def _loop_process(self) -> None:
+        if len(self.receivers) > 1:
+            self._loop_merge()
+            return
         if len(self.receivers) != 1:
             raise RuntimeError(f"stage {self.name}: expected one input edge, got "
                                f"{len(self.receivers)}")
@@ -328,12 +334,71 @@ class StageRunner:
                     self._handle(got, t_in_ns, is_sink)
             rx.tick()
 
+    def _loop_merge(self) -> None:
+        """Several input edges carrying one stream split over workers (detect#0, detect#1,
+        ...): each is read with its own credit, and their messages are passed on in frame
+        order (pipeline.reorder.Reorder): a frame waits at most topology.reorder_wait_s for
+        an earlier one; one that comes after a later frame has gone is dropped and counted
+        (stats "dropped_late"). t_in_ns is taken when a message leaves the reorder buffer,
+        so the wait shows in the hop before this stage, not in its compute time."""
+        is_sink = isinstance(self.stage, Sink)
+        lossless = any(s.policy == "lossless" for s in self.senders)
+        self.reorder = Reorder(len(self.receivers), self.plan.config.topology.reorder_wait_s)
+        ended: set[int] = set()
+        poller = zmq.Poller()
+        for sock in [self.control, *(r.socket for r in self.receivers),
+                     *(s.socket for s in self.senders)]:
+            poller.register(sock, zmq.POLLIN)
+        while not self._should_stop():
+            held = lossless and any(s.backlog >= LOSSLESS_BACKLOG for s in self.senders)
+            for i, rx in enumerate(self.receivers):
+                if i not in ended and not rx.waiting and not held:
+                    rx.request()
+            wait_s = self.reorder.timeout_s(time.monotonic())
+            timeout_ms = POLL_MS if wait_s is None else min(POLL_MS, int(wait_s * 1000) + 1)
+            ready = poll_once(poller, timeout_ms)
+            if self.control in ready:
+                self._on_control()
+            for s in self.senders:
+                if s.socket in ready:
+                    s.on_readable()
+            for i, rx in enumerate(self.receivers):
+                if rx.socket not in ready or i in ended:
+                    continue
+                got = rx.receive()
+                if got is EdgeReceiver.END:
+                    ended.add(i)
+                    self.reorder.end(i)
+                elif got is not None:
+                    try:
+                        msg = decode(got)
+                    except SchemaError as exc:
+                        self.rejects.reject("schema", str(exc))
+                        continue
+                    self.reorder.push(i, msg.frame_id, msg, time.monotonic())
+            for msg in self.reorder.pop_ready(time.monotonic()):
+                self._handle_message(msg, now_ns(), is_sink)
+            if self.reorder.done:
+                log.info("stage %s: end of stream (%d frames dropped late by the reorder)",
+                         self.name, self.reorder.dropped_late)
+                if is_sink:
+                    self._publish_status("info", "end of stream", self._last_frame_id)
+                    self._tell("eos")
+                else:
+                    self._flush_end(poller)
+                return
+            for rx in self.receivers:
+                rx.tick()
+
     def _handle(self, frames: list[Any], t_in_ns: int, is_sink: bool) -> None:
         try:
             msg = decode(frames)
         except SchemaError as exc:
             self.rejects.reject("schema", str(exc))
             return
+        self._handle_message(msg, t_in_ns, is_sink)
+
+    def _handle_message(self, msg: Any, t_in_ns: int, is_sink: bool) -> None:
         if not isinstance(msg, self.stage.inputs):
             self.rejects.reject("type", f"{type(msg).__name__} is not one of "
                                         f"{[c.__name__ for c in self.stage.inputs]}")
