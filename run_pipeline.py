@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 
@@ -21,8 +22,10 @@ from pipeline.config import (
     PipelineConfig,
     SmoothConfig,
     SupervisorConfig,
+    TopologyConfig,
     TransportConfig,
 )
+from pipeline.graph import build_graph
 
 EPILOG = """\
 stages (each its own process): capture -> detect (mediapipe BlazePose, 2D) -> lift (2D to
@@ -45,6 +48,12 @@ examples:
   python run_pipeline.py --video clip.mp4 --as-fast-as-possible --max-frames 300
   python run_pipeline.py --images 'frames/*.jpg' --every-frame --calib camera.yaml
   python run_pipeline.py --camera 0 --view --record session.psrec
+  python run_pipeline.py --camera 0 --detect-workers 2
+two hosts (the camera on host A, 10.0.0.5; the rest on host B):
+  A: python run_pipeline.py --camera 0 --only capture --allow-remote \
+       --endpoint capture-detect=tcp://0.0.0.0:5560
+  B: python run_pipeline.py --only detect,lift,smooth,output \
+       --endpoint capture-detect=tcp://10.0.0.5:5560
 """
 
 
@@ -95,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--publish", default=OutputConfig.publish, metavar="ENDPOINT",
                      help="ZeroMQ endpoint to publish on (default %(default)s)")
     out.add_argument("--allow-remote", action="store_true",
-                     help="allow --publish on a non-loopback address (exposes the stream)")
+                     help="allow --publish, and --endpoint edges this run binds, on a "
+                          "non-loopback address (exposes the stream: anyone who reaches it "
+                          "can read it)")
     out.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                      help="hold the start (up to 10 s) until N subscribers are connected "
                           "(--view and --record are waited for as well)")
@@ -107,6 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="record every published message to FILE (.psrec; replay with "
                           "python -m pipeline.replay FILE, convert with python -m "
                           "pipeline.export FILE)")
+
+    dist = p.add_argument_group(
+        "several processes and hosts",
+        "Edges are named PRODUCER-CONSUMER: capture-detect, detect-lift, lift-smooth, "
+        "smooth-output (lift-output with --no-smooth; detect#0-lift ... with "
+        "--detect-workers). The producer binds an edge's endpoint, the consumer connects.")
+    dist.add_argument("--only", metavar="STAGES",
+                      help="run only these stages (comma-separated, e.g. capture or "
+                           "detect,lift,smooth,output); each edge to a stage elsewhere needs "
+                           "--endpoint")
+    dist.add_argument("--endpoint", action="append", default=[], metavar="EDGE=ENDPOINT",
+                      help="an edge's endpoint instead of the private default, e.g. "
+                           "capture-detect=tcp://0.0.0.0:5560 on the camera host (with "
+                           "--allow-remote) and capture-detect=tcp://CAMERA_HOST:5560 on the "
+                           "other (repeatable)")
+    dist.add_argument("--endpoints", metavar="FILE",
+                      help="a JSON file {\"EDGE\": \"ENDPOINT\", ...}; --endpoint wins")
+    dist.add_argument("--detect-workers", type=int, default=1, metavar="N",
+                      help="N detection processes share the frames (each frame to the first "
+                           "free one); lift puts their results back in frame order, waiting "
+                           "at most --reorder-wait for an earlier frame (default %(default)s)")
+    dist.add_argument("--reorder-wait", type=float, default=TopologyConfig.reorder_wait_s,
+                      metavar="S", help="with --detect-workers: longest hold for an earlier "
+                      "frame; one later than that is dropped and counted (default %(default)s)")
 
     p.add_argument("--max-restarts", type=int, default=SupervisorConfig.max_restarts,
                    metavar="N", help="restart a stage that dies or hangs at most N times a "
@@ -150,7 +185,39 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             kind=args.transport, policy="lossless" if args.every_frame else "latest"
         ),
         supervisor=SupervisorConfig(log_level=args.log_level, max_restarts=args.max_restarts),
+        topology=TopologyConfig(
+            only=tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only
+            else (),
+            endpoints=tuple(_edge_endpoints(args).items()),
+            detect_workers=args.detect_workers,
+            reorder_wait_s=args.reorder_wait,
+            allow_remote=args.allow_remote,
+        ),
     )
+
+
+def _edge_endpoints(args: argparse.Namespace) -> dict[str, str]:
+    """--endpoints FILE, then each --endpoint EDGE=ENDPOINT. Raises ValueError."""
+    out: dict[str, str] = {}
+    if args.endpoints:
+        try:
+            with open(args.endpoints, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"--endpoints {args.endpoints}: {exc}") from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise ValueError(f"--endpoints {args.endpoints}: expected a JSON object "
+                             '{"capture-detect": "tcp://HOST:PORT", ...}')
+        out.update(data)
+    for item in args.endpoint:
+        edge, sep, endpoint = item.partition("=")
+        if not sep or not edge or not endpoint:
+            raise ValueError(f"--endpoint {item!r}: write EDGE=ENDPOINT, e.g. "
+                             "capture-detect=tcp://127.0.0.1:5560")
+        out[edge.strip()] = endpoint.strip()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         if args.record:
             check_record_path(args.record)
+        graph = build_graph(config)  # checks --only / --endpoint; warns for remote binds
+        if (args.view or args.record) and "output" not in graph.stage_names():
+            raise ValueError("--view and --record watch the output stage of this run: run "
+                             "them where output runs, or use python -m pipeline.view / "
+                             "pipeline.record ENDPOINT there")
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
     companions = Companions(config.output.publish, view=args.view, record_path=args.record,
@@ -175,14 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             config.output,
             wait_for_subscribers=config.output.wait_for_subscribers + companions.subscriptions,
         ))
-    if config.output.allow_remote:
+    if config.output.allow_remote and "output" in graph.stage_names():
         logging.getLogger("run_pipeline").warning(
             "publishing on %s: anyone who can reach this address can read the stream",
             config.output.publish,
         )
     from pipeline.supervisor import Supervisor  # after logging is set up
 
-    supervisor = Supervisor(config)
+    supervisor = Supervisor(config, graph)
     companions.start()
     try:
         return supervisor.run(
