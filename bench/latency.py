@@ -121,6 +121,8 @@ def run_pipeline(config: PipelineConfig, fps: float | None, warmup: int) -> dict
         ctx.term()
     measured = [r for r in records if r[0] >= warmup]
     out = report.breakdown(measured, 1000.0 / fps if fps else None, n_frames - 1)
+    if config.transport.policy != "latest":
+        out["stale"] = out["stale_by_hop"] = None  # lossless queues on purpose
     out.update(
         fps_in=fps,
         frames_captured=n_frames,
@@ -205,6 +207,7 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             result[name] = report.merge_stamped(per_round, interval, n - 1)
         elif name == "pipeline_max":
             result[name] = report.merge_stamped(per_round, None)
+            result[name]["stale"] = result[name]["stale_by_hop"] = None  # lossless queues
         else:
             result[name] = report.merge_fed(per_round)
     for name in ("pipeline", "pipeline_max"):
