@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100  # longest a loop waits before checking stop flags and parent
 LOSSLESS_BACKLOG = 2  # with policy "lossless", hold input credits while this many wait
+#: with policy "lossless", a stage merging workers waits this long for an earlier frame
+#: (a worker's first frame can take seconds while its model warms up)
+LOSSLESS_REORDER_WAIT_S = 30.0
 #: a stage whose process() raised on every message, at least this many and for at least
 #: this long, is broken: it exits 1 and the supervisor reports its traceback. Fewer
 #: failures are counted as rejects (kind "process") and the stream goes on.
@@ -343,7 +346,10 @@ class StageRunner:
         so the wait shows in the hop before this stage, not in its compute time."""
         is_sink = isinstance(self.stage, Sink)
         lossless = any(s.policy == "lossless" for s in self.senders)
-        self.reorder = Reorder(len(self.receivers), self.plan.config.topology.reorder_wait_s)
+        wait_s = self.plan.config.topology.reorder_wait_s
+        if lossless:  # --every-frame: wait for a slow worker rather than drop its frame
+            wait_s = max(wait_s, LOSSLESS_REORDER_WAIT_S)
+        self.reorder = Reorder(len(self.receivers), wait_s)
         ended: set[int] = set()
         poller = zmq.Poller()
         for sock in [self.control, *(r.socket for r in self.receivers),

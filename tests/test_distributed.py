@@ -206,3 +206,28 @@ def test_two_detect_workers_keep_frame_order(shared_dir, reaper, subscriber, tmp
     assert {s[0] for p in poses for s in p.stamps} >= {"detect#0", "detect#1"}
     sys.stderr.write(f"2 workers: {len(ids)} of {frames} frames published, detect "
                      f"{workers[0]}+{workers[1]}, {late} late\n")
+
+
+def test_every_frame_with_two_workers_keeps_every_frame(shared_dir, reaper, tmp_path):
+    """--every-frame: the workers' results all come back, in order, none dropped as late
+    (lift waits for a worker warming up instead), here read back from --record."""
+    from pipeline.record import Recording
+
+    frames = 40
+    out = tmp_path / "workers.psrec"
+    log = tmp_path / "run.log"
+    with open(log, "w") as err:
+        run = reaper.python(
+            "run_pipeline.py", "--video", _video(shared_dir), "--max-frames", str(frames),
+            "--every-frame", "--as-fast-as-possible", "--detect-workers", "2", "--record",
+            str(out), "--publish", f"tcp://127.0.0.1:{_free_port()}", stderr=err)
+    run.wait(timeout=150)
+    text = log.read_text()
+    assert run.returncode == 0, text[-3000:]
+    with Recording(out) as rec:
+        poses = [m.decode() for m in rec if m.topic == b"pose3d"]
+    assert [p.frame_id for p in poses] == list(range(frames))
+    assert "'dropped_late': 0" in text
+    per_worker = [sum(1 for p in poses if p.stamps[1][0] == f"detect#{i}") for i in (0, 1)]
+    assert min(per_worker) >= 1, per_worker
+    sys.stderr.write(f"every frame, 2 workers: {len(poses)}/{frames}, split {per_worker}\n")
