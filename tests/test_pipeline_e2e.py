@@ -45,7 +45,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _collect(popen: subprocess.Popen, endpoint: str, sub: zmq.Socket,
+def _collect(popen: subprocess.Popen, sub: zmq.Socket, log: Path,
              deadline_s: float = 240.0) -> list[Pose3D]:
     """Every pose published until the pipeline exits (and the socket is quiet)."""
     poses: list[Pose3D] = []
@@ -61,7 +61,8 @@ def _collect(popen: subprocess.Popen, endpoint: str, sub: zmq.Socket,
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 1.0:
                 return poses
-    pytest.fail(f"pipeline still running after {deadline_s} s")
+    pytest.fail(f"pipeline still running after {deadline_s} s ({len(poses)} poses so far); "
+                f"its log ends:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def street_run(shared_dir, tmp_path_factory):
             cwd=REPO, stderr=err, stdout=subprocess.DEVNULL,
         )
         try:
-            poses = _collect(popen, endpoint, sub)
+            poses = _collect(popen, sub, log)
             popen.wait(timeout=30)
         finally:
             if popen.poll() is None:
