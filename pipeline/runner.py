@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100  # longest a loop waits before checking stop flags and parent
 LOSSLESS_BACKLOG = 2  # with policy "lossless", hold input credits while this many wait
+#: a stage whose input is not up after this long says where it is waiting (once)
+CONNECT_NOTICE_S = 3.0
 #: with policy "lossless", a stage merging workers waits this long for an earlier frame
 #: (a worker's first frame can take seconds while its model warms up)
 LOSSLESS_REORDER_WAIT_S = 30.0
@@ -270,10 +272,17 @@ class StageRunner:
     def _connect_inputs(self) -> bool:
         """Wait until every input connection is up; False if told to stop first."""
         poller = self._startup_poller()
+        told_at = time.monotonic() + CONNECT_NOTICE_S
         while not all(r.wait_connected(0.02) for r in self.receivers):
             self._startup_events(poller, 0)
             if self._should_stop():
                 return False
+            if time.monotonic() > told_at:  # e.g. the producer runs on another host
+                for r in self.receivers:
+                    if not r.connected:
+                        log.info("stage %s: waiting for its input at %s (is the stage that "
+                                 "feeds it running?)", self.name, r.endpoint)
+                told_at = float("inf")
         return True
 
     def _wait_for_go(self) -> bool:
