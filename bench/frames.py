@@ -1,7 +1,8 @@
-"""The frames every benchmark of one run is fed, and the loop the in-process baselines use: a video decoded once into BMP files in
-memory (/dev/shm), then read back by the capture stage as an image set paced at the
-benchmark's rate (`CaptureConfig(images=..., images_fps=...)`, the `--images` path of
-run_pipeline.py).
+"""The frames every benchmark of one run is fed, and the loop the in-process baselines use.
+
+A video is decoded once into BMP files in memory (/dev/shm), then read back by the capture
+stage as an image set paced at the benchmark's rate (`CaptureConfig(images=...,
+images_fps=...)`, the `--images` path of run_pipeline.py).
 
 Why not the video itself: the capture stage paces a video at the file's own rate (the sample is
 50 fps) and the benchmarks must run at 30, 60 or as fast as possible; and reading a BMP

@@ -1,6 +1,7 @@
 """End-to-end latency of the real multi-process pipeline, against its baselines in the same run.
 
-    python -m bench.latency --video FILE [--fps 30|60|max] [--frames N] [--json OUT] [--plot OUT.png]
+    python -m bench.latency --video FILE [--fps 30|60|max] [--frames N] [--json OUT]
+                            [--plot OUT.png] [--size 640x480] [--rounds 3]
 
 The pipeline runs through the code path of run_pipeline.py: a `PipelineConfig` handed to
 `pipeline.supervisor.Supervisor` (one OS process per stage, the real stages, ZeroMQ between

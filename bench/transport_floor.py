@@ -210,7 +210,7 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
         eps = [f"ipc://{run_dir}/e{i}.sock" for i in range(len(chain) - 1)]
     else:
         eps = [f"tcp://127.0.0.1:{p}" for p in ports[:-1]]
-    eps.append(f"tcp://127.0.0.1:{ports[-1]}")  # the public stream is loopback tcp, as in the pipeline
+    eps.append(f"tcp://127.0.0.1:{ports[-1]}")  # the public stream: loopback tcp, as the pipeline
     spawn = mp.get_context("spawn")
     manager_counters = spawn.Manager()
     counters = manager_counters.dict()
