@@ -39,8 +39,8 @@ CREDIT = b"C"
 POLICIES: tuple[str, ...] = ("latest", "lossless")
 #: an unanswered credit is sent again after this long (heals restarts of either end)
 CREDIT_RESEND_S: float = 0.25
-#: once one consumer of an edge has the end of stream, the others must ask within this
-#: long (a worker finishing its message does); one that does not has gone away
+#: at the end of stream, a consumer of an edge that has sent no credit for this long has
+#: gone away (a worker busy with a message asks again well within it)
 END_WAIT_S: float = 5.0
 
 
@@ -120,7 +120,7 @@ class EdgeSender:
         self._served: dict[bytes, bytes] = {}  # peer -> last token answered
         self._peers: set[bytes] = set()  # every consumer seen: each gets the end marker
         self._end_to: set[bytes] = set()  # ... and these have had it
-        self._end_at: float | None = None  # monotonic s when the first consumer got it
+        self._last_seen: dict[bytes, float] = {}  # peer -> monotonic s of its last credit
         self.sent = 0
         self.dropped = 0
 
@@ -131,12 +131,15 @@ class EdgeSender:
 
     @property
     def finished(self) -> bool:
-        """True once the end-of-stream marker has been delivered to every consumer (a
-        consumer that has not asked for END_WAIT_S after the first got it has gone away)."""
-        if not self._end_sent and self._end_to and self._end_at is not None:
-            if time.monotonic() - self._end_at > END_WAIT_S:
-                log.info("edge %s: %d consumer(s) never asked for the end of stream",
-                         self.endpoint, len(self._peers - self._end_to))
+        """True once the end-of-stream marker has been delivered to every consumer (one
+        that has sent no credit for END_WAIT_S, such as the old self of a restarted
+        consumer, is taken as gone)."""
+        if not self._end_sent and self._end_to:
+            now = time.monotonic()
+            pending = self._peers - self._end_to
+            if all(now - self._last_seen.get(p, 0.0) > END_WAIT_S for p in pending):
+                log.info("edge %s: %d consumer(s) silent for %.0f s, taken as gone",
+                         self.endpoint, len(pending), END_WAIT_S)
                 self._end_sent = True
         return self._end_sent
 
@@ -168,6 +171,7 @@ class EdgeSender:
                 continue
             peer, token = parts[0], parts[2]
             self._peers.add(peer)
+            self._last_seen[peer] = time.monotonic()
             if self._served.get(peer) != token:
                 self._waiting[peer] = token
         self._pump()
@@ -194,8 +198,6 @@ class EdgeSender:
                 if sent:
                     self._served[peer] = token
                     self._end_to.add(peer)
-                    if self._end_at is None:
-                        self._end_at = time.monotonic()
             if self._end_to and not self._peers - self._end_to:
                 self._end_sent = True
 
