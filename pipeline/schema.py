@@ -345,7 +345,8 @@ def decode(frames: Sequence[Any]) -> Message:
     if not isinstance(header, dict):
         raise SchemaError(f"header must be a msgpack map, got {type(header).__name__}")
     version = header.pop("schema_version", None)
-    if version != SCHEMA_VERSION:
+    # type() and not ==: True and 1.0 compare equal to 1 but are not a version number.
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise SchemaError(
             f"schema_version {version!r}, this side speaks {SCHEMA_VERSION}: "
             "update both ends to the same posestream version"
