@@ -1,0 +1,268 @@
+"""Faults (issue 4): bad input never kills a stage; dead and stuck stages are restarted.
+
+Real processes, real sockets. Budget on 2 loaded cores: about 60 s for this file.
+
+- Each stage with an input (detect, lift, smooth, output) runs alone under
+  tests/stage_harness.py and gets MALFORMED_PER_KIND messages of each malformed kind on
+  its real input socket, then hypothesis-generated ones (HYPOTHESIS_EXAMPLES), then a good
+  one: it must stay alive, count every bad message, log each kind once, and still work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engines.skeleton import NUM_JOINTS
+from pipeline.config import LiftConfig, OutputConfig, PipelineConfig
+from pipeline.health import Liveness, RejectCounter, RestartBudget
+from pipeline.schema import (
+    MAX_HEADER_BYTES,
+    Frame,
+    Keypoints2D,
+    Pose3D,
+    SchemaError,
+    Status,
+    decode,
+    encode,
+)
+from tests.stage_harness import StageHarness, lifter_engine
+
+#: malformed messages of each kind per stage (11 kinds: about 2200 per stage)
+MALFORMED_PER_KIND = 200
+#: hypothesis examples per stage, sent over the stage's socket
+HYPOTHESIS_EXAMPLES = 150
+RNG = np.random.default_rng(4)
+
+
+# --------------------------------------------------------------------------- health rules
+def test_restart_budget_backs_off_then_gives_up_then_forgives():
+    b = RestartBudget(max_restarts=3, window_s=10.0, backoff_initial_s=0.1, backoff_max_s=0.3)
+    assert [b.on_death(t) for t in (0.0, 1.0, 2.0)] == [0.1, 0.2, 0.3]  # doubling, capped
+    assert b.on_death(3.0) is None  # a 4th death within 10 s: give up
+    assert "4 deaths in the last 10 s" in b.describe(3.0)
+    assert b.on_death(30.0) == 0.1  # long after: a fresh budget
+    assert b.restarts == 4
+
+
+def test_liveness_sees_silence_and_a_call_that_never_returns():
+    live = Liveness(timeout_s=1.0)
+    live.start("detect", 0.0)
+    live.start("lift", 0.0)
+    live.beat("detect", 0.9)
+    live.beat("lift", 0.9, busy_s=0.5)
+    assert live.stuck(1.05) == []
+    stuck = dict(live.stuck(1.5))
+    assert "no heartbeat" in stuck["lift"] or "busy" in stuck["lift"]
+    assert "detect" not in stuck
+    live.beat("lift", 1.5, busy_s=1.2)  # still beating, but one call for 1.2 s
+    assert "busy" in dict(live.stuck(1.5))["lift"]
+    live.forget("lift")
+    assert [s for s, _ in live.stuck(5.0)] == ["detect"]
+    with pytest.raises(ValueError):
+        Liveness(timeout_s=0.1)
+
+
+def test_reject_counter_logs_each_kind_once(caplog):
+    c = RejectCounter("stage detect")
+    with caplog.at_level("WARNING"):
+        for i in range(500):
+            c.reject("schema", f"bad header {i}")
+            c.reject("transport", "no frames")
+    assert c.counts == {"schema": 500, "transport": 500} and c.total == 1000
+    assert len(caplog.records) == 2
+
+
+# --------------------------------------------------------------------------- corpus
+def _good(kind: type, frame_id: int = 1):
+    now = time.monotonic_ns()
+    if kind is Frame:
+        return Frame(frame_id=frame_id, t_capture_ns=now, stamps=(("capture", now, now),),
+                     image=RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8), source="test")
+    pts = np.array([[320 + 30 * np.cos(a), 240 + 100 * np.sin(a)]
+                    for a in np.linspace(0, 6, NUM_JOINTS)], np.float32)
+    conf = np.full(NUM_JOINTS, 0.9, np.float32)
+    if kind is Keypoints2D:
+        return Keypoints2D(frame_id=frame_id, t_capture_ns=now, image_size=(640, 480),
+                           person_present=True, joints_2d_px=pts, confidence=conf)
+    joints = np.zeros((NUM_JOINTS, 3), np.float32)
+    joints[:, 2] = 3.0
+    return Pose3D(frame_id=frame_id, t_capture_ns=now, image_size=(640, 480),
+                  person_present=True, joints_3d_m=joints, root_m=joints[0].copy(),
+                  joints_2d_px=pts, confidence=conf, reproj_err_px=np.zeros(NUM_JOINTS,
+                                                                            np.float32))
+
+
+def _header(msg) -> tuple[dict, list[bytes]]:
+    frames = [bytes(f) for f in encode(msg)]
+    return msgpack.unpackb(frames[0]), frames
+
+
+def _pack(header: dict, frames: list[bytes]) -> list[bytes]:
+    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
+
+
+def malformed_corpus(kind: type, n: int) -> list[tuple[str, list[bytes]]]:
+    """(label, edge message parts) of every malformed kind, n each. Parts start with the
+    edge kind frame (b"D" data); the last two labels are broken at the edge level."""
+    out: list[tuple[str, list[bytes]]] = []
+    other = Status(kind="info", text="not for you") if kind is not Status else _good(Pose3D)
+    for i in range(n):
+        header, frames = _header(_good(kind, i))
+        cut = int(RNG.integers(1, len(frames[0])))
+        flipped = bytearray(frames[0])
+        for j in RNG.integers(0, len(flipped), 4):
+            flipped[j] = int(RNG.integers(0, 256))
+        bad_shape = dict(header)
+        field = "image" if kind is Frame else ("joints_2d_px" if kind is Keypoints2D
+                                               else "joints_3d_m")
+        spec = dict(header[field])
+        spec["shape"] = [*spec["shape"][:-1], spec["shape"][-1] + 1]
+        bad_shape[field] = spec
+        out += [
+            ("random bytes", [b"D", RNG.bytes(int(RNG.integers(0, 600)))]),
+            ("truncated", [b"D", frames[0][:cut], *frames[1:]]),
+            ("wrong version", [b"D", *_pack({**header, "schema_version": 99}, frames)]),
+            ("unknown type", [b"D", *_pack({**header, "type": "Skeleton"}, frames)]),
+            ("wrong shape", [b"D", *_pack(bad_shape, frames)]),
+            ("oversized header", [b"D", *_pack({**header, "pad": "x" * (MAX_HEADER_BYTES + 1)},
+                                               frames)]),
+            ("wrong type", [b"D", *[bytes(f) for f in encode(other)]]),
+            ("extra frames", [b"D", *frames, b"x", b"y"]),
+            ("byte flips", [b"D", bytes(flipped), *frames[1:]]),
+            ("edge: no frames", [b"D"]),
+            ("edge: unknown kind", [b"?" + RNG.bytes(3), *frames]),
+        ]
+    return out
+
+
+def expect_rejected(parts: list[bytes], accepted: tuple[type, ...]) -> bool:
+    """What the stage should do with `parts`: True if it must be rejected."""
+    if parts[0] != b"D" or len(parts) < 2:
+        return True
+    try:
+        msg = decode(parts[1:])
+    except SchemaError:
+        return True
+    return not isinstance(msg, accepted)
+
+
+# --------------------------------------------------------------------------- stage flood
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+STAGE_INPUT = {"detect": Frame, "lift": Keypoints2D, "smooth": Pose3D, "output": Pose3D}
+
+
+def _weird_but_valid(kind: type):
+    """Hypothesis: schema-valid messages with hostile content (tiny/odd images, NaN, inf,
+    huge or negative coordinates, no person, odd image sizes)."""
+    floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
+    common = dict(frame_id=st.integers(0, 2**63 - 1), t_capture_ns=st.integers(0, 2**63 - 1))
+    if kind is Frame:
+        shapes = st.tuples(st.integers(1, 96), st.integers(1, 96), st.just(3))
+        return st.builds(
+            lambda fid, t, shape, seed: Frame(
+                frame_id=fid, t_capture_ns=t, source="fuzz",
+                image=np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)),
+            common["frame_id"], common["t_capture_ns"], shapes, st.integers(0, 2**32 - 1))
+    arr = lambda n, m=None: st.lists(floats, min_size=n * (m or 1), max_size=n * (m or 1)).map(
+        lambda v: np.array(v, np.float32).reshape((n, m) if m else (n,)))
+    sizes = st.tuples(st.integers(1, 65535), st.integers(1, 65535))
+    if kind is Keypoints2D:
+        return st.builds(Keypoints2D, **common, image_size=sizes, person_present=st.booleans(),
+                         joints_2d_px=arr(NUM_JOINTS, 2), confidence=arr(NUM_JOINTS))
+    return st.builds(Pose3D, **common, image_size=sizes, person_present=st.booleans(),
+                     joints_3d_m=arr(NUM_JOINTS, 3), root_m=arr(3),
+                     joints_2d_px=arr(NUM_JOINTS, 2), confidence=arr(NUM_JOINTS),
+                     reproj_err_px=arr(NUM_JOINTS))
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return str(lifter_engine(tmp_path_factory.mktemp("engine")))
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_INPUT))
+def test_malformed_flood_is_counted_and_never_kills_a_stage(stage, engine, tmp_path):
+    port = _free_port()
+    config = PipelineConfig(lift=LiftConfig(engine_path=engine),
+                            output=OutputConfig(publish=f"tcp://127.0.0.1:{port}"))
+    kind = STAGE_INPUT[stage]
+    accepted = (kind,)
+    h = StageHarness(config, stage, tmp_path).start()
+    ctx = zmq.Context.instance()
+    sub = None
+    try:
+        corpus = malformed_corpus(kind, MALFORMED_PER_KIND)
+        expected_rejects = 0
+        sent_valid = 0  # schema-valid messages of the accepted type (byte flips may be)
+        for _label, parts in corpus:
+            bad = expect_rejected(parts, accepted)
+            expected_rejects += bad
+            sent_valid += not bad
+            h.send(parts)
+        assert h.alive()
+
+        @settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(_weird_but_valid(kind))
+        def fuzz(msg):
+            nonlocal sent_valid
+            h.send_message(encode(msg))
+            sent_valid += 1
+
+        fuzz()
+        assert h.alive(), f"stage {stage} died on a schema-valid message: {h.log_text()[-3000:]}"
+
+        # it still works: a good message goes through
+        good = _good(kind, frame_id=424242)
+        if stage == "output":
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"pose3d")
+            sub.connect(config.output.publish)
+            got = None
+            deadline = time.monotonic() + 20
+            while got is None and time.monotonic() < deadline:  # slow joiner: resend
+                h.send_message(encode(dataclasses.replace(good, frame_id=good.frame_id)))
+                sent_valid += 1
+                if sub.poll(200, zmq.POLLIN):
+                    got = decode(sub.recv_multipart()[1:])
+            assert got is not None and got.frame_id == 424242
+        else:
+            h.send_message(encode(good))
+            sent_valid += 1
+            ids = [decode(h.receive()).frame_id]  # first perhaps an older unsent output
+            if ids[0] != 424242:
+                ids.append(decode(h.receive()).frame_id)
+            assert ids[-1] == 424242, ids
+
+        stats = h.stop()
+    finally:
+        if sub is not None:
+            sub.close(0)
+        h.close()
+
+    rejected = stats["rejected"]
+    total_rejected = sum(rejected.values())
+    schema_rejects = sum(v for k, v in rejected.items() if not k.startswith("process"))
+    assert schema_rejects == expected_rejects, (stats, expected_rejects)
+    assert stats["processed"] + sum(v for k, v in rejected.items() if k.startswith("process")) \
+        == sent_valid, stats
+    assert total_rejected >= expected_rejects
+    warnings = [line for line in h.log_text().splitlines()
+                if "WARNING" in line and "reject" in line]
+    assert len(warnings) <= len(rejected), f"logged more than once per kind: {warnings[:20]}"
