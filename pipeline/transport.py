@@ -100,9 +100,9 @@ class EdgeSender:
 
     Several consumers may connect (fan-out: detection workers): each message goes to one
     of the consumers holding a credit, the one that asked first, and the end-of-stream
-    marker goes to each of them when it asks. Call `offer(frames)` with an encoded message; register `socket` for POLLIN in your
-    poller and call `on_readable()` when it fires; call `end()` once at end of stream and
-    keep polling until `finished`. Counters: `sent`, `dropped` (replaced before sending).
+    marker goes to each of them when it asks. Call `offer(frames)` with an encoded
+    message; register `socket` for POLLIN in your poller and call `on_readable()` when it
+    fires; call `end()` once at end of stream and keep polling until `finished`. Counters: `sent`, `dropped` (replaced before sending).
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, policy: str = "latest") -> None:
