@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -365,6 +368,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="OUT.png", help="latency per frame and CDF")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        # a SIGTERM unwinds like Ctrl-C, so the frames in /dev/shm and the stages are cleaned up
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _main(args)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     r = run_all(args.video, args.fps, args.frames, args.warmup, args.engine,
