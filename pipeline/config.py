@@ -25,6 +25,7 @@ class CaptureConfig:
     as_fast_as_possible: bool = False  # video/images: don't pace at the file's fps
     images_fps: float = 30.0  # pacing for --images unless as_fast_as_possible
     max_frames: int | None = None  # stop after this many frames (None: until the source ends)
+    loop: bool = False  # video/images: start again at the end (demos, soak tests)
     camera_width: int | None = None  # request a camera resolution (None: driver default)
     camera_height: int | None = None
     camera_fps: float | None = None  # request a camera frame rate (None: driver default)

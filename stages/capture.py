@@ -189,17 +189,30 @@ class CaptureStage(Source):
     def _read(self) -> tuple[np.ndarray | None, int]:
         if self._paths:
             if self._path_index >= len(self._paths):
-                raise EndOfStream
+                if not self.config.loop:
+                    raise EndOfStream
+                self._path_index = 0
             path = self._paths[self._path_index]
             self._path_index += 1
             t_capture_ns = time.monotonic_ns()
             image = cv2.imread(path, cv2.IMREAD_COLOR)
             if image is None:
-                log.warning("capture: skipped %s: not a readable image", path)
+                self._failed_reads += 1
+                if self._failed_reads >= CAMERA_MAX_FAILED_READS:
+                    raise SourceError(
+                        f"{self._failed_reads} images in a row could not be read (last "
+                        f"{path}): were the files removed? check --images"
+                    )
+                if self._failed_reads == 1:
+                    log.warning("capture: skipped %s: not a readable image", path)
                 return None, 0
+            self._failed_reads = 0
             return image, t_capture_ns
         if not self._cap.grab():
             if self.config.source_kind() == "video":
+                if self.config.loop and self._next_id > 0:
+                    self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # play it again; ids go on
+                    return None, 0
                 raise EndOfStream
             self._failed_reads += 1
             if self._failed_reads >= CAMERA_MAX_FAILED_READS:
