@@ -555,7 +555,9 @@ def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: flo
             "method": cfg.method, "steps": step, "batch": cfg.batch, "seed": cfg.seed,
             "data": {"sources": list(cfg.sources), "split": "train", "fps": cfg.fps,
                      "samples": len(data), "kind": type(data).__name__,
-                     "retargeted_to": "canonical bone lengths (engines.mocap)"},
+                     "retargeted_to": ("canonical bone lengths (engines.mocap)" if not cfg.bone_jitter
+                                       else f"canonical bone lengths x N(1, {cfg.bone_jitter}) "
+                                            "per clip, left = right")},
             "seconds": round(seconds, 1), "final_losses": {k: round(v, 6) for k, v in last.items()},
             "config": {k: _to_jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
         },
