@@ -19,6 +19,7 @@ import argparse
 import collections
 import ctypes
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -530,13 +531,41 @@ class StageRunner:
             os.close(wake_w)
 
 
+def standby(modules: list[str]) -> str:
+    """A warm spare: import `modules` (the stage modules and the heavy libraries they load
+    in open()) now, then wait for the supervisor to write a plan path on stdin. A restart
+    through a spare skips the imports (about a second of a restart's two). Exits 0 at EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # an optional library (e.g. mediapipe on a lift-only host): imported later
+    try:
+        sys.stdout.write("ready\n")  # the supervisor reads this line only
+        sys.stdout.flush()
+    except OSError:
+        pass  # taken before it was ready: the supervisor no longer listens
+    os.dup2(2, 1)  # from here on stdout goes where stderr goes, never into that pipe
+    line = sys.stdin.readline().strip()
+    if not line:
+        os._exit(0)
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run one posestream stage (started by the supervisor, not by hand)."
     )
-    parser.add_argument("--plan", required=True, help="JSON plan file written by the supervisor")
+    parser.add_argument("--plan", help="JSON plan file written by the supervisor")
+    parser.add_argument("--standby", metavar="MODULES",
+                        help="warm spare: import these modules (comma-separated) now, then "
+                             "read a plan path from stdin and run it (fast restarts)")
     args = parser.parse_args(argv)
-    with open(args.plan, encoding="utf-8") as f:
+    if (args.plan is None) == (args.standby is None):
+        parser.error("give --plan FILE or --standby MODULES")
+    plan_path = args.plan if args.plan is not None else standby(args.standby.split(","))
+    with open(plan_path, encoding="utf-8") as f:
         plan = Plan.from_json(f.read())
     die_with_parent(plan.parent_pid)
     logging.basicConfig(

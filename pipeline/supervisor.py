@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,8 @@ from pipeline.transport import open_socket
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: libraries the stages import in open(), imported ahead by the warm spare
+SPARE_PRELOAD: tuple[str, ...] = ("cv2", "numba", "onnxruntime", "mediapipe")
 EXIT_OK, EXIT_FAILED, EXIT_PREFLIGHT = 0, 1, 2
 EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143
 
@@ -112,6 +115,8 @@ class Supervisor:
         self._run_dir: str | None = None
         self._ctx: zmq.Context | None = None
         self._control: zmq.Socket | None = None
+        self._spare: subprocess.Popen | None = None  # warm standby for the next restart
+        self._spare_ready = False
 
     # ------------------------------------------------------------------ public
     def run(self, on_started: Callable[[dict[str, int]], None] | None = None) -> int:
@@ -188,6 +193,7 @@ class Supervisor:
         for name in self.procs:
             self._go(name)
         self.running = True
+        self._spawn_spare()
 
     def _go(self, name: str) -> None:
         self._send(name, "go")
@@ -236,6 +242,7 @@ class Supervisor:
         """
         timeout = self.config.supervisor.stop_timeout_s
         t0 = time.monotonic()
+        self._drop_spare()
         alive = [p for p in self.procs.values() if p.popen.poll() is None]
         for p in alive:
             if p.ready:
@@ -286,24 +293,80 @@ class Supervisor:
                     self.failure = str(exc)
                     raise PreflightError(str(exc)) from exc
 
-    def _spawn(self, plan: Plan) -> None:
-        path = os.path.join(self._run_dir, f"{plan.stage}.plan.json")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(plan.to_json())
+    def _popen_runner(self, args: list[str], **kwargs: Any) -> subprocess.Popen:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.runner", "--plan", path],
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.runner", *args],
             env=env,
             cwd=str(REPO_ROOT),
             # own process group: a terminal's Ctrl-C reaches the supervisor alone, which
             # then stops the stages in order
             process_group=0,
             preexec_fn=_child_setup,
+            **kwargs,
         )
+
+    def _spawn_spare(self) -> None:
+        """Start a warm spare (config.supervisor.warm_spare): a runner that has imported
+        every stage module and the heavy libraries, waiting for a plan on stdin."""
+        if not self.config.supervisor.warm_spare or self._spare is not None:
+            return
+        modules = [s.module_name for s in self.graph.stages] + list(SPARE_PRELOAD)
+        self._spare = self._popen_runner(["--standby", ",".join(modules)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._spare_ready = False
+        log.debug("warm spare started as pid %d", self._spare.pid)
+
+    def spare_ready(self) -> bool:
+        """True when a warm spare has finished its imports (the next restart is fast)."""
+        spare = self._spare
+        if spare is None or spare.poll() is not None:
+            return False
+        if not self._spare_ready and select.select([spare.stdout], [], [], 0)[0]:
+            self._spare_ready = spare.stdout.readline() == b"ready\n"
+            spare.stdout.close()
+        return self._spare_ready
+
+    def _drop_spare(self) -> None:
+        if self._spare is not None:
+            self._spare.kill()
+            self._spare.wait(timeout=5)
+            for pipe in (self._spare.stdin, self._spare.stdout):
+                if pipe is not None:
+                    pipe.close()
+            self._spare = None
+
+    def _take_spare(self, plan_path: str) -> subprocess.Popen | None:
+        """Hand `plan_path` to the warm spare; the spare's Popen, or None if there is none."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.stdout is not None:
+            spare.stdout.close()
+        if spare.poll() is not None:
+            return None
+        try:
+            spare.stdin.write(f"{plan_path}\n".encode())
+            spare.stdin.close()
+        except OSError:
+            spare.kill()
+            spare.wait(timeout=5)
+            return None
+        return spare
+
+    def _spawn(self, plan: Plan) -> None:
+        path = os.path.join(self._run_dir, f"{plan.stage}.plan.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(plan.to_json())
         old = self.procs.get(plan.stage)
+        popen = self._take_spare(path) if old is not None else None
+        if popen is None:
+            popen = self._popen_runner(["--plan", path])
+        else:
+            log.info("stage %s restarts in the warm spare (pid %d)", plan.stage, popen.pid)
         if old is None:
             sup = self.config.supervisor
             budget = RestartBudget(max_restarts=sup.max_restarts, window_s=sup.restart_window_s)
@@ -359,6 +422,7 @@ class Supervisor:
                 if self.running:  # a restarted stage joins the running pipeline
                     log.info("stage %s (pid %d) is back", proc.name, proc.pid)
                     self._go(proc.name)
+                    self._spawn_spare()  # for the next restart, now the CPU is free again
             elif kind == "error":
                 proc.error = event.get("text")
                 proc.traceback = event.get("traceback")
