@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image files in sorted order (quote the pattern: 'dir/*.jpg'); the "
                           "person detector runs on every image (add --no-smooth when the images "
                           "are unrelated)")
+    src.add_argument("--loop", action="store_true",
+                     help="--video/--images: start again at the end (demos, soak tests)")
     src.add_argument("--as-fast-as-possible", action="store_true",
                      help="don't pace --video/--images at their frame rate (benchmarks)")
     src.add_argument("--every-frame", action="store_true",
@@ -162,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         images=args.images,
         as_fast_as_possible=args.as_fast_as_possible,
         max_frames=args.max_frames,
+        loop=args.loop,
         camera_width=args.width,
         camera_height=args.height_px,
     )
