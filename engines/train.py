@@ -1,6 +1,9 @@
 """Train the 2D-to-3D lifter: self-supervised (chen2019, li2020) or supervised (reference).
 
-    python -m engines.train --method li2020 --out runs/li --steps 20000 --threads 2
+    python -m engines.train --method li2020 --out runs/li2020_final --steps 8000 --batch 128 \
+        --pretrain-steps 1000 --bone-jitter 0.1 --threads 1      # the shipped default engine
+
+(engines/default/MODEL_CARD.md has the other runs and their evaluation.)
 
 Methods (all lift single frames with the same residual MLP, `engines.models.Lifter`):
 - chen2019 (Chen et al., CVPR 2019): lift, rotate the 3D pose by a random camera (azimuth
@@ -16,9 +19,12 @@ Methods (all lift single frames with the same residual MLP, `engines.models.Lift
   alone drives the first `--pretrain-steps` steps, which the paper needs to converge.
 - supervised: the same lifter regressed onto 3D labels (the reference upper bound).
 
-Data: shared mocap (`--sources`, training split), every skeleton retargeted to the canonical bone
-lengths, projected through random virtual cameras (`engines.datasets`). The self-supervised methods
-receive data objects that hold 2D (and cameras) only.
+Data: shared mocap (`--sources`, training split), every clip retargeted to the canonical bone
+lengths (or, with `--bone-jitter`, to per-clip random proportions around them), projected through
+random virtual cameras (`engines.datasets`). The self-supervised methods receive data objects that
+hold 2D (and cameras) only. chen2019's optional `--w-bone` prior compares the lifted poses' bone
+length ratios with the canonical skeleton's (a fixed skeleton prior, the one the codec's
+`to_metric` uses at run time; not a per-pose label).
 
 Outputs in --out: `checkpoint.pt` (docs/DESIGN.md "Checkpoint"; `--resume` continues it),
 `log.csv` (one row per `--log-every` steps), `config.json`.
