@@ -1,9 +1,11 @@
 """Load an exported lifter engine and run it: one interface over TensorRT and ONNX Runtime.
 
     engine = load_engine()                       # engines/default/lifter.onnx, best backend
-    out = engine.run({"joints_2d": joints_2d_norm})   # (B, 17, 2) float32, codec units
-    joints_3d_norm = out["joints_3d"]            # (B, 17, 3) float32, root-relative, camera axes
-    joints_3d_rel_m = engine.codec.to_metric(joints_3d_norm)
+    enc = engine.codec.encode_full(joints_2d_px, fx, fy, cx, cy)  # (B, 17, 2) pixels in
+    out = engine.run({"joints_2d": enc.joints_2d_norm})  # (B, 17, 2) float32, codec units
+    joints_3d_norm = out["joints_3d"]  # (B, 17, 3) float32, root-relative, virtual-camera axes
+    joints_3d_rel_m = engine.codec.to_metric(
+        joints_3d_norm, height_m, rotation_to_camera=enc.rotation_to_camera)  # metres, camera axes
 
 The engine file is the ONNX model `engines.export` writes (docs/DESIGN.md, "Engine file"): the
 weights plus JSON metadata under the `metadata_props` key "posestream" (codec, joint names,
@@ -121,7 +123,7 @@ class Engine:
 
         inputs: {"joints_2d": (B, 17, 2) float32 codec-normalised 2D (`codec.encode`)}; other
         dtypes are converted to float32. Returns {"joints_3d": (B, 17, 3) float32, root-relative,
-        camera axes, codec units} plus any extra outputs the model was exported with.
+        axes of the codec's virtual camera turned onto the root, codec units} plus any extra outputs the model was exported with.
         Raises ValueError for missing, unknown or wrongly shaped inputs.
         """
         if set(inputs) != set(self.input_names):
