@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow --publish, and --endpoint edges this run binds, on a "
                           "non-loopback address (exposes the stream: anyone who reaches it "
                           "can read it)")
+    out.add_argument("--curve-secret", metavar="FILE",
+                     help="CurveZMQ: encrypt the stream and admit only authorised subscribers; "
+                          "the publisher's secret key file (python -m pipeline.keys new "
+                          "server --dir keys/server); needs --curve-authorized")
+    out.add_argument("--curve-authorized", metavar="DIR",
+                     help="CurveZMQ: folder of the subscribers' public keys (python -m "
+                          "pipeline.keys authorize CLIENT.key --dir DIR)")
     out.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                      help="hold the start (up to 10 s) until N subscribers are connected "
                           "(--view and --record are waited for as well)")
@@ -183,6 +190,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             publish=args.publish,
             allow_remote=args.allow_remote,
             wait_for_subscribers=args.wait_for_subscribers,
+            curve_secret_key=args.curve_secret,
+            curve_authorized_dir=args.curve_authorized,
         ),
         transport=TransportConfig(
             kind=args.transport, policy="lossless" if args.every_frame else "latest"
@@ -241,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--view and --record watch the output stage of this run: run "
                              "them where output runs, or use python -m pipeline.view / "
                              "pipeline.record ENDPOINT there")
+        if (args.view or args.record) and args.curve_secret:
+            raise ValueError("--view and --record subscribe without CurveZMQ keys: run "
+                             "python -m pipeline.subscribe with --curve-secret/--curve-server "
+                             "instead, or leave out --curve-secret")
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
     companions = Companions(config.output.publish, view=args.view, record_path=args.record,

@@ -98,8 +98,17 @@ class OutputConfig:
     allow_remote: bool = False  # binding to a non-loopback interface must be asked for
     wait_for_subscribers: int = 0  # hold the start until this many subscribers are connected
     wait_for_subscribers_s: float = 10.0  # ... for at most this long, then start anyway
+    # CurveZMQ (optional): the publisher's secret key file and the folder of authorised
+    # subscriber public keys (python -m pipeline.keys); both or neither
+    curve_secret_key: str | None = None
+    curve_authorized_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.curve_secret_key is None) != (self.curve_authorized_dir is None):
+            raise ValueError(
+                "CurveZMQ needs both the server's secret key (--curve-secret FILE) and the "
+                "folder of authorised subscriber keys (--curve-authorized DIR)"
+            )
         if not self.allow_remote and not is_local_endpoint(self.publish):
             raise ValueError(
                 f"publish endpoint {self.publish!r} is reachable from other machines: use "

@@ -29,6 +29,7 @@ import zmq
 
 from pipeline.config import OutputConfig
 from pipeline.schema import Pose3D, SchemaError, Status, decode
+from pipeline.security import curve_client_options, load_keypair, load_public_key
 from pipeline.transport import open_socket
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class Subscription:
     """
 
     def __init__(self, endpoint: str, topic: str, *, timeout_s: float | None,
-                 include_status: bool, rcvhwm: int, latest_only: bool) -> None:
+                 include_status: bool, rcvhwm: int, latest_only: bool,
+                 curve_secret_key: str | None = None,
+                 curve_server_key: str | None = None) -> None:
         self._sock: zmq.Socket | None = None
         self.endpoint = endpoint
         self.latest_only = latest_only
@@ -55,8 +58,16 @@ class Subscription:
         self.malformed = 0
         self._timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         self._ready: collections.deque[Pose3D | Status] = collections.deque()
+        options = None
+        if (curve_secret_key is None) != (curve_server_key is None):
+            raise ValueError("CurveZMQ needs both this subscriber's secret key file and the "
+                             "publisher's public key file")
+        if curve_secret_key is not None:
+            options = curve_client_options(
+                load_keypair(curve_secret_key), load_public_key(curve_server_key)
+            )
         self._sock = open_socket(
-            zmq.Context.instance(), zmq.SUB, connect=endpoint, rcvhwm=rcvhwm
+            zmq.Context.instance(), zmq.SUB, connect=endpoint, rcvhwm=rcvhwm, options=options
         )
         self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         if include_status:
@@ -132,6 +143,8 @@ def subscribe(
     include_status: bool = False,
     rcvhwm: int = 64,
     latest_only: bool = False,
+    curve_secret_key: str | None = None,
+    curve_server_key: str | None = None,
 ) -> Subscription:
     """Iterate over the messages published on `endpoint` (Pose3D; Status too if
     include_status), only those on `topic`.
@@ -142,9 +155,13 @@ def subscribe(
     messages are all kept), for a reader that is slower than the stream; the poses passed
     over are counted in `.skipped`. The socket is closed when iteration ends, on `close()`,
     or when the subscription is garbage-collected.
+    curve_secret_key, curve_server_key: for a CurveZMQ publisher (run_pipeline.py
+    --curve-secret): this subscriber's secret key file (its public key must be authorised
+    there) and the publisher's public key file. Raises KeyFileError for bad key files.
     """
     return Subscription(endpoint, topic, timeout_s=timeout_s, include_status=include_status,
-                        rcvhwm=rcvhwm, latest_only=latest_only)
+                        rcvhwm=rcvhwm, latest_only=latest_only,
+                        curve_secret_key=curve_secret_key, curve_server_key=curve_server_key)
 
 
 def pose_to_dict(pose: Pose3D) -> dict:
@@ -189,11 +206,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latest", action="store_true",
                         help="latest only: when this program falls behind, skip to the newest "
                              "pose (the count skipped is logged at the end)")
+    parser.add_argument("--curve-secret", metavar="FILE",
+                        help="CurveZMQ: this subscriber's secret key file (python -m "
+                             "pipeline.keys new NAME); its public key must be authorised by "
+                             "the publisher")
+    parser.add_argument("--curve-server", metavar="FILE",
+                        help="CurveZMQ: the publisher's public key file (server.key)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     n = 0
-    stream = subscribe(args.endpoint, args.topic, timeout_s=args.timeout,
-                       include_status=not args.json, latest_only=args.latest)
+    try:
+        stream = subscribe(args.endpoint, args.topic, timeout_s=args.timeout,
+                           include_status=not args.json, latest_only=args.latest,
+                           curve_secret_key=args.curve_secret,
+                           curve_server_key=args.curve_server)
+    except ValueError as exc:  # KeyFileError too
+        parser.error(str(exc))
     try:
         for pose in stream:
             if args.json:

@@ -54,9 +54,13 @@ def open_socket(
     rcvhwm: int = 16,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     identity: bytes | None = None,
+    options: dict[int, int | bytes] | None = None,
 ) -> zmq.Socket:
     """A socket with LINGER=0, a maximum message size (receivers drop larger messages and
     the connection), fast reconnects, bound or connected to one endpoint.
+
+    options: further socket options set before bind/connect (e.g. CurveZMQ keys from
+    pipeline.security, which libzmq applies per connection at connect/accept time).
 
     Close it with `sock.close()` in a `finally` (or use it as a context manager).
     """
@@ -66,6 +70,8 @@ def open_socket(
     try:
         _configure(sock, sndhwm=sndhwm, rcvhwm=rcvhwm, max_message_bytes=max_message_bytes,
                    identity=identity)
+        for option, value in (options or {}).items():
+            sock.setsockopt(option, value)
         if socket_type == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if bind is not None:

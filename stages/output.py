@@ -5,7 +5,9 @@ map described in pipeline/schema.py. An XPUB socket is used so this stage can se
 subscriptions: with `wait_for_subscribers` it holds the start until that many are
 connected (a readiness handshake for the public stream, instead of losing the first poses
 to the slow joiner). A subscriber that stops reading loses messages at the high-water mark
-and never slows the pipeline.
+and never slows the pipeline. With `curve_secret_key` and `curve_authorized_dir` the socket
+is a CurveZMQ server: only subscribers whose public key is in that folder complete the
+handshake, and the stream is encrypted (pipeline/security.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import zmq
 
 from pipeline.config import OutputConfig
 from pipeline.schema import Pose3D, Status, encode
+from pipeline.security import CurvePublisher, authorized_keys, load_keypair
 from pipeline.stage import Sink
 from pipeline.transport import open_socket
 
@@ -37,6 +40,7 @@ class OutputStage(Sink):
         super().__init__(config)
         self._ctx: zmq.Context | None = None
         self._pub: zmq.Socket | None = None
+        self._curve: CurvePublisher | None = None
         self._topic = config.topic.encode()
         self._status_topic = config.status_topic.encode()
         self.subscribers = 0
@@ -45,7 +49,11 @@ class OutputStage(Sink):
     @staticmethod
     def preflight(config: OutputConfig) -> None:
         """Bind the publish endpoint once and let it go: fails before any stage starts
-        when another program (another posestream?) holds it."""
+        when another program (another posestream?) holds it, or when CurveZMQ key files are
+        missing or wrong (KeyFileError says which)."""
+        if config.curve_secret_key is not None:
+            load_keypair(config.curve_secret_key)
+            authorized_keys(config.curve_authorized_dir)
         ctx = zmq.Context()
         try:
             sock = open_socket(ctx, zmq.XPUB, bind=config.publish)
@@ -60,8 +68,15 @@ class OutputStage(Sink):
 
     def open(self) -> None:
         self._ctx = zmq.Context()
+        options = None
+        if self.config.curve_secret_key is not None:
+            self._curve = CurvePublisher(
+                self._ctx, self.config.curve_secret_key, self.config.curve_authorized_dir
+            )
+            options = self._curve.options
         self._pub = open_socket(
-            self._ctx, zmq.XPUB, bind=self.config.publish, sndhwm=self.config.sndhwm, rcvhwm=64
+            self._ctx, zmq.XPUB, bind=self.config.publish, sndhwm=self.config.sndhwm, rcvhwm=64,
+            options=options,
         )
         # every (un)subscription, also repeated ones, so subscribers can be counted
         self._pub.setsockopt(zmq.XPUB_VERBOSER, 1)
@@ -104,6 +119,9 @@ class OutputStage(Sink):
         if self._pub is not None:
             self._pub.close(linger=FLUSH_ON_CLOSE_MS)  # the stream's last poses still go out
             self._pub = None
+        if self._curve is not None:
+            self._curve.close()
+            self._curve = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
