@@ -36,6 +36,7 @@ import zmq
 from bench import report
 from engines.skeleton import NUM_JOINTS
 from pipeline.schema import Frame, Keypoints2D, Pose3D, decode, encode, with_stamp
+from pipeline.shm import FrameRing
 from pipeline.transport import EdgeReceiver, EdgeSender, now_ns, open_socket, poll_once
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,12 @@ OUTPUT_KIND: dict[str, str] = {
 
 # --------------------------------------------------------------------------- child processes
 def _source(endpoint: str, image_wh: tuple[int, int], fps: float, frames: int,
-            ready: Any, go: Any) -> None:
-    """capture: frames paced at `fps` (0: back to back), then end of stream."""
+            ready: Any, go: Any, shm_dir: str | None = None) -> None:
+    """capture: frames paced at `fps` (0: back to back), then end of stream. shm_dir: the
+    frames go through a shared-memory ring there (as the pipeline's private ipc edges)."""
     ctx = zmq.Context()
-    tx = EdgeSender(ctx, endpoint, "latest")
+    ring = FrameRing(shm_dir, "capture") if shm_dir else None
+    tx = EdgeSender(ctx, endpoint, "latest", ring=ring)
     try:
         tmpl = template("frame", image_wh)
         poller = zmq.Poller()
@@ -113,14 +116,14 @@ def _source(endpoint: str, image_wh: tuple[int, int], fps: float, frames: int,
 
 
 def _relay(name: str, in_endpoint: str, out_endpoint: str, image_wh: tuple[int, int],
-           ready: Any, counters: Any) -> None:
+           ready: Any, counters: Any, shm_dir: str | None = None) -> None:
     """detect / lift / smooth / output with no work: receive, decode, stamp, encode, send.
 
     `output` publishes on an XPUB (as stages/output.py does) and says ready only once the
     subscriber's subscription has arrived.
     """
     ctx = zmq.Context()
-    rx = EdgeReceiver(ctx, in_endpoint)
+    rx = EdgeReceiver(ctx, in_endpoint, ring_dir=shm_dir)
     is_sink = name == "output"
     tx = None
     pub = None
@@ -134,7 +137,8 @@ def _relay(name: str, in_endpoint: str, out_endpoint: str, image_wh: tuple[int, 
                 raise RuntimeError("floor: no subscriber within 10 s")
             pub.recv()
         else:
-            tx = EdgeSender(ctx, out_endpoint, "latest")
+            ring = FrameRing(shm_dir, name) if shm_dir else None
+            tx = EdgeSender(ctx, out_endpoint, "latest", ring=ring)
             poller.register(tx.socket, zmq.POLLIN)
         ready.set()
         while True:
@@ -192,7 +196,7 @@ def free_tcp_ports(n: int) -> list[int]:
 
 def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
               image_wh: tuple[int, int] = (1280, 720), transport: str = "ipc",
-              chain: tuple[str, ...] = CHAIN) -> dict[str, Any]:
+              chain: tuple[str, ...] = CHAIN, shared_memory: bool = True) -> dict[str, Any]:
     """Run the null chain once; return report.breakdown(...) plus throughput, drops, CPU
     and the raw `records` (report.merge_stamped joins several runs).
 
@@ -201,8 +205,13 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
     the internal edges (the pipeline's TransportConfig.kind); the published stream is always
     loopback tcp, as OutputConfig's. chain: the stages, CHAIN or a shorter path that starts
     with "capture" and ends with "output" (e.g. without "smooth", as run_pipeline --no-smooth).
+    shared_memory: with ipc, large parts through shared-memory rings (TransportConfig's).
     """
     run_dir = tempfile.mkdtemp(prefix="posestream-floor-")
+    shm_dir = None
+    if transport == "ipc" and shared_memory:
+        shm_dir = tempfile.mkdtemp(prefix="posestream-floor-",
+                                   dir="/dev/shm" if os.path.isdir("/dev/shm") else run_dir)
     if chain[0] != "capture" or chain[-1] != "output" or not set(chain) <= set(CHAIN):
         raise ValueError(f"chain must run capture -> ... -> output through {CHAIN}, got {chain}")
     ports = free_tcp_ports(len(chain))
@@ -218,12 +227,13 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
     readies = {name: spawn.Event() for name in chain}
     procs: dict[str, Any] = {
         "capture": spawn.Process(target=_source, name="floor-capture",
-                                 args=(eps[0], image_wh, fps, frames, readies["capture"], go))
+                                 args=(eps[0], image_wh, fps, frames, readies["capture"], go,
+                                       shm_dir))
     }
     for i, name in enumerate(chain[1:], start=1):
         procs[name] = spawn.Process(target=_relay, name=f"floor-{name}",
                                     args=(name, eps[i - 1], eps[i], image_wh, readies[name],
-                                          counters))
+                                          counters, shm_dir))
     ctx = zmq.Context()
     sub = open_socket(ctx, zmq.SUB, connect=eps[-1], rcvhwm=1000)
     sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
@@ -261,6 +271,8 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
                 p.join(timeout=2.0)
         manager_counters.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
+        if shm_dir is not None:
+            shutil.rmtree(shm_dir, ignore_errors=True)
     measured = [r for r in records if r[0] >= warmup]
     out = report.breakdown(measured, 1000.0 / fps if fps > 0 else None, frames - 1)
     out.update(
@@ -273,6 +285,7 @@ def run_chain(fps: float = 30.0, frames: int = 300, warmup: int = 30,
         cpu_percent=cpu_percent,
         image_wh=list(image_wh),
         transport=transport,
+        shared_memory=shm_dir is not None,
         records=measured,  # raw (frame_id, t_capture_ns, stamps, t_receive_ns), for merging
     )
     return out
@@ -477,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
     parser.add_argument("--no-smooth", action="store_true",
                         help="leave the smooth process out (as run_pipeline.py --no-smooth)")
+    parser.add_argument("--no-shm", action="store_true",
+                        help="frames through the ipc sockets, not shared memory "
+                             "(TransportConfig.shared_memory=False)")
     parser.add_argument("--json", metavar="OUT", help="write every figure as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -485,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     for fps in args.fps:
         label = f"{fps:g} fps" if fps > 0 else "back to back"
         chain = tuple(c for c in CHAIN if c != "smooth") if args.no_smooth else CHAIN
-        floor = run_chain(fps, args.frames, args.warmup, args.image, args.transport, chain)
+        floor = run_chain(fps, args.frames, args.warmup, args.image, args.transport, chain,
+                          shared_memory=not args.no_shm)
         results["runs"][label] = floor
         rows += floor_rows(label, floor)
     pose_bytes = len(encode(template("pose", args.image))[0])

@@ -137,6 +137,8 @@ class TransportConfig:
     tcp_base_port: int = 0  # tcp: first port (0: the OS picks free ports)
     policy: str = "latest"  # "latest": newest frame wins, drops counted (live);
     #                         "lossless": every frame goes through, producers wait (offline)
+    shared_memory: bool = True  # ipc: large parts (frames) through a ring in /dev/shm
+    #                             (pipeline.shm), the sockets carry a small descriptor
 
     def __post_init__(self) -> None:
         if self.kind not in ("ipc", "tcp"):

@@ -38,6 +38,7 @@ from pipeline.graph import stage_class
 from pipeline.health import HEARTBEAT_INTERVAL_S, RejectCounter
 from pipeline.reorder import Reorder
 from pipeline.schema import SchemaError, Status, decode, encode, with_stamp
+from pipeline.shm import FrameRing
 from pipeline.stage import EndOfStream, Sink, Source, Stage
 from pipeline.transport import (
     EdgeReceiver,
@@ -75,6 +76,11 @@ class Plan:
     inputs: tuple[str, ...]  # endpoints to connect (one per input edge)
     outputs: tuple[tuple[str, str], ...]  # (endpoint, policy) to bind, one per output edge
     parent_pid: int
+    #: the run's shared-memory directory for large parts on private ipc edges (pipeline.shm);
+    #: None: every message goes through the sockets
+    shm_dir: str | None = None
+    #: a restarted source: (frame id, t_capture_ns) of the last frame its predecessor made
+    resume_after: tuple[int, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -87,6 +93,8 @@ class Plan:
                 "inputs": list(self.inputs),
                 "outputs": [list(o) for o in self.outputs],
                 "parent_pid": self.parent_pid,
+                "shm_dir": self.shm_dir,
+                "resume_after": None if self.resume_after is None else list(self.resume_after),
             }
         )
 
@@ -102,7 +110,19 @@ class Plan:
             inputs=tuple(d["inputs"]),
             outputs=tuple((e, p) for e, p in d["outputs"]),
             parent_pid=int(d["parent_pid"]),
+            shm_dir=d.get("shm_dir"),
+            resume_after=None if d.get("resume_after") is None
+            else (int(d["resume_after"][0]), int(d["resume_after"][1])),
         )
+
+    def private_edge(self, endpoint: str) -> bool:
+        """True for an edge inside this run's private ipc directory (both ends are stages
+        of this run on this host), where large parts may go through shared memory."""
+        if self.shm_dir is None or not (endpoint.startswith("ipc://")
+                                        and self.control.startswith("ipc://")):
+            return False
+        run_dir = os.path.dirname(self.control[len("ipc://"):])
+        return os.path.dirname(endpoint[len("ipc://"):]) == run_dir
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -135,6 +155,7 @@ class StageRunner:
         self._failing_since = 0.0
         self._last_beat = 0.0
         self._produce_started = 0.0  # monotonic s when the running produce() began, else 0
+        self._last_produced: tuple[int, int] | None = None  # a source: (frame id, t_capture_ns)
         self.processed = 0
         self._last_frame_id = 0
         self.reorder: Reorder | None = None  # with several input edges (workers): the merge
@@ -185,7 +206,8 @@ class StageRunner:
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_INTERVAL_S:
             started = self._produce_started
-            self._tell("beat", busy_s=now - started if started else 0.0)
+            self._tell("beat", busy_s=now - started if started else 0.0,
+                       last=self._last_produced)
             self._last_beat = now
         if os.getppid() != self.plan.parent_pid:
             log.error("supervisor (pid %d) is gone: stopping", self.plan.parent_pid)
@@ -204,17 +226,23 @@ class StageRunner:
             cls = stage_class(self.name, self.plan.module)
             self.stage = cls(getattr(self.plan.config, self.plan.config_key, None))
             opened = True  # close() runs even when open() fails half way
+            if self.plan.resume_after is not None and isinstance(self.stage, Source):
+                self.stage.resume(*self.plan.resume_after)
             self.stage.open()
             # from here on SIGTERM means "finish the current message, close, exit"; during
             # imports and open() (models loading) it keeps its default: exit at once
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
             for endpoint, policy in self.plan.outputs:
-                self.senders.append(EdgeSender(self.ctx, endpoint, policy))
+                ring = None
+                if self.plan.private_edge(endpoint):
+                    ring = FrameRing(self.plan.shm_dir, prefix=self.name.replace("#", "_"))
+                self.senders.append(EdgeSender(self.ctx, endpoint, policy, ring=ring))
             for endpoint in self.plan.inputs:
                 self.receivers.append(EdgeReceiver(
                     self.ctx, endpoint,
                     on_malformed=lambda why: self.rejects.reject("transport", why),
+                    ring_dir=self.plan.shm_dir if self.plan.private_edge(endpoint) else None,
                 ))
             if not self._connect_inputs():
                 return 0
@@ -249,6 +277,8 @@ class StageRunner:
             "processed": self.processed,
             "received": sum(r.received for r in self.receivers),
             "dropped_in": sum(r.dropped for r in self.receivers),
+            "torn_in": sum(r.torn for r in self.receivers),
+            "sent_shm": sum(s.sent_shm for s in self.senders),
             "sent": sum(s.sent for s in self.senders),
             "dropped_out": sum(s.dropped for s in self.senders),
             "rejected": self.rejects.as_dict(),
@@ -480,6 +510,7 @@ class StageRunner:
                         continue
                     msg = with_stamp(msg, self.name, msg.t_capture_ns, now_ns())
                     handoff.append(encode(msg))
+                    self._last_produced = (msg.frame_id, msg.t_capture_ns)
                     if lossless:
                         room.clear()
                     os.write(wake_w, b"m")

@@ -20,6 +20,7 @@ missing camera fails in about a second.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import select
@@ -90,6 +91,8 @@ class StageProcess:
     stats: dict[str, Any] = field(default_factory=dict)
     last_beat: float = 0.0  # time.monotonic() of its last heartbeat (0: none yet)
     busy_s: float = 0.0  # from that heartbeat: how long its current call had been running
+    last_produced: tuple[int, int] | None = None  # a source: (frame id, t_capture_ns) of
+    #                                               its newest frame, from its heartbeats
 
     @property
     def pid(self) -> int:
@@ -113,6 +116,7 @@ class Supervisor:
         )
         self._stop_code: int | None = None
         self._run_dir: str | None = None
+        self._shm_dir: str | None = None
         self._ctx: zmq.Context | None = None
         self._control: zmq.Socket | None = None
         self._spare: subprocess.Popen | None = None  # warm standby for the next restart
@@ -154,6 +158,7 @@ class Supervisor:
             prefix="posestream-", dir=_short_temp_root()
         )
         os.makedirs(self._run_dir, exist_ok=True)
+        self._shm_dir = self._make_shm_dir()
         endpoints = self.graph.endpoints(
             self.config.transport.kind, self._run_dir, self.config.transport.tcp_base_port
         )
@@ -174,6 +179,7 @@ class Supervisor:
                     (endpoints[e.name], e.policy) for e in self.graph.outputs_of(spec.name)
                 ),
                 parent_pid=os.getpid(),
+                shm_dir=self._shm_dir,
             )
             self._spawn(plan)
         deadline = time.monotonic() + self.config.supervisor.startup_timeout_s
@@ -271,11 +277,27 @@ class Supervisor:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+        if self._shm_dir is not None:
+            shutil.rmtree(self._shm_dir, ignore_errors=True)
+            self._shm_dir = None
         if self._run_dir is not None and self.config.transport.run_dir is None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
 
     # ------------------------------------------------------------------ internals
+    def _make_shm_dir(self) -> str | None:
+        """The run's private directory for shared-memory rings (pipeline.shm): in /dev/shm
+        (RAM) where there is one, else inside the run directory; None when the edges are
+        tcp or TransportConfig.shared_memory is off. Removed by stop()."""
+        t = self.config.transport
+        if t.kind != "ipc" or not t.shared_memory:
+            return None
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            return tempfile.mkdtemp(prefix="posestream-", dir="/dev/shm")
+        path = os.path.join(self._run_dir, "shm")
+        os.makedirs(path, exist_ok=True)
+        return path
+
     def _preflight(self) -> None:
         # sources first (a missing camera must fail in about a second), then sinks; the
         # stages in between load models, which is too slow for a check
@@ -429,6 +451,10 @@ class Supervisor:
             elif kind == "beat":
                 proc.last_beat = time.monotonic()
                 proc.busy_s = float(event.get("busy_s", 0.0))
+                last = event.get("last")
+                if (isinstance(last, (list, tuple)) and len(last) == 2
+                        and all(isinstance(v, int) for v in last)):
+                    proc.last_produced = (last[0], last[1])
                 if self.liveness is not None and proc.ready:
                     self.liveness.beat(proc.name, proc.last_beat, proc.busy_s)
             elif kind == "eos":
@@ -455,7 +481,10 @@ class Supervisor:
         for p in self.procs.values():
             if p.restart_at is not None and now >= p.restart_at:
                 log.info("restarting stage %s", p.name)
-                self._spawn(p.plan)
+                plan = p.plan
+                if p.last_produced is not None:  # a source goes on where the last one was
+                    plan = dataclasses.replace(plan, resume_after=p.last_produced)
+                self._spawn(plan)
 
     def _check_children(self, starting: bool) -> bool:
         """Raise PipelineError if a stage failed for good; schedule restarts (after start-up,

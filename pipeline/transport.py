@@ -10,7 +10,9 @@ hundreds of small messages). Credits carry a token and are re-sent while unanswe
 edge heals by itself when either end restarts: no sleeps, no lost first frame.
 
 Frames on an edge: producer -> consumer `[kind, *message frames]`, kind `b"D"` (data: a
-pipeline.schema message) or `b"E"` (end of stream). Consumer -> producer `[b"C", token]`.
+pipeline.schema message), `b"S"` (the same, its large parts in a shared-memory ring:
+`[b"S", descriptor, *message frames with those parts empty]`, pipeline.shm; private ipc
+edges only) or `b"E"` (end of stream). Consumer -> producer `[b"C", token]`.
 Before a stage says it is ready, each of its input connections must be up: the consumer
 watches its own socket (a ZeroMQ socket monitor, EVENT_HANDSHAKE_SUCCEEDED), so the first
 frame is not lost to connection set-up or reconnect back-off, and the wire protocol stays
@@ -28,10 +30,12 @@ from typing import Any
 import zmq
 
 from pipeline.schema import MAX_MESSAGE_BYTES
+from pipeline.shm import FrameRing, RingError, RingReader
 
 log = logging.getLogger(__name__)
 
 DATA = b"D"
+SHM = b"S"
 END = b"E"
 CREDIT = b"C"
 #: edge policies: "latest" (one unsent message, newest wins) or "lossless" (queue, the
@@ -108,16 +112,22 @@ class EdgeSender:
     of the consumers holding a credit, the one that asked first, and the end-of-stream
     marker goes to each of them when it asks. Call `offer(frames)` with an encoded
     message; register `socket` for POLLIN in your poller and call `on_readable()` when it
-    fires; call `end()` once at end of stream and keep polling until `finished`. Counters: `sent`, `dropped` (replaced before sending).
+    fires; call `end()` once at end of stream and keep polling until `finished`.
+    Counters: `sent`, `dropped` (replaced before sending), `sent_shm` (of `sent`, through
+    the ring). ring: a pipeline.shm.FrameRing for large parts (both ends on this host, in
+    this run); the edge owns it and removes its file on close().
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, policy: str = "latest") -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, policy: str = "latest",
+                 ring: FrameRing | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"edge policy must be one of {POLICIES}, got {policy!r}")
         self.endpoint = endpoint
         self.policy = policy
+        self.ring = ring
         self.socket = open_socket(ctx, zmq.ROUTER, bind=endpoint, rcvhwm=64, sndhwm=8)
-        self._queue: collections.deque[list[Any]] = collections.deque()
+        # queued messages: (ring slot they hold or None, edge message parts)
+        self._queue: collections.deque[tuple[int | None, list[Any]]] = collections.deque()
         self._ended = False
         self._end_sent = False
         # consumers holding an unanswered credit -> its token, oldest first: several
@@ -128,6 +138,7 @@ class EdgeSender:
         self._end_to: set[bytes] = set()  # ... and these have had it
         self._last_seen: dict[bytes, float] = {}  # peer -> monotonic s of its last credit
         self.sent = 0
+        self.sent_shm = 0
         self.dropped = 0
 
     @property
@@ -156,7 +167,14 @@ class EdgeSender:
         if self.policy == "latest" and self._queue:
             self._queue.clear()
             self.dropped += 1
-        self._queue.append([DATA, *frames])
+        if self.ring is not None:
+            put = self.ring.put(frames, {slot for slot, _ in self._queue if slot is not None})
+            if put is not None:
+                descriptor, slot, parts = put
+                self._queue.append((slot, [SHM, descriptor, *parts]))
+                self._pump()
+                return
+        self._queue.append((None, [DATA, *frames]))
         self._pump()
 
     def end(self) -> None:
@@ -185,7 +203,8 @@ class EdgeSender:
     def _pump(self) -> None:
         while self._queue and self._waiting:
             peer, token = next(iter(self._waiting.items()))
-            sent = self._send(peer, self._queue[0])
+            slot, parts = self._queue[0]
+            sent = self._send(peer, parts)
             if sent is None:
                 return  # the consumer's pipe is full: keep the credit, try on the next event
             del self._waiting[peer]
@@ -193,6 +212,7 @@ class EdgeSender:
                 self._served[peer] = token
                 self._queue.popleft()
                 self.sent += 1
+                self.sent_shm += slot is not None
         if self._ended and not self._queue:
             # every consumer gets the end marker, each in answer to its credit (so it has
             # read everything before it, and closing this socket loses nothing)
@@ -223,6 +243,8 @@ class EdgeSender:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        if self.ring is not None:
+            self.ring.close()
 
 
 class EdgeReceiver:
@@ -231,16 +253,21 @@ class EdgeReceiver:
     Call `request()` when ready for the next message; register `socket` for POLLIN and call
     `receive()` when it fires: it returns the newest data message's frames, the END marker
     (`EdgeReceiver.END`) or None. Call `tick()` now and then so an unanswered credit is sent
-    again. Counters: `received`, `dropped` (older messages skipped by drain-to-latest).
+    again. Counters: `received`, `dropped` (older messages skipped by drain-to-latest, and
+    ring messages whose slot was rewritten before they were copied: also in `torn`).
     """
 
     END = END
 
     def __init__(self, ctx: zmq.Context, endpoint: str,
-                 on_malformed: Callable[[str], None] | None = None) -> None:
+                 on_malformed: Callable[[str], None] | None = None,
+                 ring_dir: str | None = None) -> None:
         """on_malformed(why) is called for each message that is not a valid edge message
-        (it still answers our credit); default: log a warning."""
+        (it still answers our credit); default: log a warning. ring_dir: the run's shared
+        memory directory; ring ("S") messages are accepted only with it, and only for
+        ring files inside it."""
         self.endpoint = endpoint
+        self._rings = RingReader(ring_dir) if ring_dir else None
         self._on_malformed = on_malformed or (
             lambda why: log.warning("edge %s: ignored a malformed message: %s", endpoint, why)
         )
@@ -261,6 +288,7 @@ class EdgeReceiver:
         self.connected = False
         self.received = 0
         self.dropped = 0
+        self.torn = 0
 
     def wait_connected(self, timeout_s: float) -> bool:
         """True once the connection to the producer is up (ZMTP handshake done); waits at
@@ -319,6 +347,23 @@ class EdgeReceiver:
                 if latest is not None:
                     self.dropped += 1
                 latest = parts[1:]
+            elif kind == SHM and (len(parts) < 3 or self._rings is None):
+                self._on_malformed("a shared-memory message this edge cannot take (not a "
+                                   "private edge of this run, or no descriptor)")
+            elif kind == SHM:
+                try:
+                    # copied out now, before our next credit lets the producer reuse it
+                    resolved = self._rings.read(parts[1].bytes, parts[2:])
+                except RingError as exc:
+                    self._on_malformed(f"shared-memory message: {exc}")
+                    continue
+                if resolved is None:  # its slot was rewritten: never decoded
+                    self.torn += 1
+                    self.dropped += 1
+                    continue
+                if latest is not None:
+                    self.dropped += 1
+                latest = resolved
             elif kind == END and len(parts) == 1:
                 self._end_seen = True
             elif kind == DATA:
@@ -335,6 +380,8 @@ class EdgeReceiver:
     def close(self) -> None:
         self._close_monitor()
         self.socket.close(linger=0)
+        if self._rings is not None:
+            self._rings.close()
 
 
 def poll_once(poller: zmq.Poller, timeout_ms: int) -> dict[zmq.Socket, int]:

@@ -378,8 +378,9 @@ def test_kill9_of_each_stage_in_turn_poses_resume_within_2s(supervisors, shared_
                 resumes.setdefault(stage, []).append((first[0] - t_kill) / 1e9)
                 assert sup.pids()[stage] != old_pid
                 assert sup.procs[stage].restarts == restarts + 1
-                if stage != "capture":  # a restarted capture numbers its frames anew
-                    assert first[1].frame_id > last_before.frame_id + 1  # the gap shows
+                # the gap shows (a restarted capture goes on from its predecessor's ids)
+                assert first[1].frame_id > last_before.frame_id + 1, (stage, first[1].frame_id,
+                                                                      last_before.frame_id)
         time.sleep(0.5)
         restarted = {t.text.split()[1] for t in log.statuses() if t.kind == "restart"}
     finally:
@@ -402,6 +403,11 @@ def test_ctrl_c_at_random_moments_leaves_no_process_and_no_ipc_file(reaper, shar
 
     from tests.conftest import children_of, pid_alive, wait_gone
 
+    def shm_dirs() -> set[str]:  # the runs' shared-memory rings (pipeline.shm)
+        return ({n for n in os.listdir("/dev/shm") if n.startswith("posestream-")}
+                if os.path.isdir("/dev/shm") else set())
+
+    shm_before = shm_dirs()
     rng = random.Random()
     report = []
     for at_s in CTRL_C_AT_S:
@@ -436,6 +442,7 @@ def test_ctrl_c_at_random_moments_leaves_no_process_and_no_ipc_file(reaper, shar
         # ONNX Runtime keeps a telemetry session id in $TMPDIR/.ses (not ours, reused)
         leftovers = [str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.name != ".ses"]
         assert leftovers == [], f"Ctrl-C at {at_s:.2f} s left files {leftovers}"
+        assert shm_dirs() <= shm_before, f"Ctrl-C at {at_s:.2f} s left /dev/shm entries"
         # 130 once the supervisor's handler is in; a Ctrl-C during Python's own start-up
         # may end it as a KeyboardInterrupt (1) - never a crash of another kind
         assert code in (130, 1, -signal.SIGINT), (code, stderr[-2000:])
