@@ -51,6 +51,12 @@ class Source(Stage):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement produce()")
 
+    def resume(self, after_frame_id: int, after_t_capture_ns: int) -> None:
+        """Called before open() when this process replaces one that died after producing
+        frame `after_frame_id` (captured at `after_t_capture_ns`, CLOCK_MONOTONIC): go on
+        from there, so frame ids keep increasing and the frames missed while it was down
+        show as a gap. Default: nothing (ids start again from whatever produce() makes)."""
+
 
 class Sink(Stage):
     """A stage with no internal outputs (it publishes to the outside world itself).

@@ -3,6 +3,9 @@
 Each frame gets a sequential `frame_id` and `t_capture_ns = time.monotonic_ns()` taken the
 moment the frame was grabbed. A video is paced at its own frame rate (as a camera would
 deliver it) unless `as_fast_as_possible`; images at `images_fps`. No JPEG round trip.
+A capture stage restarted after a crash (`resume`) goes on from its predecessor's last frame:
+ids keep increasing, the frames that passed while it was down are skipped (a video or image
+set is wound forward to where it would be by now), so subscribers see a gap, not a rewind.
 `CaptureStage.preflight(config)` opens the source once before the pipeline starts, so a
 missing camera or unreadable file fails in about a second with a message that says what to do.
 """
@@ -113,6 +116,10 @@ class CaptureStage(Source):
         self._period_s = 0.0  # pacing; 0: as fast as possible / camera's own rate
         self._t_start = 0.0
         self._failed_reads = 0
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, after_frame_id: int, after_t_capture_ns: int) -> None:
+        self._resume = (after_frame_id, after_t_capture_ns)
 
     @staticmethod
     def preflight(config: CaptureConfig) -> None:
@@ -158,6 +165,36 @@ class CaptureStage(Source):
             log.info("capture: %s, %s", self.source_name,
                      f"paced at {1 / self._period_s:.1f} fps" if self._period_s else "unpaced")
         self._t_start = 0.0
+        if self._resume is not None:
+            self._go_on_from(*self._resume)
+
+    def _go_on_from(self, last_id: int, last_t_capture_ns: int) -> None:
+        """After a restart: the next id is the frame that is due now (the last one + the
+        frame intervals that passed); a file source is positioned at that frame."""
+        kind = self.config.source_kind()
+        period_s = self._period_s
+        if kind == "camera":
+            fps = self._cap.get(cv2.CAP_PROP_FPS)
+            period_s = 1.0 / fps if math.isfinite(fps) and fps > 0 else 1.0 / 30
+        elapsed_s = max(0.0, (time.monotonic_ns() - last_t_capture_ns) / 1e9)
+        skipped = int(elapsed_s / period_s) if period_s else 0
+        self._next_id = last_id + 1 + skipped
+        if kind != "camera":
+            count = len(self._paths) if kind == "images" else int(
+                self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            position = self._next_id
+            if self.config.loop and count > 0:
+                position %= count
+            if kind == "images":
+                self._path_index = position
+            elif count <= 0 or position < count:
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, position)
+            else:
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, count)  # past the end: stream ends
+        if self._period_s:
+            self._t_start = time.monotonic() - self._next_id * self._period_s
+        log.info("capture: resuming after frame %d, %.2f s later: next frame %d (%d skipped)",
+                 last_id, elapsed_s, self._next_id, skipped)
 
     def produce(self) -> Frame | None:
         """The next frame, None when it is not due yet; EndOfStream when done."""

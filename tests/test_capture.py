@@ -79,6 +79,54 @@ def test_images_in_sorted_order(shared_file, shared_dir):
     assert all(f.source.startswith("image:") for f in frames)
 
 
+def test_a_restarted_video_capture_goes_on_where_the_last_one_was(shared_file):
+    """resume(after frame 40, captured 0.5 s ago) on the 50 fps video: the next frame is
+    40 + 1 + 25 = 66, and it is frame 66 of the file, due at once."""
+    video = str(shared_file(VIDEO))
+    reference = CaptureStage(CaptureConfig(video=video, as_fast_as_possible=True,
+                                           max_frames=70))
+    reference.open()
+    try:
+        expected = _drain(reference)[66].image
+    finally:
+        reference.close()
+    stage = CaptureStage(CaptureConfig(video=video))  # paced at the file's 50 fps
+    stage.resume(40, time.monotonic_ns() - 500_000_000)
+    stage.open()
+    try:
+        t0 = time.monotonic()
+        frame = None
+        while frame is None:
+            frame = stage.produce()
+        waited_s = time.monotonic() - t0
+        second = None
+        while second is None:
+            second = stage.produce()
+    finally:
+        stage.close()
+    assert frame.frame_id in (66, 67)  # 0.5 s, give or take the time open() took
+    expected_id = frame.frame_id
+    if expected_id == 66:
+        np.testing.assert_array_equal(frame.image, expected)
+    assert waited_s < 0.1  # due now, not after a pause
+    assert second.frame_id == frame.frame_id + 1
+
+
+def test_a_restarted_image_capture_wraps_around_when_looping(shared_file, shared_dir):
+    shared_file("data/footage/mmpose/tests/data/h36m")
+    stage = CaptureStage(CaptureConfig(images=str(shared_dir / H36M_GLOB), loop=True,
+                                       as_fast_as_possible=True))
+    stage.resume(9, time.monotonic_ns())  # unpaced: nothing skipped, next id 10
+    stage.open()
+    try:
+        frames = [stage.produce() for _ in range(3)]
+    finally:
+        stage.close()
+    assert [f.frame_id for f in frames] == [10, 11, 12]
+    # 4 images: id 10 is image 10 % 4 = 2 (S7), then S8, then S1 again
+    assert [f.source.rsplit("/", 1)[-1].split("_")[0] for f in frames] == ["S7", "S8", "S1"]
+
+
 def test_preflight_errors_say_what_to_do(tmp_path):
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"this is not a video" * 10)
