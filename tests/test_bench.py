@@ -153,3 +153,33 @@ def test_latency_cli_small_run(video: Path, tmp_path: Path, capsys) -> None:
     assert r["pipeline_max"]["frames_delivered"] == 14  # every frame: lossless
     assert {t["target"] for t in r["targets"]} >= {"overhead p50, ms", "stale frames delivered"}
     assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_soak_short_run(video: Path, tmp_path: Path, capsys) -> None:
+    """bench.soak for 20 s: memory sampled per stage, poses counted, the JSON written."""
+    from bench import soak
+
+    soak.main(["--video", str(video), "--minutes", str(20 / 60), "--sample-s", "1",
+               "--warmup-s", "8", "--out", str(tmp_path / "soak.json")])
+    r = json.loads((tmp_path / "soak.json").read_text())
+    assert r["poses"] >= 20 and r["restarts"] == 0
+    assert set(r["memory"]) == {"capture", "detect", "lift", "smooth", "output"}
+    for name, m in r["memory"].items():
+        assert m["samples"] >= 5, (name, m)
+        assert 10.0 < m["rss_end_mib"] < 4096.0 and math.isfinite(m["growth_pct"]), (name, m)
+    assert r["frames_captured_span"] == r["poses"] + r["frames_dropped"]
+    assert "growth %" in capsys.readouterr().out  # the table was printed
+
+
+def test_stalled_subscriber_short_run(video: Path, tmp_path: Path) -> None:
+    """bench.stalled_subscriber, one round of two 4 s phases: both conditions measured."""
+    from bench import stalled_subscriber
+
+    stalled_subscriber.main(["--video", str(video), "--rounds", "1", "--phase-s", "4",
+                             "--warmup-s", "5", "--out", str(tmp_path / "stall.json")])
+    r = json.loads((tmp_path / "stall.json").read_text())
+    for cond in ("A", "B"):
+        assert r[cond]["poses"] >= 10, r[cond]
+        assert 0 < r[cond]["p50_ms"] <= r[cond]["p99_ms"] < 10_000
+    assert [(p["condition"], p["round"]) for p in r["per_phase"]] == [("A", 0), ("B", 0)]
+    assert math.isfinite(r["p99_ratio_b_over_a"])
