@@ -47,6 +47,7 @@ from pipeline.config import (
     PipelineConfig,
     SmoothConfig,
     SupervisorConfig,
+    TopologyConfig,
     TransportConfig,
 )
 from pipeline.schema import Pose3D, SchemaError, decode
@@ -66,11 +67,13 @@ IDLE_TIMEOUT_S = 10.0
 
 
 def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
-                    policy: str = "latest", smooth: bool = True) -> PipelineConfig:
+                    policy: str = "latest", smooth: bool = True,
+                    detect_workers: int = 1, shared_memory: bool = True) -> PipelineConfig:
     """run_pipeline.py's defaults, with the benchmark's frames and engine, the public stream on
     a free loopback port, and the output holding the start until our subscriber is there.
     policy "lossless" is run_pipeline.py --every-frame (every frame processed: throughput);
-    smooth False is --no-smooth (no smooth process)."""
+    smooth False is --no-smooth (no smooth process); detect_workers is --detect-workers;
+    shared_memory False sends frames through the ipc sockets (TransportConfig)."""
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,
@@ -78,8 +81,9 @@ def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
         smooth=SmoothConfig(enabled=smooth),
         output=OutputConfig(publish=f"tcp://127.0.0.1:{port}", wait_for_subscribers=1,
                             wait_for_subscribers_s=60.0),
-        transport=TransportConfig(kind=transport, policy=policy),
+        transport=TransportConfig(kind=transport, policy=policy, shared_memory=shared_memory),
         supervisor=SupervisorConfig(log_level="WARNING"),
+        topology=TopologyConfig(detect_workers=detect_workers),
     )
 
 
@@ -152,11 +156,15 @@ def image_size(folder: Path) -> tuple[int, int]:
 def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             engine: str | None = None, throughput: bool = True,
             transport: str = "ipc", rounds: int = 2,
-            size: tuple[int, int] | None = None, smooth: bool = True) -> dict[str, Any]:
+            size: tuple[int, int] | None = None, smooth: bool = True,
+            detect_workers: int = 1, shared_memory: bool = True) -> dict[str, Any]:
     """The pipeline and every baseline on the same frames, `rounds` times in turn (so a change
     in the machine's load hits all of them alike); the figures of all rounds joined; the ratios
     and targets. size: resize the frames to (width, height) first (None: the video's size).
     smooth False: the pipeline and the floor without the smooth process (--no-smooth).
+    detect_workers: detection processes in the pipeline runs (--detect-workers; the floor and
+    the in-process baselines are unchanged). shared_memory: frames on ipc edges through
+    shared memory (default, as run_pipeline.py) in the pipeline and the floor alike.
 
     Latency at `fps` (None: as fast as frames can be read). Throughput (unless throughput is
     False): pipeline with every frame processed (policy lossless, run_pipeline.py
@@ -177,20 +185,25 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
         fastest = bench_frames.capture_config(folder, None)
         config = pipeline_config(paced, eng, transport, smooth=smooth)
         chain = tuple(c for c in transport_floor.CHAIN if smooth or c != "smooth")
-        result.update(smooth=smooth, frames=n, image_wh=list(wh), engine=str(eng),
+        result.update(smooth=smooth, detect_workers=detect_workers,
+                      shared_memory=shared_memory and transport == "ipc", frames=n, image_wh=list(wh), engine=str(eng),
                       machine_before=report.machine_info())
         jobs = [
             ("pipeline", lambda: run_pipeline(
-                pipeline_config(paced, eng, transport, smooth=smooth), fps, warmup)),
+                pipeline_config(paced, eng, transport, smooth=smooth,
+                                detect_workers=detect_workers, shared_memory=shared_memory),
+                fps, warmup)),
             ("floor", lambda: transport_floor.run_chain(fps or 0.0, n, warmup, wh, transport,
-                                                        chain)),
+                                                        chain, shared_memory)),
             ("single", lambda: single_process.run(paced, config, warmup)),
             ("mediapipe", lambda: mediapipe_peer.run(paced, config.detect, warmup)),
         ]
         if throughput:
             jobs += [
                 ("pipeline_max", lambda: run_pipeline(
-                    pipeline_config(fastest, eng, transport, policy="lossless", smooth=smooth),
+                    pipeline_config(fastest, eng, transport, policy="lossless", smooth=smooth,
+                                    detect_workers=detect_workers,
+                                    shared_memory=shared_memory),
                     None, warmup)),
                 ("single_max", lambda: single_process.run(fastest, config, warmup)),
             ]
@@ -271,7 +284,9 @@ def tables(r: dict[str, Any]) -> str:
     mach = r["machine"]
     out = [
         f"video {Path(r['video']).name} {r['image_wh'][0]}x{r['image_wh'][1]}, {r['frames']} "
-        f"frames at {rate}, first {r['warmup']} left out, {r['rounds']} rounds; "
+        f"frames at {rate}, first {r['warmup']} left out, {r['rounds']} rounds, "
+        f"{r.get('detect_workers', 1)} detection worker(s), frames through "
+        f"{'shared memory' if r.get('shared_memory') else 'the sockets'}; "
         f"{mach['cpu']}, {mach['cores']} cores, "
         f"load {r['machine_before']['loadavg']} before / {mach['loadavg']} after",
         "",
@@ -360,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="internal edges (default ipc, as run_pipeline.py)")
     parser.add_argument("--no-smooth", action="store_true",
                         help="pipeline and floor without the smooth process")
+    parser.add_argument("--detect-workers", type=int, default=1, metavar="N",
+                        help="detection processes in the pipeline runs (run_pipeline.py "
+                             "--detect-workers; default 1)")
+    parser.add_argument("--no-shm", action="store_true",
+                        help="frames through the ipc sockets, not shared memory, in the "
+                             "pipeline and the floor")
     parser.add_argument("--rounds", type=int, default=2,
                         help="run everything this many times in turn (default 2)")
     parser.add_argument("--no-throughput", action="store_true",
@@ -384,7 +405,8 @@ def _main(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     r = run_all(args.video, args.fps, args.frames, args.warmup, args.engine,
                 throughput=not args.no_throughput, transport=args.transport,
-                rounds=args.rounds, size=args.size, smooth=not args.no_smooth)
+                rounds=args.rounds, size=args.size, smooth=not args.no_smooth,
+                detect_workers=args.detect_workers, shared_memory=not args.no_shm)
     print(tables(r))
     if args.json:
         report.write_json(args.json, r)
