@@ -84,7 +84,8 @@ def breakdown(
     e2e - compute of WORK_STAGES, "transport_total": summary of the hops' sum per message,
     "stale", "waited_past_interval", "late": counts, "longest_wait_ms": the longest single
     hop, "frames": n, "series": per-frame lists}.
-    The last hop is "output->subscriber" (t_receive - t_out of the last stage).
+    The last hop is "output->subscriber" (t_receive - t_out of the last stage). Replicas of a
+    stage (detection workers "detect#0", "detect#1", ...) are pooled under the stage's name.
     """
     stage_ms: dict[str, list[float]] = {}
     hop_ms: dict[str, list[float]] = {}
@@ -101,6 +102,7 @@ def breakdown(
         longest = 0.0
         prev_name, prev_out = None, None
         for name, t_in, t_out in stamps:
+            name = name.split("#", 1)[0]  # replicas ("detect#0", "detect#1") pool as "detect"
             compute = (t_out - t_in) / 1e6
             stage_ms.setdefault(name, []).append(compute)
             if name in WORK_STAGES:

@@ -60,6 +60,14 @@ def test_breakdown_reads_stamps() -> None:
     assert report.breakdown(overtaken[:1], 33.3, last_frame_id=0)["waited_past_interval"] == 0
     # runs one after another (frame ids start again) are checked separately
     assert report.overtaken(records + records) == 0
+    # detection workers: replicas pool under the stage's name; their compute is work
+    workers = [(i, t, (("capture", t, t + ms), (f"detect#{i % 2}", t + 2 * ms, t + 20 * ms),
+                       ("lift", t + 21 * ms, t + 22 * ms)), t + 25 * ms)
+               for i, t in enumerate(range(0, 10 * 33 * ms, 33 * ms))]
+    w = report.breakdown(workers, 33.3)
+    assert set(w["stages"]) == {"capture", "detect", "lift"} and w["stages"]["detect"]["n"] == 10
+    assert set(w["hops"]) == {"capture->detect", "detect->lift", "lift->subscriber"}
+    assert abs(w["overhead"]["p50"] - 6.0) < 1e-6  # 25 ms - 18 detect - 1 lift
 
 
 def test_table_json_plot(tmp_path: Path) -> None:
