@@ -293,7 +293,7 @@ def tables(r: dict[str, Any]) -> str:
         "Compute per stage (pipeline), ms",
         "",
         report.table(["stage", "n", "p50", "p95", "p99", "CPU %"],
-                     [report.summary_row(k, v, p["cpu_percent"].get(k)) for k, v in
+                     [report.summary_row(k, v, _pooled_cpu(p["cpu_percent"], k)) for k, v in
                       p["stages"].items()]),
         "",
         "Transport per hop, ms (one way, encode + send + receive, before decode)",
@@ -344,6 +344,12 @@ def tables(r: dict[str, Any]) -> str:
                       for t in r["targets"]]),
     ]
     return "\n".join(out)
+
+
+def _pooled_cpu(percent: dict[str, float], stage: str) -> float | None:
+    """CPU % of a stage's processes together (detection workers "detect#0", ... as "detect")."""
+    mine = [v for k, v in percent.items() if k.split("#", 1)[0] == stage and v is not None]
+    return sum(mine) if mine else None
 
 
 def sum_cpu(percent: dict[str, float]) -> float:
