@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--reorder-wait", type=float, default=TopologyConfig.reorder_wait_s,
                       metavar="S", help="with --detect-workers: longest hold for an earlier "
                       "frame; one later than that is dropped and counted (default %(default)s)")
+    dist.add_argument("--colocate-smooth", action="store_true",
+                      help="run the One Euro smoothing inside the output process instead of "
+                           "its own: one process and one hop less (about 0.4 ms); a crash of "
+                           "either restarts both")
 
     p.add_argument("--max-restarts", type=int, default=SupervisorConfig.max_restarts,
                    metavar="N", help="restart a stage that dies or hangs at most N times a "
@@ -204,6 +208,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             detect_workers=args.detect_workers,
             reorder_wait_s=args.reorder_wait,
             allow_remote=args.allow_remote,
+            colocate=("smooth",) if args.colocate_smooth else (),
         ),
     )
 

@@ -68,12 +68,14 @@ IDLE_TIMEOUT_S = 10.0
 
 def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
                     policy: str = "latest", smooth: bool = True,
-                    detect_workers: int = 1, shared_memory: bool = True) -> PipelineConfig:
+                    detect_workers: int = 1, shared_memory: bool = True,
+                    colocate_smooth: bool = False) -> PipelineConfig:
     """run_pipeline.py's defaults, with the benchmark's frames and engine, the public stream on
     a free loopback port, and the output holding the start until our subscriber is there.
     policy "lossless" is run_pipeline.py --every-frame (every frame processed: throughput);
     smooth False is --no-smooth (no smooth process); detect_workers is --detect-workers;
-    shared_memory False sends frames through the ipc sockets (TransportConfig)."""
+    shared_memory False sends frames through the ipc sockets (TransportConfig);
+    colocate_smooth runs smoothing in the output process (--colocate-smooth)."""
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,
@@ -83,7 +85,8 @@ def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
                             wait_for_subscribers_s=60.0),
         transport=TransportConfig(kind=transport, policy=policy, shared_memory=shared_memory),
         supervisor=SupervisorConfig(log_level="WARNING"),
-        topology=TopologyConfig(detect_workers=detect_workers),
+        topology=TopologyConfig(detect_workers=detect_workers,
+                                colocate=("smooth",) if colocate_smooth else ()),
     )
 
 
@@ -157,7 +160,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             engine: str | None = None, throughput: bool = True,
             transport: str = "ipc", rounds: int = 2,
             size: tuple[int, int] | None = None, smooth: bool = True,
-            detect_workers: int = 1, shared_memory: bool = True) -> dict[str, Any]:
+            detect_workers: int = 1, shared_memory: bool = True,
+            colocate_smooth: bool = False) -> dict[str, Any]:
     """The pipeline and every baseline on the same frames, `rounds` times in turn (so a change
     in the machine's load hits all of them alike); the figures of all rounds joined; the ratios
     and targets. size: resize the frames to (width, height) first (None: the video's size).
@@ -165,6 +169,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
     detect_workers: detection processes in the pipeline runs (--detect-workers; the floor and
     the in-process baselines are unchanged). shared_memory: frames on ipc edges through
     shared memory (default, as run_pipeline.py) in the pipeline and the floor alike.
+    colocate_smooth: smoothing inside the output process; the floor then has no smooth
+    process either (its chain is the pipeline's processes).
 
     Latency at `fps` (None: as fast as frames can be read). Throughput (unless throughput is
     False): pipeline with every frame processed (policy lossless, run_pipeline.py
@@ -184,14 +190,17 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
         paced = bench_frames.capture_config(folder, fps)
         fastest = bench_frames.capture_config(folder, None)
         config = pipeline_config(paced, eng, transport, smooth=smooth)
-        chain = tuple(c for c in transport_floor.CHAIN if smooth or c != "smooth")
+        chain = tuple(c for c in transport_floor.CHAIN
+                      if c != "smooth" or (smooth and not colocate_smooth))
         result.update(smooth=smooth, detect_workers=detect_workers,
+                      colocate_smooth=colocate_smooth,
                       shared_memory=shared_memory and transport == "ipc", frames=n, image_wh=list(wh), engine=str(eng),
                       machine_before=report.machine_info())
         jobs = [
             ("pipeline", lambda: run_pipeline(
                 pipeline_config(paced, eng, transport, smooth=smooth,
-                                detect_workers=detect_workers, shared_memory=shared_memory),
+                                detect_workers=detect_workers, shared_memory=shared_memory,
+                                colocate_smooth=colocate_smooth),
                 fps, warmup)),
             ("floor", lambda: transport_floor.run_chain(fps or 0.0, n, warmup, wh, transport,
                                                         chain, shared_memory)),
@@ -203,7 +212,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
                 ("pipeline_max", lambda: run_pipeline(
                     pipeline_config(fastest, eng, transport, policy="lossless", smooth=smooth,
                                     detect_workers=detect_workers,
-                                    shared_memory=shared_memory),
+                                    shared_memory=shared_memory,
+                                    colocate_smooth=colocate_smooth),
                     None, warmup)),
                 ("single_max", lambda: single_process.run(fastest, config, warmup)),
             ]
@@ -286,7 +296,8 @@ def tables(r: dict[str, Any]) -> str:
         f"video {Path(r['video']).name} {r['image_wh'][0]}x{r['image_wh'][1]}, {r['frames']} "
         f"frames at {rate}, first {r['warmup']} left out, {r['rounds']} rounds, "
         f"{r.get('detect_workers', 1)} detection worker(s), frames through "
-        f"{'shared memory' if r.get('shared_memory') else 'the sockets'}; "
+        f"{'shared memory' if r.get('shared_memory') else 'the sockets'}"
+        f"{', smoothing in the output process' if r.get('colocate_smooth') else ''}; "
         f"{mach['cpu']}, {mach['cores']} cores, "
         f"load {r['machine_before']['loadavg']} before / {mach['loadavg']} after",
         "",
@@ -387,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-shm", action="store_true",
                         help="frames through the ipc sockets, not shared memory, in the "
                              "pipeline and the floor")
+    parser.add_argument("--colocate-smooth", action="store_true",
+                        help="smoothing inside the output process (run_pipeline.py "
+                             "--colocate-smooth); the floor without a smooth process")
     parser.add_argument("--rounds", type=int, default=2,
                         help="run everything this many times in turn (default 2)")
     parser.add_argument("--no-throughput", action="store_true",
@@ -412,7 +426,8 @@ def _main(args: argparse.Namespace) -> int:
     r = run_all(args.video, args.fps, args.frames, args.warmup, args.engine,
                 throughput=not args.no_throughput, transport=args.transport,
                 rounds=args.rounds, size=args.size, smooth=not args.no_smooth,
-                detect_workers=args.detect_workers, shared_memory=not args.no_shm)
+                detect_workers=args.detect_workers, shared_memory=not args.no_shm,
+                colocate_smooth=args.colocate_smooth)
     print(tables(r))
     if args.json:
         report.write_json(args.json, r)

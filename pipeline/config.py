@@ -180,10 +180,16 @@ class TopologyConfig:
     reorder_wait_s: float = 0.2  # lift holds a frame at most this long for an earlier one from
     #                              another worker (then that one is dropped when it comes)
     allow_remote: bool = False  # binding an edge on a non-loopback address must be asked for
+    colocate: tuple[str, ...] = ()  # stages run inside the process of the stage they feed
+    #                                 (only "smooth": in the output process; one hop less)
 
     def __post_init__(self) -> None:
         # JSON gives lists back: keep the dataclass hashable and comparable
         object.__setattr__(self, "only", tuple(self.only))
+        object.__setattr__(self, "colocate", tuple(self.colocate))
+        if set(self.colocate) - {"smooth"}:
+            raise ValueError(f"colocate: only 'smooth' can share a process (with output), "
+                             f"got {self.colocate}")
         object.__setattr__(self, "endpoints", tuple(tuple(e) for e in self.endpoints))
         for pair in self.endpoints:
             if len(pair) != 2 or "://" not in pair[1]:

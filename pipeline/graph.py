@@ -13,7 +13,9 @@ and `Graph.endpoints(...)`; nothing else hard-codes the topology.
   (pipeline.reorder);
 - `endpoints`: any edge's endpoint (the producer binds it, the consumer connects);
 - `only`: this run starts only those stages; an edge to a stage outside the run must have
-  an endpoint, reached over tcp by the run on the other host.
+  an endpoint, reached over tcp by the run on the other host;
+- `colocate=("smooth",)`: the smooth stage runs inside the output process (StageSpec.pre),
+  ahead of it: one process and one hop less (lift -> output), same stamps.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class StageSpec:
     name: str
     module: str = ""
     config_key: str = ""
+    pre: tuple["StageSpec", ...] = ()  # co-located stages run ahead of this one, in order
 
     @property
     def module_name(self) -> str:
@@ -159,7 +162,11 @@ def build_graph(config: PipelineConfig) -> Graph:
         for d in detects
     ]
     edges += [Edge(f"{d}.keypoints", "lift.keypoints", Keypoints2D, policy) for d in detects]
-    if config.smooth.enabled:
+    colocated = config.smooth.enabled and "smooth" in topo.colocate
+    if colocated:
+        names.remove("smooth")
+        edges.append(Edge("lift.pose", "output.pose", Pose3D, policy))
+    elif config.smooth.enabled:
         edges += [
             Edge("lift.pose", "smooth.pose", Pose3D, policy),
             Edge("smooth.pose", "output.pose", Pose3D, policy),
@@ -171,6 +178,9 @@ def build_graph(config: PipelineConfig) -> Graph:
         unknown = [n for n in topo.only if n not in kinds]
         if unknown:
             raise ValueError(f"--only: no stage {unknown[0]!r}; stages are {','.join(kinds)}")
+        if colocated and "smooth" in topo.only and "output" not in topo.only:
+            raise ValueError("--only: smooth runs inside the output process here "
+                             "(--colocate-smooth): name output too, or drop --colocate-smooth")
         names = [n for n in names if stage_kind(n) in topo.only]
     local = set(names)
     edges = [e for e in edges if e.src_stage in local or e.dst_stage in local]
@@ -193,8 +203,9 @@ def build_graph(config: PipelineConfig) -> Graph:
             )
         if e.name in fixed and e.src_stage in local:  # this run binds it
             check_bind_endpoint(fixed[e.name], topo.allow_remote)
+    pre = {"output": (StageSpec("smooth"),)} if colocated else {}
     return Graph(
-        tuple(StageSpec(n) if n == stage_kind(n) else
+        tuple(StageSpec(n, pre=pre.get(n, ())) if n == stage_kind(n) else
               StageSpec(n, module=f"stages.{stage_kind(n)}", config_key=stage_kind(n))
               for n in names),
         tuple(edges),

@@ -81,6 +81,9 @@ class Plan:
     shm_dir: str | None = None
     #: a restarted source: (frame id, t_capture_ns) of the last frame its predecessor made
     resume_after: tuple[int, int] | None = None
+    #: stages co-located in this process ahead of `stage` (TopologyConfig.colocate), each
+    #: (name, module, config_key): every message goes through their process() first
+    pre: tuple[tuple[str, str, str], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -95,6 +98,7 @@ class Plan:
                 "parent_pid": self.parent_pid,
                 "shm_dir": self.shm_dir,
                 "resume_after": None if self.resume_after is None else list(self.resume_after),
+                "pre": [list(p) for p in self.pre],
             }
         )
 
@@ -113,6 +117,7 @@ class Plan:
             shm_dir=d.get("shm_dir"),
             resume_after=None if d.get("resume_after") is None
             else (int(d["resume_after"][0]), int(d["resume_after"][1])),
+            pre=tuple((str(n), str(m), str(k)) for n, m, k in d.get("pre", ())),
         )
 
     def private_edge(self, endpoint: str) -> bool:
@@ -148,6 +153,7 @@ class StageRunner:
         self.ctx = zmq.Context()
         self.control: zmq.Socket | None = None
         self.stage: Stage | None = None
+        self.pre_stages: list[Stage] = []  # co-located ahead of self.stage (Plan.pre)
         self.senders: list[EdgeSender] = []
         self.receivers: list[EdgeReceiver] = []
         self.rejects = RejectCounter(f"stage {self.name}", log)
@@ -228,6 +234,10 @@ class StageRunner:
             opened = True  # close() runs even when open() fails half way
             if self.plan.resume_after is not None and isinstance(self.stage, Source):
                 self.stage.resume(*self.plan.resume_after)
+            for name, module, config_key in self.plan.pre:
+                pre = stage_class(name, module)(getattr(self.plan.config, config_key, None))
+                self.pre_stages.append(pre)
+                pre.open()
             self.stage.open()
             # from here on SIGTERM means "finish the current message, close, exit"; during
             # imports and open() (models loading) it keeps its default: exit at once
@@ -259,10 +269,11 @@ class StageRunner:
                        traceback=traceback.format_exc())
         finally:
             if opened:
-                try:
-                    self.stage.close()
-                except Exception:
-                    log.exception("stage %s: close() failed", self.name)
+                for stage in [*self.pre_stages, self.stage]:
+                    try:
+                        stage.close()
+                    except Exception:
+                        log.exception("stage %s: close() failed", stage.name)
             self._tell("bye", code=code, stats=self.stats())
             for edge in [*self.senders, *self.receivers]:
                 edge.close()
@@ -445,11 +456,20 @@ class StageRunner:
         self._handle_message(msg, t_in_ns, is_sink)
 
     def _handle_message(self, msg: Any, t_in_ns: int, is_sink: bool) -> None:
-        if not isinstance(msg, self.stage.inputs):
+        first = self.pre_stages[0] if self.pre_stages else self.stage
+        if not isinstance(msg, first.inputs):
             self.rejects.reject("type", f"{type(msg).__name__} is not one of "
-                                        f"{[c.__name__ for c in self.stage.inputs]}")
+                                        f"{[c.__name__ for c in first.inputs]}")
             return
         try:
+            for pre in self.pre_stages:  # co-located stages: stamped as if on their own
+                out = pre.process(msg)
+                if out is None:
+                    return
+                msg = dataclasses.replace(out, frame_id=msg.frame_id,
+                                          t_capture_ns=msg.t_capture_ns,
+                                          stamps=msg.stamps + ((pre.name, t_in_ns, now_ns()),))
+                t_in_ns = now_ns()
             if is_sink:
                 self.stage.consume(with_stamp(msg, self.name, t_in_ns, now_ns()))
                 frames_out = None

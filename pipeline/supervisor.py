@@ -180,6 +180,7 @@ class Supervisor:
                 ),
                 parent_pid=os.getpid(),
                 shm_dir=self._shm_dir,
+                pre=tuple((p.name, p.module_name, p.config_section) for p in spec.pre),
             )
             self._spawn(plan)
         deadline = time.monotonic() + self.config.supervisor.startup_timeout_s
@@ -336,7 +337,9 @@ class Supervisor:
         every stage module and the heavy libraries, waiting for a plan on stdin."""
         if not self.config.supervisor.warm_spare or self._spare is not None:
             return
-        modules = [s.module_name for s in self.graph.stages] + list(SPARE_PRELOAD)
+        modules = [s.module_name for s in self.graph.stages]
+        modules += [p.module_name for s in self.graph.stages for p in s.pre]
+        modules += list(SPARE_PRELOAD)
         self._spare = self._popen_runner(["--standby", ",".join(modules)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._spare_ready = False
