@@ -5,16 +5,17 @@ again in ~200 kB pieces, with the two processes taking turns (about 1.1 ms a hop
 Written once into a memory-mapped file in /dev/shm and copied once out of it, it costs about
 half that. The edge protocol (pipeline.transport) stays the same apart from one message kind:
 the producer puts each large part into a slot of a `FrameRing` and sends a small descriptor
-in its place; the consumer's `RingReader` copies the parts out as soon as the message
-arrives, before it asks for the next one.
+in its place; the consumer's `RingReader` hands out read-only views of the slot (no copy),
+and the producer keeps that slot out of use until the consumer's next credit says it is done
+with the message (or copies the parts out on arrival, `copy=True`).
 
 A ring file: RING_SLOTS slots of a fixed capacity, each with a 64-byte header whose first
 8 bytes are the slot's sequence number (a seqlock): the producer writes BUSY there, then the
 data, then the new sequence number; the reader checks the number before and after its copy
 and drops the message (counted, never decoded) if the slot was rewritten meanwhile. The
-producer picks the slot written longest ago that no queued message uses, so with the edge's
-credit flow (one message per consumer in flight) a rewrite under a reader needs the reader
-to hold a message for RING_SLOTS - 1 newer ones.
+producer picks the slot written longest ago that no queued or lent message uses (the
+caller says which: pipeline.transport tracks them), so a slot is never rewritten under a
+reader that keeps to the credit protocol; the sequence check catches one that does not.
 
 Only files named `<prefix>*.ring` directly inside the run's private shm directory are ever
 opened by a reader: a descriptor cannot make a stage map an arbitrary path.
@@ -71,8 +72,8 @@ def _remove_stale(directory: str, prefix: str) -> None:
 class FrameRing:
     """Producer side: slots in one file in `directory`, named `<prefix>-<pid>-<n>.ring`.
 
-    `put(parts, queued_slots)` returns (descriptor, parts with the large ones emptied) or
-    None when nothing is large enough or no slot is free (send the message as it is).
+    `put(parts, busy_slots)` returns (descriptor, slot, parts with the large ones emptied) or
+    None when nothing is large enough or every slot is busy (send the message as it is).
     A ring grows (a new file, the old one removed) when a message no longer fits.
     Call `close()` to remove the file.
     """
@@ -108,12 +109,13 @@ class FrameRing:
             os.close(fd)
         self._written_at = [0] * RING_SLOTS
 
-    def put(self, parts: Sequence[Any], queued_slots: set[int] | frozenset[int] = frozenset()
+    def put(self, parts: Sequence[Any], busy_slots: set[int] | frozenset[int] = frozenset()
             ) -> tuple[bytes, int, list[Any]] | None:
-        """Write the large parts of one message into a free slot.
+        """Write the large parts of one message into a slot not in `busy_slots` (held by a
+        queued message, or lent to a consumer that has not asked for its next one).
 
         Returns (descriptor bytes, slot, parts with each large part replaced by b""), or
-        None (nothing large, or every slot is held by a queued message).
+        None (nothing large, or every slot is busy).
         """
         views = [memoryview(p).cast("B") if not isinstance(p, bytes) else p for p in parts]
         big = [i for i, v in enumerate(views) if len(v) >= MIN_PART_BYTES]
@@ -122,7 +124,7 @@ class FrameRing:
         need = sum(_round_up(len(views[i]), 64) for i in big)
         if need > self._capacity:
             self._grow(need)
-        free = [s for s in range(RING_SLOTS) if s not in queued_slots]
+        free = [s for s in range(RING_SLOTS) if s not in busy_slots]
         if not free:
             return None
         slot = min(free, key=lambda s: self._written_at[s])
@@ -162,8 +164,9 @@ class FrameRing:
 class RingReader:
     """Consumer side: resolves descriptors against ring files in `directory` only.
 
-    `read(descriptor, parts)` returns the message's parts with the large ones copied out of
-    the ring, or None when the slot was rewritten before the copy finished (drop the
+    `read(descriptor, parts, copy)` returns the message's parts with the large ones as
+    read-only views of the ring (copy=False: valid until the consumer asks for its next
+    message) or copied out (copy=True), or None when the slot had been rewritten (drop the
     message). Raises RingError for a descriptor that is malformed or names a file that is
     not a ring of this run.
     """
@@ -195,7 +198,8 @@ class RingReader:
         self._name, self._map = name, new
         return new
 
-    def read(self, descriptor: bytes, parts: Sequence[Any]) -> list[Any] | None:
+    def read(self, descriptor: bytes, parts: Sequence[Any], copy: bool = True
+             ) -> list[Any] | None:
         if len(descriptor) > MAX_DESCRIPTOR_BYTES:
             raise RingError(f"descriptor of {len(descriptor)} bytes")
         try:
@@ -225,15 +229,22 @@ class RingReader:
         if _SEQ.unpack_from(buf, base)[0] != seq:
             return None  # already rewritten
         for index, start, length in copies:
-            part = np.empty(length, np.uint8)
-            part[:] = np.frombuffer(buf, np.uint8, length, start)
-            out[index] = part
+            if copy:
+                part = np.empty(length, np.uint8)
+                part[:] = np.frombuffer(buf, np.uint8, length, start)
+                out[index] = part
+            else:
+                out[index] = memoryview(buf)[start:start + length]
         if _SEQ.unpack_from(buf, base)[0] != seq:
             return None  # rewritten while we copied
         return out
 
     def close(self) -> None:
+        """Let go of the current ring (its mapping closes once no view of it is left)."""
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a decoded message still looks at it: freed with the last view
             self._map = None
             self._name = None

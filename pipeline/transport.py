@@ -137,6 +137,9 @@ class EdgeSender:
         self._peers: set[bytes] = set()  # every consumer seen: each gets the end marker
         self._end_to: set[bytes] = set()  # ... and these have had it
         self._last_seen: dict[bytes, float] = {}  # peer -> monotonic s of its last credit
+        # ring slot lent to each consumer: its last message's, until that consumer's next
+        # credit says it is done with it (it may be reading the slot in place until then)
+        self._lent: dict[bytes, int] = {}
         self.sent = 0
         self.sent_shm = 0
         self.dropped = 0
@@ -168,7 +171,12 @@ class EdgeSender:
             self._queue.clear()
             self.dropped += 1
         if self.ring is not None:
-            put = self.ring.put(frames, {slot for slot, _ in self._queue if slot is not None})
+            busy = {slot for slot, _ in self._queue if slot is not None}
+            now = time.monotonic()
+            # a consumer silent for END_WAIT_S has gone (restarted under a new identity)
+            busy.update(slot for peer, slot in self._lent.items()
+                        if now - self._last_seen.get(peer, now) <= END_WAIT_S)
+            put = self.ring.put(frames, busy)
             if put is not None:
                 descriptor, slot, parts = put
                 self._queue.append((slot, [SHM, descriptor, *parts]))
@@ -198,6 +206,7 @@ class EdgeSender:
             self._last_seen[peer] = time.monotonic()
             if self._served.get(peer) != token:
                 self._waiting[peer] = token
+                self._lent.pop(peer, None)  # a new credit: done with the last message
         self._pump()
 
     def _pump(self) -> None:
@@ -212,7 +221,9 @@ class EdgeSender:
                 self._served[peer] = token
                 self._queue.popleft()
                 self.sent += 1
-                self.sent_shm += slot is not None
+                if slot is not None:
+                    self.sent_shm += 1
+                    self._lent[peer] = slot
         if self._ended and not self._queue:
             # every consumer gets the end marker, each in answer to its credit (so it has
             # read everything before it, and closing this socket loses nothing)
@@ -238,6 +249,7 @@ class EdgeSender:
                 raise
             log.info("edge %s: a consumer went away; waiting for a new one", self.endpoint)
             self._peers.discard(peer)
+            self._lent.pop(peer, None)
             return False
         return True
 
@@ -261,13 +273,15 @@ class EdgeReceiver:
 
     def __init__(self, ctx: zmq.Context, endpoint: str,
                  on_malformed: Callable[[str], None] | None = None,
-                 ring_dir: str | None = None) -> None:
+                 ring_dir: str | None = None, zero_copy: bool = True) -> None:
         """on_malformed(why) is called for each message that is not a valid edge message
         (it still answers our credit); default: log a warning. ring_dir: the run's shared
         memory directory; ring ("S") messages are accepted only with it, and only for
-        ring files inside it."""
+        ring files inside it. zero_copy: a ring message's large parts are read-only views
+        of the ring, valid until the next request() (else copied out on arrival)."""
         self.endpoint = endpoint
         self._rings = RingReader(ring_dir) if ring_dir else None
+        self._zero_copy = zero_copy
         self._on_malformed = on_malformed or (
             lambda why: log.warning("edge %s: ignored a malformed message: %s", endpoint, why)
         )
@@ -352,8 +366,10 @@ class EdgeReceiver:
                                    "private edge of this run, or no descriptor)")
             elif kind == SHM:
                 try:
-                    # copied out now, before our next credit lets the producer reuse it
-                    resolved = self._rings.read(parts[1].bytes, parts[2:])
+                    # views (or copies) of the slot; the producer keeps it until our next
+                    # credit, so a view stays valid while this message is processed
+                    resolved = self._rings.read(parts[1].bytes, parts[2:],
+                                                copy=not self._zero_copy)
                 except RingError as exc:
                     self._on_malformed(f"shared-memory message: {exc}")
                     continue

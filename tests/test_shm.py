@@ -5,6 +5,7 @@ Real files in a real tmpfs (or tmp) directory, real ZeroMQ sockets over ipc, rea
 from __future__ import annotations
 
 import os
+import time
 
 import msgpack
 import numpy as np
@@ -163,11 +164,27 @@ def test_edge_over_ipc_with_the_ring(ring_dir, tmp_path):
                 tx.on_readable()
             tx.offer(encode(_frame(i, 480, 640)))
             assert rx.socket.poll(5000, zmq.POLLIN)
-            got.append(decode(rx.receive()))
-        assert [m.frame_id for m in got] == list(range(20))
-        for m in got[::7]:
-            assert np.array_equal(m.image, _frame(m.frame_id, 480, 640).image)
+            msg = decode(rx.receive())
+            assert not msg.image.flags.writeable  # a view of the ring, not a copy
+            if i % 7 == 0:
+                assert np.array_equal(msg.image, _frame(i, 480, 640).image)
+            got.append(msg.frame_id)
+        assert got == list(range(20))
         assert tx.sent == tx.sent_shm == 20 and rx.torn == 0
+        # the consumer holds frame 19 (no new credit): 3 x RING_SLOTS newer frames offered
+        # meanwhile never touch its slot (latest wins: each replaces the queued one)
+        for i in range(100, 100 + 3 * RING_SLOTS):
+            tx.offer(encode(_frame(i, 480, 640)))
+        assert np.array_equal(msg.image, _frame(19, 480, 640).image)
+        rx.request()  # done with it: the queued frame comes, its slot may be reused
+        deadline = time.monotonic() + 5.0
+        while not rx.socket.poll(50, zmq.POLLIN):
+            tx.on_readable()  # takes the credit, sends the queued frame
+            assert time.monotonic() < deadline, "the queued frame never came"
+        last = decode(rx.receive())
+        assert last.frame_id == 100 + 3 * RING_SLOTS - 1
+        assert np.array_equal(last.image, _frame(last.frame_id, 480, 640).image)
+        del msg, last
         blind.request()
         while not tx._waiting:
             poller.poll(1000)
