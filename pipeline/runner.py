@@ -393,8 +393,9 @@ class StageRunner:
         ...): each is read with its own credit, and their messages are passed on in frame
         order (pipeline.reorder.Reorder): a frame waits at most topology.reorder_wait_s for
         an earlier one; one that comes after a later frame has gone is dropped and counted
-        (stats "dropped_late"). t_in_ns is taken when a message leaves the reorder buffer,
-        so the wait shows in the hop before this stage, not in its compute time."""
+        (stats "dropped_late"). t_in_ns is the moment a message arrived, as in the one-input
+        loop (so its decode counts as this stage's compute), or, when it waited in the
+        reorder buffer, the moment it left: the wait shows in the hop, not in compute."""
         is_sink = isinstance(self.stage, Sink)
         lossless = any(s.policy == "lossless" for s in self.senders)
         wait_s = self.plan.config.topology.reorder_wait_s
@@ -414,6 +415,7 @@ class StageRunner:
             wait_s = self.reorder.timeout_s(time.monotonic())
             timeout_ms = POLL_MS if wait_s is None else min(POLL_MS, int(wait_s * 1000) + 1)
             ready = poll_once(poller, timeout_ms)
+            t_turn_ns = now_ns()
             if self.control in ready:
                 self._on_control()
             for s in self.senders:
@@ -423,6 +425,7 @@ class StageRunner:
                 if rx.socket not in ready or i in ended:
                     continue
                 got = rx.receive()
+                t_recv_ns = now_ns()
                 if got is EdgeReceiver.END:
                     ended.add(i)
                     self.reorder.end(i)
@@ -432,9 +435,16 @@ class StageRunner:
                     except SchemaError as exc:
                         self.rejects.reject("schema", str(exc))
                         continue
-                    self.reorder.push(i, msg.frame_id, msg, time.monotonic())
-            for msg in self.reorder.pop_ready(time.monotonic()):
-                self._handle_message(msg, now_ns(), is_sink)
+                    self.reorder.push(i, msg.frame_id, (msg, t_recv_ns), time.monotonic())
+            t_free_ns = 0  # when this stage finished the previous message of this turn
+            for msg, t_recv_ns in self.reorder.pop_ready(time.monotonic()):
+                # arrived in this turn of the loop: it waited for nothing but this stage
+                # (from then on it is this stage's time); else it waited in the reorder
+                # buffer for an earlier frame, and that wait is transport
+                waited = t_recv_ns < t_turn_ns
+                t_in_ns = now_ns() if waited else max(t_recv_ns, t_free_ns)
+                self._handle_message(msg, t_in_ns, is_sink)
+                t_free_ns = now_ns()
             if self.reorder.done:
                 log.info("stage %s: end of stream (%d frames dropped late by the reorder)",
                          self.name, self.reorder.dropped_late)
