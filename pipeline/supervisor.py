@@ -67,6 +67,27 @@ def _short_temp_root() -> str:
     return root if len(root) <= 60 else "/tmp"
 
 
+#: a run's shared-memory directory in /dev/shm: <prefix><supervisor pid>-<random>
+SHM_DIR_PREFIX = "posestream-run-"
+
+
+def _remove_orphaned_shm_dirs(root: str) -> None:
+    """Remove the shared-memory directories of runs whose supervisor is gone (killed by -9:
+    its stages died with it, nobody removed their rings). RAM is not given back otherwise."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(SHM_DIR_PREFIX):
+            continue
+        pid = name[len(SHM_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            log.info("removing %s/%s, left by a run whose supervisor (pid %s) is gone",
+                     root, name, pid)
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 class PipelineError(RuntimeError):
     """The pipeline could not start or a stage failed; the message says which and why."""
 
@@ -294,7 +315,8 @@ class Supervisor:
         if t.kind != "ipc" or not t.shared_memory:
             return None
         if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-            return tempfile.mkdtemp(prefix="posestream-", dir="/dev/shm")
+            _remove_orphaned_shm_dirs("/dev/shm")
+            return tempfile.mkdtemp(prefix=f"{SHM_DIR_PREFIX}{os.getpid()}-", dir="/dev/shm")
         path = os.path.join(self._run_dir, "shm")
         os.makedirs(path, exist_ok=True)
         return path

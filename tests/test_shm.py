@@ -197,3 +197,16 @@ def test_edge_over_ipc_with_the_ring(ring_dir, tmp_path):
             end.close()
         ctx.term()
     assert os.listdir(ring_dir) == []
+
+
+def test_a_new_run_removes_the_shm_dirs_of_runs_whose_supervisor_is_gone(tmp_path):
+    from pipeline.supervisor import SHM_DIR_PREFIX, _remove_orphaned_shm_dirs
+
+    dead = tmp_path / f"{SHM_DIR_PREFIX}999999999-abc"
+    alive = tmp_path / f"{SHM_DIR_PREFIX}{os.getppid()}-def"  # a live process: kept
+    other = tmp_path / "posestream-bench-xyz"  # not a run directory: kept
+    for d in (dead, alive, other):
+        d.mkdir()
+        (d / "capture-1-1.ring").write_bytes(b"\0" * 4096)
+    _remove_orphaned_shm_dirs(str(tmp_path))
+    assert not dead.exists() and alive.exists() and other.exists()
