@@ -399,11 +399,23 @@ def test_signal_stops_everything_within_3s(reaper, short_tmp, sig, expected):
 
 
 def test_stages_die_with_a_killed_supervisor(reaper, short_tmp):
+    """...and the next run gives back the RAM of the killed run's shared-memory directory."""
+    import os
+
+    from pipeline.supervisor import SHM_DIR_PREFIX, _remove_orphaned_shm_dirs
+
     port = free_port()
     popen, pids = _start_supervisor_process(reaper, port, short_tmp)
+    mine = f"{SHM_DIR_PREFIX}{popen.pid}-"
+    has_shm = os.path.isdir("/dev/shm")
+    left_dirs = [n for n in os.listdir("/dev/shm") if n.startswith(mine)] if has_shm else []
     popen.kill()  # SIGKILL: no chance to clean up
     popen.wait(timeout=5)
     assert wait_gone(list(pids.values()), 3.0) == []
+    if has_shm:
+        assert len(left_dirs) == 1  # the killed run's rings directory is still there
+        _remove_orphaned_shm_dirs("/dev/shm")  # what the next Supervisor.start() does
+        assert not any(n.startswith(mine) for n in os.listdir("/dev/shm"))
 
 
 def test_stage_that_fails_to_open_is_reported_before_start(supervisors, monkeypatch):
