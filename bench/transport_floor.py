@@ -351,80 +351,6 @@ def raw_hop(nbytes: int, fps: float = 30.0, n: int = 150, warmup: int = 15,
     return report.summarize(lat_ms[warmup:])
 
 
-def _shm_receiver(endpoint: str, shm_name: str, nbytes: int, n: int, ready: Any,
-                  results: Any) -> None:
-    """Receiving end of shm_hop: PULL a slot number, view the frame in shared memory."""
-    from multiprocessing import shared_memory
-
-    ctx = zmq.Context()
-    sock = open_socket(ctx, zmq.PULL, bind=endpoint, rcvhwm=1000)
-    shm = shared_memory.SharedMemory(name=shm_name)
-    lat_ms = []
-    try:
-        ready.set()
-        while len(lat_ms) < n:
-            if not sock.poll(5000, zmq.POLLIN):
-                break
-            t_sent, slot = sock.recv_multipart()
-            frame = np.ndarray((nbytes,), np.uint8, shm.buf, offset=int(slot) * nbytes)
-            t_recv = now_ns()
-            lat_ms.append((t_recv - int.from_bytes(t_sent, "little")) / 1e6)
-            del frame
-        results.put(lat_ms)
-    finally:
-        shm.close()
-        sock.close(linger=0)
-        ctx.term()
-
-
-def shm_hop(nbytes: int, fps: float = 30.0, n: int = 150, warmup: int = 15) -> dict[str, float]:
-    """What a frame hop would cost through shared memory: the sender copies the frame into
-    one of two slots of a shared block (a capture stage would decode into it directly) and
-    sends the slot number over ipc; the receiver views the frame in place. Paced at `fps`;
-    latency from before the copy to the receiver holding the view. ms summary."""
-    from multiprocessing import shared_memory
-
-    spawn = mp.get_context("spawn")
-    run_dir = tempfile.mkdtemp(prefix="posestream-shm-")
-    endpoint = f"ipc://{run_dir}/hop.sock"
-    shm = shared_memory.SharedMemory(create=True, size=2 * nbytes)
-    ready, results = spawn.Event(), spawn.Queue()
-    proc = spawn.Process(target=_shm_receiver,
-                         args=(endpoint, shm.name, nbytes, n, ready, results))
-    ctx = zmq.Context()
-    sock = None
-    try:
-        proc.start()
-        if not ready.wait(30):
-            raise RuntimeError("shm hop receiver did not start")
-        sock = open_socket(ctx, zmq.PUSH, connect=endpoint, sndhwm=1000)
-        payload = np.random.default_rng(0).integers(0, 255, nbytes, np.uint8)
-        slots = [np.ndarray((nbytes,), np.uint8, shm.buf, offset=i * nbytes) for i in (0, 1)]
-        period_ns = int(1e9 / fps)
-        t0 = now_ns()
-        for i in range(n):
-            wait_ns = t0 + i * period_ns - now_ns()
-            if wait_ns > 0:
-                time.sleep(wait_ns / 1e9)
-            t_send = now_ns()
-            np.copyto(slots[i % 2], payload)
-            sock.send_multipart([t_send.to_bytes(8, "little"), str(i % 2).encode()])
-        lat_ms = results.get(timeout=30)
-        proc.join(timeout=5)
-        del slots
-    finally:
-        if sock is not None:
-            sock.close(linger=0)
-        ctx.term()
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=2)
-        shm.close()
-        shm.unlink()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return report.summarize(lat_ms[warmup:])
-
-
 def codec_costs(image_wh: tuple[int, int] = (1280, 720), repeat: int = 2000) -> dict[str, Any]:
     """In-process cost, microseconds per call (p50 / p99): schema encode + decode per message
     type, with_stamp + dataclasses.replace as the runner does, and plain msgpack of a
@@ -514,9 +440,6 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{label} raw PUSH/PULL hop, {what} ({nbytes} B)"
             results["raw_hops"][key] = raw_hop(nbytes, fps, transport=args.transport)
             rows.append(report.summary_row(key, results["raw_hops"][key]))
-        key = f"{label} frame through shared memory ({frame_bytes} B copied in, slot sent)"
-        results["raw_hops"][key] = shm_hop(frame_bytes, fps)
-        rows.append(report.summary_row(key, results["raw_hops"][key]))
     results["codec"] = codec_costs(args.image)
     print(f"transport floor: {args.transport}, frame {args.image[0]}x{args.image[1]}, "
           f"load {results['machine']['loadavg']}")
