@@ -9,8 +9,10 @@ the supervisor with its traceback and the process exits 1.
 
 Control messages are msgpack maps. Child -> supervisor: {"event": "hello"|"ready"|"beat"|
 "error"|"eos"|"bye", "stage": name, ...} ("beat" every HEARTBEAT_INTERVAL_S from the main
-loop, with `busy_s`: how long a source's produce() call has been running); supervisor -> child: {"cmd": "go"|"stop"} or
-{"cmd": "status", "kind", "text", "frame_id"} (published by a stage with `publish_status`).
+loop, with `busy_s`: how long a source's produce() call has been running, and `last`: a
+source's newest (frame id, t_capture_ns), from which a restart goes on); supervisor -> child:
+{"cmd": "go"|"stop"} or {"cmd": "status", "kind", "text", "frame_id"} (published by a stage
+with `publish_status`).
 """
 
 from __future__ import annotations
@@ -336,6 +338,15 @@ class StageRunner:
                 return False
         return True
 
+    def _end_of_stream(self, poller: zmq.Poller, is_sink: bool) -> None:
+        """The input ended: a sink tells subscribers and the supervisor, any other stage
+        passes the end downstream."""
+        if is_sink:
+            self._publish_status("info", "end of stream", self._last_frame_id)
+            self._tell("eos")
+        else:
+            self._flush_end(poller)
+
     def _flush_end(self, poller: zmq.Poller) -> None:
         """Deliver end-of-stream downstream, then return (or on stop)."""
         for s in self.senders:
@@ -378,11 +389,7 @@ class StageRunner:
                 t_in_ns = now_ns()
                 if got is EdgeReceiver.END:
                     log.info("stage %s: end of stream", self.name)
-                    if is_sink:
-                        self._publish_status("info", "end of stream", self._last_frame_id)
-                        self._tell("eos")
-                    else:
-                        self._flush_end(poller)
+                    self._end_of_stream(poller, is_sink)
                     return
                 if got is not None:
                     self._handle(got, t_in_ns, is_sink)
@@ -448,11 +455,7 @@ class StageRunner:
             if self.reorder.done:
                 log.info("stage %s: end of stream (%d frames dropped late by the reorder)",
                          self.name, self.reorder.dropped_late)
-                if is_sink:
-                    self._publish_status("info", "end of stream", self._last_frame_id)
-                    self._tell("eos")
-                else:
-                    self._flush_end(poller)
+                self._end_of_stream(poller, is_sink)
                 return
             for rx in self.receivers:
                 rx.tick()
