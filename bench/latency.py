@@ -194,7 +194,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
                       if c != "smooth" or (smooth and not colocate_smooth))
         result.update(smooth=smooth, detect_workers=detect_workers,
                       colocate_smooth=colocate_smooth,
-                      shared_memory=shared_memory and transport == "ipc", frames=n, image_wh=list(wh), engine=str(eng),
+                      shared_memory=shared_memory and transport == "ipc", frames=n,
+                      image_wh=list(wh), engine=str(eng),
                       machine_before=report.machine_info())
         jobs = [
             ("pipeline", lambda: run_pipeline(

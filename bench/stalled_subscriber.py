@@ -137,7 +137,8 @@ def print_report(r: dict[str, Any]) -> None:
               f"{c['p50_ms']:6.1f} ms  p95 {c['p95_ms']:6.1f} ms  p99 {c['p99_ms']:6.1f} ms")
     print(f"  p99 B/A {r['p99_ratio_b_over_a']:.3f} (target within "
           f"{P99_CHANGE_TARGET:.0%}); p50 B/A {r['p50_ratio_b_over_a']:.3f}; "
-          f"noise floor p99 A(odd)/A(even) {r.get('p99_ratio_a_odd_over_a_even', float('nan')):.3f}")
+          f"noise floor p99 A(odd)/A(even) "
+          f"{r.get('p99_ratio_a_odd_over_a_even', float('nan')):.3f}")
     for p in r["per_phase"]:
         print(f"    round {p['round']} {p['condition']}: {p['poses']:5d} poses p50 "
               f"{p['p50_ms']:6.1f} ms p99 {p['p99_ms']:6.1f} ms output RSS "

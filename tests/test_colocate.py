@@ -3,8 +3,6 @@ process. The graph (pure) and a real run: four processes, every frame, the same 
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import zmq
@@ -21,6 +19,7 @@ from pipeline.config import (
 from pipeline.graph import build_graph
 from pipeline.schema import Pose3D, SchemaError, decode
 from pipeline.supervisor import Supervisor
+from tests.conftest import free_port
 from tests.stage_harness import lifter_engine
 
 VIDEO = "data/footage/openpose/examples/media/video.avi"
@@ -41,9 +40,7 @@ def test_graph_puts_smooth_inside_output():
 
 
 def test_a_real_run_with_smoothing_in_the_output_process(supervisors, shared_file, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = PipelineConfig(
         capture=CaptureConfig(video=str(shared_file(VIDEO)), as_fast_as_possible=True,
                               max_frames=FRAMES),

@@ -4,7 +4,6 @@ an unauthorised key and one without CURVE get nothing; bad key files fail before
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -14,16 +13,11 @@ import pytest
 from pipeline.schema import Pose3D
 from pipeline.security import authorize, generate_keypair
 from pipeline.subscribe import subscribe
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 VIDEO = "data/footage/openpose/examples/media/video.avi"
 FRAMES = 12
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -50,7 +44,7 @@ def test_only_the_authorised_subscriber_reads_the_pipeline(shared_dir, keys, tmp
     video = shared_dir / VIDEO
     if not video.is_file():
         pytest.fail(f"missing shared data file {video}: set POSESTREAM_SHARED")
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     streams = {
         "alice": subscribe(endpoint, timeout_s=20, curve_secret_key=str(keys["alice"][1]),
                            curve_server_key=str(keys["server"][0])),
@@ -83,7 +77,7 @@ def test_bad_key_files_fail_before_any_stage(shared_dir, keys, tmp_path):
     missing = tmp_path / "nope.key_secret"
     run = subprocess.run(
         [sys.executable, "run_pipeline.py", "--video", str(shared_dir / VIDEO),
-         "--publish", f"tcp://127.0.0.1:{_free_port()}",
+         "--publish", f"tcp://127.0.0.1:{free_port()}",
          "--curve-secret", str(missing), "--curve-authorized", str(keys["authorized"])],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )

@@ -18,6 +18,7 @@ from pipeline.graph import build_graph
 from pipeline.reorder import Reorder
 from pipeline.schema import Pose3D, Status, decode
 from pipeline.transport import open_socket
+from tests.conftest import free_port
 
 VIDEO = "data/footage/openpose/examples/media/video.avi"  # 205 frames, 50 fps
 
@@ -89,13 +90,6 @@ def test_only_needs_an_endpoint_for_each_cut_edge_and_refuses_a_silent_remote_bi
 
 
 # --------------------------------------------------------------------------- real runs
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _collect(sub: zmq.Socket, popens: list[subprocess.Popen], deadline_s: float = 150.0):
     """Poses until the end-of-stream Status, or every process has exited and it is quiet."""
@@ -121,7 +115,7 @@ def _collect(sub: zmq.Socket, popens: list[subprocess.Popen], deadline_s: float 
 @pytest.fixture
 def subscriber():
     ctx = zmq.Context()
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     sub = open_socket(ctx, zmq.SUB, connect=endpoint, rcvhwm=10_000)
     sub.setsockopt(zmq.SUBSCRIBE, b"pose3d")
@@ -144,7 +138,7 @@ def test_two_runs_joined_over_tcp_deliver_poses(shared_dir, reaper, subscriber, 
     """Host B (detect, lift, smooth, output) starts first and waits for host A's capture at
     a tcp endpoint that A binds on all interfaces (--allow-remote, warned)."""
     endpoint, sub = subscriber
-    edge = f"capture-detect=tcp://0.0.0.0:{_free_port()}"
+    edge = f"capture-detect=tcp://0.0.0.0:{free_port()}"
     frames = 40
     log_b, log_a = tmp_path / "b.log", tmp_path / "a.log"
     with open(log_b, "w") as err:
@@ -220,7 +214,7 @@ def test_every_frame_with_two_workers_keeps_every_frame(shared_dir, reaper, tmp_
         run = reaper.python(
             "run_pipeline.py", "--video", _video(shared_dir), "--max-frames", str(frames),
             "--every-frame", "--as-fast-as-possible", "--detect-workers", "2", "--record",
-            str(out), "--publish", f"tcp://127.0.0.1:{_free_port()}", stderr=err)
+            str(out), "--publish", f"tcp://127.0.0.1:{free_port()}", stderr=err)
     run.wait(timeout=150)
     text = log.read_text()
     assert run.returncode == 0, text[-3000:]

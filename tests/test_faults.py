@@ -11,8 +11,6 @@ Real processes, real sockets. Budget on 2 loaded cores: about 60 s for this file
 from __future__ import annotations
 
 import dataclasses
-import re
-import socket
 import time
 
 import msgpack
@@ -35,6 +33,7 @@ from pipeline.schema import (
     decode,
     encode,
 )
+from tests.conftest import free_port
 from tests.stage_harness import StageHarness, lifter_engine
 
 #: malformed messages of each kind per stage (11 kinds: about 2200 per stage)
@@ -157,11 +156,6 @@ def expect_rejected(parts: list[bytes], accepted: tuple[type, ...]) -> bool:
 
 
 # --------------------------------------------------------------------------- stage flood
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 STAGE_INPUT = {"detect": Frame, "lift": Keypoints2D, "smooth": Pose3D, "output": Pose3D}
 
@@ -197,7 +191,7 @@ def engine(tmp_path_factory):
 
 @pytest.mark.parametrize("stage", sorted(STAGE_INPUT))
 def test_malformed_flood_is_counted_and_never_kills_a_stage(stage, engine, tmp_path):
-    port = _free_port()
+    port = free_port()
     config = PipelineConfig(lift=LiftConfig(engine_path=engine),
                             output=OutputConfig(publish=f"tcp://127.0.0.1:{port}"))
     kind = STAGE_INPUT[stage]
@@ -342,7 +336,7 @@ def test_kill9_of_each_stage_in_turn_poses_resume_within_2s(supervisors, shared_
     from pipeline.config import CaptureConfig, SupervisorConfig
     from pipeline.supervisor import Supervisor
 
-    port = _free_port()
+    port = free_port()
     config = PipelineConfig(
         capture=CaptureConfig(video=_video(shared_file), loop=True),
         lift=LiftConfig(engine_path=engine),
@@ -399,7 +393,6 @@ def test_ctrl_c_at_random_moments_leaves_no_process_and_no_ipc_file(reaper, shar
     import random
     import signal
     import subprocess
-    import sys
 
     from tests.conftest import children_of, pid_alive, wait_gone
 
@@ -414,7 +407,7 @@ def test_ctrl_c_at_random_moments_leaves_no_process_and_no_ipc_file(reaper, shar
         at_s += rng.uniform(0.0, 0.5)
         tmp = tmp_path / f"run{len(report)}"
         tmp.mkdir()
-        port = _free_port()
+        port = free_port()
         popen = reaper.python(
             "run_pipeline.py", "--video", _video(shared_file), "--loop", "--engine", engine,
             "--publish", f"tcp://127.0.0.1:{port}", "--log-level", "WARNING",

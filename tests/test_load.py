@@ -18,11 +18,9 @@ machine: it is `python -m bench.stalled_subscriber` (docs/RELIABILITY.md), not a
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
-import pytest
 import zmq
 
 from bench import frames as bench_frames
@@ -35,6 +33,7 @@ from pipeline.config import (
 )
 from pipeline.schema import Pose3D, SchemaError, decode
 from pipeline.supervisor import Supervisor
+from tests.conftest import free_port
 from tests.stage_harness import lifter_engine
 
 PHASE_S = 8.0
@@ -42,11 +41,6 @@ FEED_FPS = 120.0
 LATENCY_BOUND_MS = 1000.0
 OUTPUT_RSS_SLACK_MIB = 16.0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mib(pid: int) -> float:
@@ -89,7 +83,7 @@ def test_overload_and_a_stalled_subscriber(supervisors, shared_file, tmp_path):
 
 
 def _overload_and_stall(supervisors, images: str, tmp_path) -> None:
-    port = _free_port()
+    port = free_port()
     config = PipelineConfig(
         capture=CaptureConfig(images=images, images_fps=FEED_FPS, loop=True),
         lift=LiftConfig(engine_path=str(lifter_engine(tmp_path))),

@@ -21,7 +21,7 @@ import zmq
 from engines.skeleton import NUM_JOINTS, Joint
 from pipeline.schema import Pose3D, decode
 from pipeline.transport import open_socket
-from tests.conftest import REPO, children_of, wait_gone
+from tests.conftest import REPO, children_of, free_port, wait_gone
 
 VIDEO = "data/footage/openpose/examples/media/video.avi"  # 1280x720, 205 frames, 50 fps
 WIDTH, HEIGHT = 1280, 720
@@ -36,13 +36,6 @@ def _engine() -> str:
                     "(engines/train.py, engines/export.py) or set POSESTREAM_E2E_ENGINE")
     return str(path)
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _collect(popen: subprocess.Popen, sub: zmq.Socket, log: Path,
@@ -72,7 +65,7 @@ def street_run(shared_dir, tmp_path_factory):
     if not video.is_file():
         pytest.fail(f"missing shared data file {video}: set POSESTREAM_SHARED")
     engine = _engine()
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     ctx = zmq.Context()
     sub = open_socket(ctx, zmq.SUB, connect=endpoint, rcvhwm=10_000)
@@ -144,7 +137,7 @@ def test_sigint_stops_the_real_pipeline_within_3s(shared_dir, reaper, tmp_path):
     """Ctrl-C in the middle of a paced video: every process gone within 3 s, no orphan.
     On the way: no process of the running pipeline has torch loaded."""
     engine = _engine()
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     err = open(tmp_path / "stderr.log", "w")  # a file, not a pipe nobody reads
     popen = reaper.python("run_pipeline.py", "--video", str(shared_dir / VIDEO), "--engine",

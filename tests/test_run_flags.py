@@ -15,19 +15,12 @@ import zmq
 
 from pipeline.record import Recording
 from pipeline.schema import Pose3D, Status
-from tests.conftest import REPO, children_of, wait_gone
+from tests.conftest import REPO, children_of, free_port, wait_gone
 
 VIDEO = "data/footage/openpose/examples/media/video.avi"
 FRAMES = 20
 HEADLESS = {"DISPLAY": "", "WAYLAND_DISPLAY": "", "QT_QPA_PLATFORM": "offscreen"}
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def view_record_run(shared_dir, tmp_path_factory):
         popen = subprocess.Popen(
             [sys.executable, "run_pipeline.py", "--video", str(video), "--as-fast-as-possible",
              "--every-frame", "--max-frames", str(FRAMES), "--view", "--record", str(out),
-             "--publish", f"tcp://127.0.0.1:{_free_port()}"],
+             "--publish", f"tcp://127.0.0.1:{free_port()}"],
             cwd=REPO, env=env, stderr=err, stdout=subprocess.DEVNULL,
         )
         try:
@@ -84,7 +77,7 @@ def test_recording_holds_every_published_pose(view_record_run):
 def test_ctrl_c_with_view_and_record_leaves_no_orphan(shared_dir, reaper, tmp_path):
     """SIGINT in the middle of a paced video: the stages and the viewer process are gone,
     the recording is closed with its index, exit 130."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "cut.psrec"
     err = open(tmp_path / "stderr.log", "w")

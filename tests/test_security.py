@@ -24,7 +24,6 @@ from pipeline.schema import Pose3D, SchemaError, decode
 from pipeline.security import (
     InsecureEndpointError,
     KeyFileError,
-    KeyPair,
     authorize,
     check_bind_endpoint,
     curve_client_options,

@@ -5,6 +5,8 @@ Real files in a real tmpfs (or tmp) directory, real ZeroMQ sockets over ipc, rea
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 
 import msgpack
@@ -26,12 +28,8 @@ def _frame(frame_id: int, h: int = 720, w: int = 1280) -> Frame:
 @pytest.fixture
 def ring_dir(tmp_path):
     base = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path)
-    import tempfile
-
     d = tempfile.mkdtemp(prefix="posestream-test-", dir=base)
     yield d
-    import shutil
-
     shutil.rmtree(d, ignore_errors=True)
 
 

@@ -36,7 +36,7 @@ from pipeline.schema import Frame, Keypoints2D, Pose3D, Status
 from pipeline.stage import EndOfStream, Source, Stage
 from pipeline.subscribe import subscribe
 from pipeline.supervisor import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Supervisor
-from tests.conftest import children_of, pid_alive, wait_gone
+from tests.conftest import children_of, free_port, pid_alive, wait_gone
 
 HERE = "tests.test_supervisor"
 #: environment knobs read by the test stages in their own processes
@@ -142,13 +142,6 @@ def make_config(port: int, frames: int | None, fps: float = 200.0, afap: bool = 
                                     heartbeat_timeout_s=heartbeat_timeout_s),
     )
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
