@@ -3,17 +3,17 @@
     python -m bench.lifter [--engine PATH] [--checkpoint CKPT] [--batch 64] [--json OUT]
 
 Rows:
-- torch eager (reference): `engines.models.build_lifter(**model_config)` with the checkpoint's
+- torch eager (reference): `engines.training.models.build_lifter(**model_config)` with the checkpoint's
   weights when `--checkpoint` is given, else the engine's architecture with fresh weights (same
   arithmetic, so the same cost);
-- ONNX Runtime CPU through `engines.runtime.load_engine` (the code the lift stage runs) with one
+- ONNX Runtime CPU through `engines.runtime.engine.load_engine` (the code the lift stage runs) with one
   intra-op thread (the pipeline's setting) and with one per core;
 - int8: the same engine quantized with ONNX Runtime's dynamic quantization (weights int8);
-- TensorRT when `engines.runtime.available_backends()` says it is usable here.
+- TensorRT when `engines.runtime.engine.available_backends()` says it is usable here.
 Each at batch 1 and `--batch`, hot (back to back) and paced at 30 fps (a sleep of one frame
 interval between calls: how the pipeline calls it, and slower, since caches and clocks cool).
 
-Then the kernels the lift and smooth stages run per frame: `engines.reproject.fit_translation`
+Then the kernels the lift and smooth stages run per frame: `engines.runtime.reproject.fit_translation`
 and the One Euro filter of `stages/smooth.py`, per call, with their first-call cost in a fresh
 process (compile with an empty numba cache, and load from the cache), and the whole
 `LiftStage.process` per frame. Without `--engine` and with no default engine installed yet,
@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 
 from bench import report
-from engines import runtime
-from engines.skeleton import NUM_JOINTS
+from engines.runtime import engine as runtime
+from engines.runtime.skeleton import NUM_JOINTS
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-#: the trainer's default architecture (engines/train.py), used for a throw-away engine
+#: the trainer's default architecture (engines/training/train.py), used for a throw-away engine
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "num_joints": NUM_JOINTS, "width": 512, "blocks": 2, "dropout": 0.25, "batch_norm": True,
     "head": "depth", "depth_offset": 10.0,
@@ -92,10 +92,10 @@ def engine_file(path: str | None) -> Iterator[Path]:
         return
     import torch
 
-    from engines.codec import Codec
-    from engines.export import export_model
-    from engines.mocap import CANONICAL_BONE_LENGTHS_MM
-    from engines.models import build_lifter
+    from engines.runtime.codec import Codec
+    from engines.training.export import export_model
+    from engines.training.mocap import CANONICAL_BONE_LENGTHS_MM
+    from engines.training.models import build_lifter
 
     log.warning("no engine at %s: measuring a throw-away export of the default architecture",
                 runtime.DEFAULT_ENGINE_PATH)
@@ -131,10 +131,10 @@ def torch_reference(engine: runtime.Engine, checkpoint: str | None) -> Callable[
     """The engine's network in torch eager mode (CPU, no grad); checkpoint weights if given."""
     import torch
 
-    from engines.models import build_lifter
+    from engines.training.models import build_lifter
 
     if checkpoint is not None:
-        from engines.export import load_checkpoint
+        from engines.training.export import load_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
         model = build_lifter(**ckpt["model_config"])
@@ -220,7 +220,7 @@ _FIRST_CALL = r"""
 import json, sys, time
 import numpy as np
 t0 = time.perf_counter()
-from engines.reproject import fit_translation
+from engines.runtime.reproject import fit_translation
 from stages.smooth import OneEuroFilter
 t1 = time.perf_counter()
 from stages.lift import _T_POSE_PX
@@ -253,7 +253,7 @@ def first_call_costs() -> dict[str, Any]:
 
 def bench_kernels(calls: int, paced_calls: int, engine_path: Path) -> list[dict[str, Any]]:
     """Per-call cost of the numba kernels and of the whole LiftStage.process (one frame)."""
-    from engines.reproject import fit_translation
+    from engines.runtime.reproject import fit_translation
     from pipeline.config import LiftConfig
     from pipeline.schema import Keypoints2D
     from stages.lift import _T_POSE_PX, LiftStage

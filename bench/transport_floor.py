@@ -34,7 +34,7 @@ import numpy as np
 import zmq
 
 from bench import report
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.schema import Frame, Keypoints2D, Pose3D, decode, encode, with_stamp
 from pipeline.shm import FrameRing
 from pipeline.transport import EdgeReceiver, EdgeSender, now_ns, open_socket, poll_once

@@ -12,7 +12,7 @@ publishing host's monotonic clock (`t_recv_ns`: the recorder's, same host clock)
   message's fields (arrays as nested lists; a Frame's image as `{"dtype", "shape"}` only).
 - csv: one row per Pose3D: frame_id, t_capture_ns, t_recv_ns, person_present, engine_id,
   image_width, image_height, root_{x,y,z}_m, then per joint (pipeline order, names from
-  engines.skeleton) `<joint>_{x,y,z}_m`, `<joint>_{u,v}_px`, `<joint>_conf`,
+  engines.runtime.skeleton) `<joint>_{x,y,z}_m`, `<joint>_{u,v}_px`, `<joint>_conf`,
   `<joint>_reproj_px`. Floats are written so that they read back to the same float32.
 - npz: the Pose3D messages stacked: frame_id (N,), t_capture_ns (N,), t_recv_ns (N,),
   person_present (N,), image_size (N, 2), joints_3d_m (N, 17, 3), root_m (N, 3),
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 from pipeline.record import Recording, RecordingError
 from pipeline.schema import Frame, Message, Pose3D, SchemaError
 

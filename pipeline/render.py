@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines.skeleton import BONES, JOINT_NAMES, NUM_JOINTS, ROOT
+from engines.runtime.skeleton import BONES, JOINT_NAMES, NUM_JOINTS, ROOT
 
 #: BGR colours by body side; a bone takes its child joint's side.
 COLOR_LEFT: tuple[int, int, int] = (255, 160, 40)  # blue-ish

@@ -26,7 +26,7 @@ from typing import Any, Union
 import msgpack
 import numpy as np
 
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 
 SCHEMA_VERSION: int = 1
 

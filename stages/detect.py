@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.skeleton import NUM_JOINTS, blazepose33_to_h36m17
+from engines.runtime.skeleton import NUM_JOINTS, blazepose33_to_h36m17
 from pipeline.schema import Frame, Keypoints2D
 from pipeline.stage import Stage
 

@@ -1,12 +1,12 @@
 """2D -> metric 3D: the lifter engine, then the root translation from the reprojection fit.
 
 Per frame (one person, 17 joints):
-1. intrinsics (fx, fy, cx, cy) for the frame's image size, from `--calib FILE` (stages/intrinsics:
+1. intrinsics (fx, fy, cx, cy) for the frame's image size, from `--calib FILE` (engines/runtime/intrinsics:
    OpenCV camera matrix, optional distortion) or from `--fov DEG` (horizontal field of view);
    keypoints are undistorted first when the calibration has distortion coefficients;
 2. `codec.encode_full` -> `engine.run` -> `codec.to_metric(height_m, rotation_to_camera)`: the
    root-relative pose in metres, camera axes;
-3. `engines.reproject.fit_translation` (numba, weights = detector confidences): the root
+3. `engines.runtime.reproject.fit_translation` (numba, weights = detector confidences): the root
    translation in the camera frame and each joint's reprojection error in pixels;
 4. Pose3D: joints_3d_m = root-relative pose + root_m, camera frame (OpenCV axes), metres.
 
@@ -23,12 +23,12 @@ import logging
 
 import numpy as np
 
-from engines.reproject import fit_translation
-from engines.runtime import load_engine
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.reproject import fit_translation
+from engines.runtime.engine import load_engine
+from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.schema import Keypoints2D, Pose3D
 from pipeline.stage import Stage
-from stages.intrinsics import (
+from engines.runtime.intrinsics import (
     Intrinsics,
     for_image_size,
     intrinsics_from_fov,

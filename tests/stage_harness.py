@@ -205,7 +205,7 @@ class StageHarness:
 def lifter_engine(folder: Path) -> Path:
     """A lifter engine for tests that only need one that runs: the shipped default when
     it is there, else a small untrained one exported into `folder` (torch, once)."""
-    from engines.runtime import DEFAULT_ENGINE_PATH
+    from engines.runtime.engine import DEFAULT_ENGINE_PATH
 
     if Path(DEFAULT_ENGINE_PATH).is_file():
         return Path(DEFAULT_ENGINE_PATH)
@@ -213,9 +213,9 @@ def lifter_engine(folder: Path) -> Path:
     if not path.is_file():
         import torch
 
-        from engines.codec import Codec
-        from engines.export import export_model
-        from engines.models import build_lifter
+        from engines.runtime.codec import Codec
+        from engines.training.export import export_model
+        from engines.training.models import build_lifter
 
         torch.manual_seed(0)
         bones_m = (0.13, 0.45, 0.45, 0.13, 0.45, 0.45, 0.24, 0.25, 0.12, 0.11, 0.15, 0.28,

@@ -1,4 +1,4 @@
-"""BVH reader and forward kinematics (engines/bvh.py) on hand-made and shared files."""
+"""BVH reader and forward kinematics (engines/training/bvh.py) on hand-made and shared files."""
 
 import os
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import bvh
-from engines.skeleton import BANDAI_JOINT_NAMES, CMU_BVH_JOINT_NAMES, CMU_EXPMAP_JOINT_NAMES
+from engines.training import bvh
+from engines.runtime.skeleton import BANDAI_JOINT_NAMES, CMU_BVH_JOINT_NAMES, CMU_EXPMAP_JOINT_NAMES
 
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 MOCAP = SHARED / "data" / "mocap"

@@ -1,4 +1,4 @@
-"""stages.calibrate: chessboard images rendered under known intrinsics calibrate back to those
+"""pipeline.calibrate: chessboard images rendered under known intrinsics calibrate back to those
 intrinsics; the calibration file round-trips and nonsense files fail with clear errors."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.calibrate import (
+from pipeline.calibrate import (
     BoardSpec,
     Calibration,
     CalibrationError,
@@ -121,7 +121,7 @@ def test_cli_writes_a_file_load_calibration_reads(board_images, tmp_path):
     folder, _ = board_images
     out = tmp_path / "calib.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.calibrate", "--images", str(folder / "*.png"),
+        [sys.executable, "-m", "pipeline.calibrate", "--images", str(folder / "*.png"),
          "--board", "9x6", "--square-mm", "25", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
@@ -132,7 +132,7 @@ def test_cli_writes_a_file_load_calibration_reads(board_images, tmp_path):
     assert abs(K[0, 0] / K_TRUE[0, 0] - 1) < 0.02
     assert dist.shape == (5,)
     # the lift stage's --calib reader takes the same file
-    from stages.intrinsics import load_calibration as load_for_lift
+    from engines.runtime.intrinsics import load_calibration as load_for_lift
 
     intr = load_for_lift(out)
     assert (intr.fx, intr.fy, intr.cx, intr.cy) == (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
@@ -145,7 +145,7 @@ def test_cli_writes_a_file_load_calibration_reads(board_images, tmp_path):
 def test_cli_wrong_board_fails_with_a_clear_message(board_images, tmp_path):
     folder, _ = board_images
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.calibrate", "--images", str(folder / "*.png"),
+        [sys.executable, "-m", "pipeline.calibrate", "--images", str(folder / "*.png"),
          "--board", "8x5", "--out", str(tmp_path / "c.yaml")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
@@ -237,7 +237,7 @@ def test_cli_video_keeps_one_view_per_board_pose(tmp_path):
     writer.release()
     out = tmp_path / "calib.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.calibrate", "--video", str(path), "--views", "30",
+        [sys.executable, "-m", "pipeline.calibrate", "--video", str(path), "--views", "30",
          "--board", "9x6", "--square-mm", "25", "--out", str(out), "--no-preview"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )

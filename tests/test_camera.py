@@ -1,4 +1,4 @@
-"""Camera math (engines/camera.py) and its torch twins (engines/camera_torch.py)."""
+"""Camera math (engines/runtime/camera.py) and its torch twins (engines/training/camera_torch.py)."""
 
 import json
 import os
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines import camera, camera_torch
-from engines.skeleton import NUM_JOINTS
+from engines.runtime import camera
+from engines.training import camera_torch
+from engines.runtime.skeleton import NUM_JOINTS
 
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 H36M_DIR = SHARED / "data" / "footage" / "mmpose" / "tests" / "data" / "h36m"
@@ -102,7 +103,7 @@ def test_h36m_cameras_reproject_mmpose_ground_truth():
 
 
 def test_random_cameras_keep_real_poses_in_the_image():
-    from engines.mocap import load_poses
+    from engines.training.mocap import load_poses
 
     poses_m = load_poses(("cmu_expmap",), split="test", shared_dir=SHARED)[::4] * 1e-3
     rng = np.random.default_rng(3)

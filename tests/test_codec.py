@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.codec import Codec, normalise_2d, stature_from_bone_lengths
-from engines.losses import normalise_2d_torch
-from engines.skeleton import NUM_JOINTS, ROOT, Joint, bone_lengths
+from engines.runtime.codec import Codec, normalise_2d, stature_from_bone_lengths
+from engines.training.losses import normalise_2d_torch
+from engines.runtime.skeleton import NUM_JOINTS, ROOT, Joint, bone_lengths
 
 
 def _pose_3d_m(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.skeleton import NUM_JOINTS, Joint
+from engines.runtime.skeleton import NUM_JOINTS, Joint
 from pipeline.config import DetectConfig
 from pipeline.schema import Frame
 from stages.detect import DetectStage, landmark_model_path

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import datasets as ds
-from engines import mocap
-from engines.codec import Codec
-from engines.evaluate import (
+from engines.training import datasets as ds
+from engines.training import mocap
+from engines.runtime.codec import Codec
+from engines.training.evaluate import (
     EvaluationError,
     LoadedLifter,
     evaluate,
@@ -22,7 +22,7 @@ from engines.evaluate import (
     place_and_project,
     procrustes_aligned,
 )
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS, ROOT
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS, ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,9 +114,9 @@ def test_z_up_files_are_turned_to_y_up(tmp_path, test_poses_mm):
 
 
 def test_cli_on_an_exported_engine(tmp_path, test_poses_mm):
-    """Train a few steps, export through engines.export, evaluate through engines.runtime."""
-    from engines.export import export_checkpoint
-    from engines.train import TrainConfig, build_data, train
+    """Train a few steps, export through engines.training.export, evaluate through engines.runtime.engine."""
+    from engines.training.export import export_checkpoint
+    from engines.training.train import TrainConfig, build_data, train
 
     cfg = TrainConfig(method="supervised", out=str(tmp_path / "run"), steps=20, batch=32,
                       width=32, blocks=1, views=1, log_every=10)
@@ -136,7 +136,7 @@ def test_cli_on_an_exported_engine(tmp_path, test_poses_mm):
     # a corrupt engine file: a clear error naming it, exit status 2, through the real CLI
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
-    proc = subprocess.run([sys.executable, "-m", "engines.evaluate", "--engine", str(bad),
+    proc = subprocess.run([sys.executable, "-m", "engines.training.evaluate", "--engine", str(bad),
                            "--poses", str(tmp_path / "poses.npz")], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and str(bad) in proc.stderr

@@ -1,7 +1,7 @@
-"""engines/export.py: checkpoint -> ONNX engine with metadata, checked against torch.
+"""engines/training/export.py: checkpoint -> ONNX engine with metadata, checked against torch.
 
-Checkpoints are built from the real `engines.models.build_lifter` (one also from a real short
-`engines.train` run); engines are run by real ONNX Runtime through `engines.runtime`.
+Checkpoints are built from the real `engines.training.models.build_lifter` (one also from a real short
+`engines.training.train` run); engines are run by real ONNX Runtime through `engines.runtime.engine`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from engines import export
-from engines.codec import Codec
-from engines.export import ExportError, export_checkpoint, export_model, weights_sha256
-from engines.models import RootBranch, build_lifter
-from engines.runtime import EngineError, load_engine
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS, bone_lengths
+from engines.training import export
+from engines.runtime.codec import Codec
+from engines.training.export import ExportError, export_checkpoint, export_model, weights_sha256
+from engines.training.models import RootBranch, build_lifter
+from engines.runtime.engine import EngineError, load_engine
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS, bone_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", REPO.parent / "shared"))
@@ -214,7 +214,7 @@ def test_damaged_export_gives_engine_error_naming_the_file(full_size, tmp_path):
         path.write_bytes(content)
         with pytest.raises(EngineError) as err:
             load_engine(path)
-        assert str(path) in str(err.value) and "engines.export" in str(err.value), name
+        assert str(path) in str(err.value) and "engines.training.export" in str(err.value), name
     with pytest.raises(EngineError, match="not found"):
         load_engine(tmp_path / "missing.onnx")
 
@@ -225,12 +225,12 @@ def _run(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 def test_cli_exports_a_real_training_checkpoint(tmp_path):
-    """engines.train (a few li2020 steps on real mocap) -> python -m engines.export -> runtime."""
-    train = _run(["-m", "engines.train", "--method", "li2020", "--out", str(tmp_path / "run"),
+    """engines.training.train (a few li2020 steps on real mocap) -> python -m engines.training.export -> runtime."""
+    train = _run(["-m", "engines.training.train", "--method", "li2020", "--out", str(tmp_path / "run"),
                   "--steps", "2", "--batch", "16", "--sources", "cmu_expmap", "--max-poses", "100",
                   "--width", "32", "--blocks", "1", "--pretrain-steps", "1", "--checkpoint-every", "2"])
     assert train.returncode == 0, train.stderr[-2000:]
-    result = _run(["-m", "engines.export", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"),
+    result = _run(["-m", "engines.training.export", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"),
                    "--out", str(tmp_path / "engine"), "--batch-max", "8"])
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -244,11 +244,11 @@ def test_cli_exports_a_real_training_checkpoint(tmp_path):
 
 
 def test_cli_help_and_errors(tmp_path):
-    helped = _run(["-m", "engines.export", "--help"])
+    helped = _run(["-m", "engines.training.export", "--help"])
     assert helped.returncode == 0 and "--checkpoint" in helped.stdout and "--batch-max" in helped.stdout
-    failed = _run(["-m", "engines.export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
+    failed = _run(["-m", "engines.training.export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
     assert failed.returncode == 1
-    assert str(tmp_path / "none.pt") in failed.stderr and "engines.train" in failed.stderr
+    assert str(tmp_path / "none.pt") in failed.stderr and "engines.training.train" in failed.stderr
 
 
 def test_metadata_json_handles_numpy_and_tensors():

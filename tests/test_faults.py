@@ -20,7 +20,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.config import LiftConfig, OutputConfig, PipelineConfig
 from pipeline.health import Liveness, RejectCounter, RestartBudget
 from pipeline.schema import (

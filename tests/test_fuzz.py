@@ -20,7 +20,7 @@ import zmq
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.schema import (
     MAX_HEADER_BYTES,
     MAX_IMAGE_BYTES,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.skeleton import ROOT
+from engines.runtime.skeleton import ROOT
 from pipeline.schema import Pose3D
 from pipeline.subscribe import subscribe
 

@@ -1,4 +1,4 @@
-"""Mocap sources as 17-joint poses (engines/mocap.py): shapes, units, sides, retargeting, cache."""
+"""Mocap sources as 17-joint poses (engines/training/mocap.py): shapes, units, sides, retargeting, cache."""
 
 import os
 import time
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import mocap
-from engines.skeleton import BONES, NUM_JOINTS, Joint, bone_lengths
+from engines.training import mocap
+from engines.runtime.skeleton import BONES, NUM_JOINTS, Joint, bone_lengths
 
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
@@ -167,13 +167,13 @@ def test_make_eval_poses_cli_writes_the_evaluation_files(tmp_path):
     import subprocess
     import sys
 
-    from engines.camera import H36M_WORLD_TO_WORLD
+    from engines.runtime.camera import H36M_WORLD_TO_WORLD
 
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, POSESTREAM_SHARED=str(SHARED))
     for args in (["--out", str(tmp_path / "cmu.npz")],
                  ["--out", str(tmp_path / "h36m.npz"), "--source", "h36m"]):
-        subprocess.run([sys.executable, "-m", "engines.make_eval_poses", *args], cwd=repo, env=env,
+        subprocess.run([sys.executable, "-m", "engines.training.make_eval_poses", *args], cwd=repo, env=env,
                        check=True, capture_output=True, timeout=120)
     cmu = np.load(tmp_path / "cmu.npz")
     assert str(cmu["up_axis"]) == "y"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from engines.models import PoseDiscriminator, RootBranch, TemporalDiscriminator, build_lifter
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.training.models import PoseDiscriminator, RootBranch, TemporalDiscriminator, build_lifter
+from engines.runtime.skeleton import NUM_JOINTS, ROOT
 
 
 def _input(batch: int = 8) -> torch.Tensor:

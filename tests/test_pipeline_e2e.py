@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from engines.skeleton import NUM_JOINTS, Joint
+from engines.runtime.skeleton import NUM_JOINTS, Joint
 from pipeline.schema import Pose3D, decode
 from pipeline.transport import open_socket
 from tests.conftest import REPO, children_of, free_port, wait_gone
@@ -33,7 +33,7 @@ def _engine() -> str:
     path = Path(os.environ.get("POSESTREAM_E2E_ENGINE", REPO / "engines/default/lifter.onnx"))
     if not path.is_file():
         pytest.fail(f"lifter engine {path} is missing: train and export the default engine "
-                    "(engines/train.py, engines/export.py) or set POSESTREAM_E2E_ENGINE")
+                    "(engines/training/train.py, engines/training/export.py) or set POSESTREAM_E2E_ENGINE")
     return str(path)
 
 

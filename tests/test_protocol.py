@@ -136,7 +136,7 @@ def _assert_agrees(doc: dict[str, Any], msg) -> None:
         else:
             assert ours == theirs, name
     if type(msg).__name__ == "Pose3D":
-        from engines.skeleton import JOINT_NAMES
+        from engines.runtime.skeleton import JOINT_NAMES
 
         assert names == list(JOINT_NAMES)
 
@@ -165,7 +165,7 @@ def test_status_and_the_byte_example():
 
 
 def test_joint_table_and_limits_match_the_code():
-    from engines.skeleton import JOINT_NAMES, PARENTS
+    from engines.runtime.skeleton import JOINT_NAMES, PARENTS
     from pipeline import schema
 
     rows = re.findall(r"^\| (\d+) \| `([a-z_]+)` \| (-|\d+) \|", _section("4. Joints"), re.M)

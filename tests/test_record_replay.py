@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 from pipeline.export import csv_columns, export
 from pipeline.record import Recording, RecordingError, RecordingWriter
 from pipeline.schema import Frame, Keypoints2D, Pose3D, Status, decode, encode

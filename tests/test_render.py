@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.skeleton import BONES, NUM_JOINTS, Joint
+from engines.runtime.skeleton import BONES, NUM_JOINTS, Joint
 from pipeline.render import (
     COLOR_BLANK_BG,
     JOINT_COLORS,

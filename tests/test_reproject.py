@@ -1,4 +1,4 @@
-"""engines/reproject.py: root translation from 2D joints (numba kernels, real Human3.6M poses)."""
+"""engines/runtime/reproject.py: root translation from 2D joints (numba kernels, real Human3.6M poses)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.reproject import MIN_DEPTH_M, fit_translation, fit_translation_batch, project
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.runtime.reproject import MIN_DEPTH_M, fit_translation, fit_translation_batch, project
+from engines.runtime.skeleton import NUM_JOINTS, ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", REPO.parent / "shared"))

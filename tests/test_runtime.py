@@ -1,6 +1,6 @@
-"""engines/runtime.py: loading engines, backend choice, clear errors, torch-free runtime.
+"""engines/runtime/engine.py: loading engines, backend choice, clear errors, torch-free runtime.
 
-Engines here are real exports (engines.export) of small real lifters (engines.models), run by
+Engines here are real exports (engines.training.export) of small real lifters (engines.training.models), run by
 real ONNX Runtime; damaged files are made by damaging such an export.
 """
 
@@ -18,12 +18,12 @@ import onnx
 import pytest
 import torch
 
-from engines import runtime
-from engines.codec import Codec
-from engines.export import export_model
-from engines.models import build_lifter
-from engines.runtime import DEFAULT_ENGINE_PATH, EngineError, EngineOptions, load_engine
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS, ROOT, bone_lengths
+from engines.runtime import engine as runtime
+from engines.runtime.codec import Codec
+from engines.training.export import export_model
+from engines.training.models import build_lifter
+from engines.runtime.engine import DEFAULT_ENGINE_PATH, EngineError, EngineOptions, load_engine
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS, ROOT, bone_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", REPO.parent / "shared"))
@@ -112,9 +112,9 @@ def test_dynamic_batch(exported, batch):
 
 def test_one_info_line_names_the_backend(exported, caplog):
     _, path = exported
-    with caplog.at_level(logging.INFO, logger="engines.runtime"):
+    with caplog.at_level(logging.INFO, logger="engines.runtime.engine"):
         load_engine(path)
-    lines = [r for r in caplog.records if r.name == "engines.runtime" and r.levelno == logging.INFO]
+    lines = [r for r in caplog.records if r.name == "engines.runtime.engine" and r.levelno == logging.INFO]
     assert len(lines) == 1
     assert "onnxruntime-cpu" in lines[0].getMessage() and str(path) in lines[0].getMessage()
 
@@ -160,7 +160,7 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nope.onnx"
     with pytest.raises(EngineError, match="not found") as err:
         load_engine(path)
-    assert str(path) in str(err.value) and "engines.export" in str(err.value)
+    assert str(path) in str(err.value) and "engines.training.export" in str(err.value)
 
 
 def test_directory_instead_of_file(tmp_path):
@@ -173,7 +173,7 @@ def test_empty_file(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(EngineError, match="is empty") as err:
         load_engine(path)
-    assert str(path) in str(err.value) and "python -m engines.export" in str(err.value)
+    assert str(path) in str(err.value) and "python -m engines.training.export" in str(err.value)
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.99])
@@ -198,7 +198,7 @@ def test_onnx_without_our_metadata(exported, tmp_path):
     path = _rewrite(exported[1], tmp_path / "foreign.onnx", lambda m: _set_metadata(m, None))
     with pytest.raises(EngineError, match="not a posestream engine") as err:
         load_engine(path)
-    assert str(path) in str(err.value) and "engines.export" in str(err.value)
+    assert str(path) in str(err.value) and "engines.training.export" in str(err.value)
 
 
 def test_bad_metadata(exported, tmp_path):
@@ -269,8 +269,8 @@ def test_runtime_never_imports_torch(exported):
     """A fresh interpreter that loads and runs an engine has no torch in sys.modules."""
     code = (
         "import sys, numpy as np\n"
-        "from engines.runtime import load_engine\n"
-        "import engines.reproject, engines.codec, engines.tensorrt_backend\n"
+        "from engines.runtime.engine import load_engine\n"
+        "import engines.runtime.reproject, engines.runtime.codec, engines.runtime.tensorrt_backend\n"
         f"e = load_engine({str(exported[1])!r})\n"
         "out = e.run({'joints_2d': np.zeros((1, 17, 2), np.float32)})\n"
         "e.codec\n"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 from pipeline.schema import (
     MAX_HEADER_BYTES,
     SCHEMA_VERSION,

@@ -157,7 +157,7 @@ def test_readable_secret_key_is_warned_about(tmp_path, caplog):
 # --------------------------------------------------------------------------- CURVE end to end
 PUBLISHER = r"""
 import sys, time, numpy as np, zmq
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.schema import Pose3D, encode
 from pipeline.security import CurvePublisher, apply_options, check_bind_endpoint
 

@@ -1,4 +1,4 @@
-"""Skeleton mappings (engines/skeleton.py): CMU / Bandai recipes and BlazePose-33 on real
+"""Skeleton mappings (engines/runtime/skeleton.py): CMU / Bandai recipes and BlazePose-33 on real
 mediapipe results (one COCO photograph and one Human3.6M frame with ground truth)."""
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import skeleton
-from engines.skeleton import NUM_JOINTS, Joint
+from engines.runtime import skeleton
+from engines.runtime.skeleton import NUM_JOINTS, Joint
 
 SHARED = Path(os.environ.get("POSESTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FOOTAGE = SHARED / "data" / "footage" / "mmpose" / "tests" / "data"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.runtime.skeleton import NUM_JOINTS, ROOT
 from pipeline.config import DetectConfig, LiftConfig, SmoothConfig
 from pipeline.schema import Frame, Pose3D
 from stages.smooth import RESET_AFTER_GAP_S, OneEuroFilter, SmoothStage

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.config import (
     CaptureConfig,
     OutputConfig,

@@ -1,4 +1,4 @@
-"""engines/tensorrt_backend.py: the plan cache and the fallback run everywhere; building and
+"""engines/runtime/tensorrt_backend.py: the plan cache and the fallback run everywhere; building and
 running plans needs tensorrt and an NVIDIA GPU and is skipped (with the reason) without them."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from engines import runtime, tensorrt_backend
-from engines.codec import Codec
-from engines.export import export_model
-from engines.models import build_lifter
-from engines.runtime import EngineError, load_engine
-from engines.skeleton import NUM_JOINTS
-from engines.tensorrt_backend import TensorRTError, plan_cache_key, plan_path
+from engines.runtime import engine as runtime, tensorrt_backend
+from engines.runtime.codec import Codec
+from engines.training.export import export_model
+from engines.training.models import build_lifter
+from engines.runtime.engine import EngineError, load_engine
+from engines.runtime.skeleton import NUM_JOINTS
+from engines.runtime.tensorrt_backend import TensorRTError, plan_cache_key, plan_path
 
 SHA = hashlib.sha256(b"lifter").hexdigest()
 BONES_M = (0.13, 0.45, 0.45, 0.13, 0.45, 0.45, 0.24, 0.25, 0.12, 0.11, 0.15, 0.28, 0.25, 0.15, 0.28, 0.25)
@@ -105,7 +105,7 @@ def test_missing_tensorrt_is_reported_and_auto_falls_back(no_tensorrt, engine_pa
     assert reason is not None and "tensorrt module is not installed" in reason
     assert "pip install .[tensorrt]" in reason
     assert runtime.available_backends()["tensorrt"] == reason
-    with caplog.at_level(logging.INFO, logger="engines.runtime"):
+    with caplog.at_level(logging.INFO, logger="engines.runtime.engine"):
         engine = load_engine(engine_path, backend="auto")
     assert engine.backend in ("onnxruntime-cuda", "onnxruntime-cpu")
     assert engine.backend in caplog.text
@@ -150,7 +150,7 @@ def test_tensorrt_matches_onnxruntime_and_caches_the_plan(engine_path, tmp_path,
     with pytest.raises(ValueError, match="outside this TensorRT plan's range"):
         session.run({"joints_2d": np.zeros((17, NUM_JOINTS, 2), np.float32)})
     session.close()
-    with caplog.at_level(logging.INFO, logger="engines.tensorrt_backend"):
+    with caplog.at_level(logging.INFO, logger="engines.runtime.tensorrt_backend"):
         again = tensorrt_backend.TensorRTSession(engine_path, batch_max=16, cache_dir=cache)
     assert again.plan_path == session.plan_path
     assert again.plan_path.stat().st_mtime_ns == built_at  # loaded, not rebuilt

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from engines import datasets as ds
-from engines import mocap
-from engines.evaluate import load_lifter, evaluate, metrics, place_and_project
-from engines.skeleton import NUM_JOINTS
-from engines.train import TrainConfig, build_data, canonical_codec, train
+from engines.training import datasets as ds
+from engines.training import mocap
+from engines.training.evaluate import load_lifter, evaluate, metrics, place_and_project
+from engines.runtime.skeleton import NUM_JOINTS
+from engines.training.train import TrainConfig, build_data, canonical_codec, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(batch=64, width=128, blocks=1, dropout=0.0, max_poses=2000, log_every=50, lr=1e-3)
@@ -123,9 +123,9 @@ def test_wrong_or_empty_data_is_refused_clearly(tmp_path, train_sequences):
 
 
 def test_cli_help_and_bad_source(tmp_path, caplog):
-    from engines.train import main
+    from engines.training.train import main
 
-    helped = subprocess.run([sys.executable, "-m", "engines.train", "--help"], cwd=REPO,
+    helped = subprocess.run([sys.executable, "-m", "engines.training.train", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--method" in helped.stdout and "li2020" in helped.stdout
     status = main(["--method", "li2020", "--out", str(tmp_path), "--sources", "nosuchsource"])
@@ -135,7 +135,7 @@ def test_cli_help_and_bad_source(tmp_path, caplog):
 def test_li2020_terms_vanish_for_the_true_poses_and_see_a_wrong_root(train_sequences):
     """The multi-view geometry: the true pose of every view (from the 3D, here only to build the
     check) with its true scale gives zero loss; a 10 % wrong root depth does not."""
-    from engines.train import li2020_terms
+    from engines.training.train import li2020_terms
 
     codec = canonical_codec()
     poses = np.concatenate(train_sequences)[::97][:40].astype(np.float64)
@@ -155,8 +155,8 @@ def test_li2020_terms_vanish_for_the_true_poses_and_see_a_wrong_root(train_seque
 
 
 def test_bone_jitter_gives_each_clip_its_own_symmetric_skeleton():
-    from engines.skeleton import BONES, bone_lengths
-    from engines.train import load_training_sequences
+    from engines.runtime.skeleton import BONES, bone_lengths
+    from engines.training.train import load_training_sequences
 
     canonical = load_training_sequences(("cmu_bvh",), 15.0)
     jittered = load_training_sequences(("cmu_bvh",), 15.0, bone_jitter=0.1, seed=3)

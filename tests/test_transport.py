@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.schema import Keypoints2D, decode, encode
 from pipeline.transport import EdgeReceiver, EdgeSender, open_socket, poll_once
 

@@ -1,4 +1,4 @@
-"""Torch twins of the camera math in `engines/camera.py`, for the trainer (differentiable).
+"""Torch twins of the camera math in `engines/runtime/camera.py`, for the trainer (differentiable).
 
 Same frames, units and shapes as the numpy module (world +Y up; camera OpenCV +X right, +Y down,
 +Z forward; `X_cam = R @ X_world + t`); tests/test_camera.py checks every twin gives the numpy

@@ -1,13 +1,13 @@
 """TensorRT backend: build a plan from the exported ONNX, cache it, run it (NVIDIA GPUs only).
 
 Optional: needs `pip install .[tensorrt]` (tensorrt 10.x and cuda-python) and a CUDA GPU.
-`unavailable_reason()` says why it cannot run here; `engines.runtime` then falls back to
+`unavailable_reason()` says why it cannot run here; `engines.runtime.engine` then falls back to
 ONNX Runtime. Device memory and streams go through cuda-python's CUDA runtime bindings
 (cudart), not torch: this is runtime code and must not import torch.
 
 Plans are specific to the GPU model and the TensorRT version, so a plan is cached under a key
 made of the GPU name, the TensorRT version, the ONNX file's sha256, the batch range and the
-precision: `<onnx stem>.<key>.plan`. `engines.export` writes it beside the ONNX file; the runtime
+precision: `<onnx stem>.<key>.plan`. `engines.training.export` writes it beside the ONNX file; the runtime
 uses a plan found there, else builds one into ~/.cache/posestream (or $XDG_CACHE_HOME/posestream).
 Building takes seconds to a minute; loading a cached plan takes milliseconds.
 
@@ -143,7 +143,7 @@ def default_cache_dir() -> Path:
 def plan_path(onnx_path: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
     """Where the plan for `onnx_path` under `key` lives.
 
-    cache_dir given: there (`engines.export` passes the engine's folder, so an exported engine
+    cache_dir given: there (`engines.training.export` passes the engine's folder, so an exported engine
     can carry its plan). Else beside the ONNX file if a plan with this key is already there,
     else `default_cache_dir()`: the runtime never writes into an engine's folder (it may be the
     repository's engines/default/).
@@ -205,7 +205,7 @@ def build_plan(onnx_path: str | Path, batch_max: int, fp16: bool | None = None) 
         if any(d < 0 for d in shape[1:]):
             raise TensorRTError(
                 f"{onnx_path}: input {tensor.name} has dynamic axes {shape} beyond the batch; "
-                "re-export with python -m engines.export"
+                "re-export with python -m engines.training.export"
             )
         profile.set_shape(
             tensor.name, (1, *shape[1:]), (min(OPT_BATCH, batch_max), *shape[1:]), (batch_max, *shape[1:])

@@ -1,6 +1,6 @@
 """Evaluate a lifter engine on 3D poses it never trained on.
 
-    python -m engines.evaluate --engine engines/default/lifter.onnx --poses eval.npz \
+    python -m engines.training.evaluate --engine engines/default/lifter.onnx --poses eval.npz \
         --cameras h36m --json result.json
 
 Every pose of FILE.npz (`joints_mm` (N, 17, 3) float32, our joint order, millimetres,
@@ -15,8 +15,8 @@ turned back into the real camera's axes, then compared with the ground truth in 
 - per_joint_mpjpe_mm, count, engine_id.
 
 Cameras: `h36m`: the 44 Human3.6M cameras (intrinsics and placement), the subject standing within
-1 m of the point the subject's rig is aimed at; `random`: seeded `engines.camera.random_cameras`.
-Deterministic for a seed. `--engine` takes an exported `.onnx` (run through `engines.runtime`) or a
+1 m of the point the subject's rig is aimed at; `random`: seeded `engines.runtime.camera.random_cameras`.
+Deterministic for a seed. `--engine` takes an exported `.onnx` (run through `engines.runtime.engine`) or a
 training checkpoint `.pt` (run in torch; for comparing runs before export).
 """
 
@@ -33,9 +33,9 @@ from typing import Callable
 
 import numpy as np
 
-from engines import camera
-from engines.codec import ANKLE_TO_SOLE_M, Codec
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS, ROOT
+from engines.runtime import camera
+from engines.runtime.codec import ANKLE_TO_SOLE_M, Codec
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS, ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def load_poses_file(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"poses file not found: {path}; make one with "
-                              "`python -m engines.make_eval_poses` (see its --help)")
+                              "`python -m engines.training.make_eval_poses` (see its --help)")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "joints_mm" not in data.files:
@@ -171,11 +171,11 @@ def place_and_project(poses_mm: np.ndarray, cameras: str, seed: int, noise_px: f
 
 
 def load_lifter(path: str | Path) -> LoadedLifter:
-    """An exported engine (.onnx, through engines.runtime) or a training checkpoint (.pt)."""
+    """An exported engine (.onnx, through engines.runtime.engine) or a training checkpoint (.pt)."""
     path = Path(path)
     if path.suffix == ".pt":
         return _load_checkpoint(path)
-    from engines.runtime import load_engine
+    from engines.runtime.engine import load_engine
 
     engine = load_engine(path)
     return LoadedLifter(lambda x: engine.run({"joints_2d": x})["joints_3d"], engine.codec,
@@ -185,10 +185,10 @@ def load_lifter(path: str | Path) -> LoadedLifter:
 def _load_checkpoint(path: Path) -> LoadedLifter:
     import torch
 
-    from engines.models import build_lifter
+    from engines.training.models import build_lifter
 
     if not path.is_file():
-        raise EvaluationError(f"checkpoint not found: {path}; train one with `python -m engines.train`")
+        raise EvaluationError(f"checkpoint not found: {path}; train one with `python -m engines.training.train`")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         lifter = build_lifter(**ckpt["model_config"])
@@ -252,7 +252,7 @@ def metrics(pred_mm: np.ndarray, gt_mm: np.ndarray, engine_id: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m engines.evaluate",
+        prog="python -m engines.training.evaluate",
         description="Project 3D test poses through cameras, lift them with an engine and print "
                     "MPJPE, PA-MPJPE and N-MPJPE (mm) as one JSON object.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,6 +1,6 @@
 """Export a trained lifter checkpoint to the engine file the runtime loads (ONNX + metadata).
 
-    python -m engines.export --checkpoint runs/chen/last.pt --out engines/default
+    python -m engines.training.export --checkpoint runs/chen/last.pt --out engines/default
 
 writes DIR/lifter.onnx (docs/DESIGN.md, "Engine file"): opset 17, input `joints_2d` (B, 17, 2)
 float32 with a dynamic batch axis, output `joints_3d` (B, 17, 3) float32 (plus any extra outputs
@@ -10,7 +10,7 @@ engine id (first 12 hex of the sha256 of the weights).
 
 The export is checked before it is kept: onnx.checker, then ONNX Runtime against torch on random
 and pose-shaped inputs at batch 1 and batch-max (max abs difference <= --atol, default 1e-4), then
-a load through `engines.runtime.load_engine`. When tensorrt and a GPU are present a TensorRT plan
+a load through `engines.runtime.engine.load_engine`. When tensorrt and a GPU are present a TensorRT plan
 is built beside it (FP16 where the GPU supports it); otherwise that step is skipped with a log line.
 
 Training-side module: imports torch (the runtime never imports this file).
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines import runtime, tensorrt_backend
-from engines.codec import Codec
-from engines.models import build_lifter
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS
+from engines.runtime import engine as runtime, tensorrt_backend
+from engines.runtime.codec import Codec
+from engines.training.models import build_lifter
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read a trainer checkpoint (docs/DESIGN.md) and check it has what export needs."""
     path = Path(path)
     if not path.is_file():
-        raise ExportError(f"checkpoint {path} not found; train one with python -m engines.train")
+        raise ExportError(f"checkpoint {path} not found; train one with python -m engines.training.train")
     try:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -85,12 +85,12 @@ def load_checkpoint(path: str | Path) -> dict:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise ExportError(f"checkpoint {path} could not be read ({type(err).__name__}: {err}); "
-                          "is it a torch checkpoint written by engines.train?") from err
+                          "is it a torch checkpoint written by engines.training.train?") from err
     if not isinstance(ckpt, dict):
-        raise ExportError(f"checkpoint {path} is a {type(ckpt).__name__}, expected the dict engines.train writes")
+        raise ExportError(f"checkpoint {path} is a {type(ckpt).__name__}, expected the dict engines.training.train writes")
     missing = [k for k in REQUIRED_CHECKPOINT_KEYS if k not in ckpt]
     if missing:
-        raise ExportError(f"checkpoint {path} lacks {missing}; it must come from engines.train")
+        raise ExportError(f"checkpoint {path} lacks {missing}; it must come from engines.training.train")
     return ckpt
 
 
@@ -186,7 +186,7 @@ def _add_metadata(onnx_path: Path, metadata: dict) -> None:
     entry = model.metadata_props.add()
     entry.key = runtime.METADATA_KEY
     entry.value = json.dumps(metadata, default=_jsonable, sort_keys=True)
-    model.producer_name = "posestream engines.export"
+    model.producer_name = "posestream engines.training.export"
     model.doc_string = (
         "posestream 2D-to-3D lifter: joints_2d (B,17,2) codec-normalised -> joints_3d (B,17,3) "
         "root-relative, camera axes, codec units. Metadata key 'posestream'."
@@ -221,7 +221,7 @@ def export_checkpoint(
     except (TypeError, ValueError, RuntimeError) as err:
         raise ExportError(
             f"checkpoint {checkpoint}: the weights do not fit build_lifter(**model_config) "
-            f"({err}); was it written by a different version of engines.models?"
+            f"({err}); was it written by a different version of engines.training.models?"
         ) from err
     model.eval()
     try:
@@ -351,12 +351,12 @@ def _compare_with_torch(
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engines.export",
-        description="Export a trained lifter checkpoint (engines.train) to DIR/lifter.onnx with "
+        prog="python -m engines.training.export",
+        description="Export a trained lifter checkpoint (engines.training.train) to DIR/lifter.onnx with "
         "its codec and training summary as metadata; checks it against torch, and builds a "
         "TensorRT plan when tensorrt and a GPU are present.",
     )
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint .pt from engines.train")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint .pt from engines.training.train")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created); gets lifter.onnx")
     parser.add_argument("--batch-max", type=int, default=DEFAULT_BATCH_MAX,
                         help="largest batch checked and built into the TensorRT profile (default %(default)s)")

@@ -6,7 +6,7 @@ Sources (../shared/data/README.md has formats, units and licences):
 - `cmu_bvh`: three CMU BVH clips (subject 131), 120 fps, CMU units (x 56.444 mm). All "train".
 - `bandai1`, `bandai2`: Bandai Namco BVH clips, 30 fps, centimetres. All "train".
 
-Every pose is mapped to the 17 joints of `engines.skeleton` (mappings in that module), made
+Every pose is mapped to the 17 joints of `engines.runtime.skeleton` (mappings in that module), made
 root-relative (pelvis = hip midpoint at the origin) and kept in a gravity-aligned world frame
 with +Y up and the subject's original heading (cmu_expmap: the stored root rotation is applied
 again, so poses are not forced upright; its frame 0 has no root rotation and is dropped).
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines import bvh, skeleton
-from engines.camera import default_shared_dir
-from engines.skeleton import BONES, NUM_JOINTS, ROOT
+from engines.training import bvh
+from engines.runtime import skeleton
+from engines.runtime.camera import default_shared_dir
+from engines.runtime.skeleton import BONES, NUM_JOINTS, ROOT
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Lifter networks and the discriminators used to train them (torch; training side only).
 
 The lifter maps one codec-normalised 2D pose to a root-relative 3D pose in the same scale-free
-units (see `engines/codec.py` and docs/DESIGN.md):
+units (see `engines/runtime/codec.py` and docs/DESIGN.md):
 
     joints_2d_norm: (B, J, 2) float32, normalised image coordinates, root-centred, scaled so the
                     head-to-root distance is 1/c (c = `depth_offset`, 10 by default)
@@ -20,7 +20,7 @@ Model size: the papers use width 1024 with 4 residual blocks (~8.7 M weights). W
 2-core CPU and ship an ONNX file of at most ~10 MB, so the trainer defaults to width 512 with 2
 blocks (1.1 M weights, 4.3 MB): a quarter of the cost per step of width 1024, so in the same CPU
 minutes it sees four times the samples, which matters more here than capacity (our training set is
-~45 k poses). Width, blocks and dropout are configurable (`engines.train --width --blocks`).
+~45 k poses). Width, blocks and dropout are configurable (`engines.training.train --width --blocks`).
 
 Nothing in the runtime imports this module; the exported ONNX graph carries the weights.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engines.skeleton import NUM_JOINTS, PARENTS, ROOT
+from engines.runtime.skeleton import NUM_JOINTS, PARENTS, ROOT
 
 #: Chen et al.'s depth offset c: the normalised root sits at depth c and head-to-root is 1/c in 2D.
 DEFAULT_DEPTH_OFFSET: float = 10.0

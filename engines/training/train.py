@@ -1,11 +1,11 @@
 """Train the 2D-to-3D lifter: self-supervised (chen2019, li2020) or supervised (reference).
 
-    python -m engines.train --method li2020 --out runs/li2020_final --steps 8000 --batch 128 \
+    python -m engines.training.train --method li2020 --out runs/li2020_final --steps 8000 --batch 128 \
         --pretrain-steps 1000 --bone-jitter 0.1 --threads 1      # the shipped default engine
 
 (engines/default/MODEL_CARD.md has the other runs and their evaluation.)
 
-Methods (all lift single frames with the same residual MLP, `engines.models.Lifter`):
+Methods (all lift single frames with the same residual MLP, `engines.training.models.Lifter`):
 - chen2019 (Chen et al., CVPR 2019): lift, rotate the 3D pose by a random camera (azimuth
   U(-pi, pi), elevation U(-pi/9, pi/9)), project, lift again, rotate back, project. Losses: 2D
   consistency, 3D consistency, adversarial on single rotated projections (2D pose critic) and on
@@ -21,7 +21,7 @@ Methods (all lift single frames with the same residual MLP, `engines.models.Lift
 
 Data: shared mocap (`--sources`, training split), every clip retargeted to the canonical bone
 lengths (or, with `--bone-jitter`, to per-clip random proportions around them), projected through
-random virtual cameras (`engines.datasets`). The self-supervised methods receive data objects that
+random virtual cameras (`engines.training.datasets`). The self-supervised methods receive data objects that
 hold 2D (and cameras) only. chen2019's optional `--w-bone` prior compares the lifted poses' bone
 length ratios with the canonical skeleton's (a fixed skeleton prior, the one the codec's
 `to_metric` uses at run time; not a per-pose label).
@@ -47,23 +47,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines import datasets as ds
-from engines.codec import Codec
-from engines.losses import (
+from engines.training import datasets as ds
+from engines.runtime.codec import Codec
+from engines.training.losses import (
     bone_lengths_torch,
     gradient_penalty,
     normalise_2d_torch,
     project_unit_camera,
     scale_normalised,
 )
-from engines.models import (
+from engines.training.models import (
     Lifter,
     PoseDiscriminator,
     RootBranch,
     TemporalDiscriminator,
     build_lifter,
 )
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.runtime.skeleton import NUM_JOINTS, ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +138,8 @@ class TrainConfig:
 
 
 def canonical_codec(depth_offset: float = 10.0) -> Codec:
-    """The codec every engine we train uses: canonical bone lengths from `engines.mocap`."""
-    from engines.mocap import CANONICAL_BONE_LENGTHS_MM
+    """The codec every engine we train uses: canonical bone lengths from `engines.training.mocap`."""
+    from engines.training.mocap import CANONICAL_BONE_LENGTHS_MM
 
     lengths_m = np.asarray(CANONICAL_BONE_LENGTHS_MM, dtype=np.float64) / 1000.0
     return Codec(canonical_bone_lengths_m=tuple(float(x) for x in lengths_m),
@@ -153,7 +153,7 @@ def load_training_sequences(sources: tuple[str, ...], fps: float, bone_jitter: f
     lengths (canonical x N(1, bone_jitter) per bone, the same on the left and right, clipped to
     +-2.5 sigma) so the lifter learns to read body proportions from the 2D instead of assuming
     one skeleton."""
-    from engines import mocap
+    from engines.training import mocap
 
     sequences = mocap.load_sequences(list(sources), "train", fps=fps)
     if len(sequences) == 0:
@@ -561,7 +561,7 @@ def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: flo
             "method": cfg.method, "steps": step, "batch": cfg.batch, "seed": cfg.seed,
             "data": {"sources": list(cfg.sources), "split": "train", "fps": cfg.fps,
                      "samples": len(data), "kind": type(data).__name__,
-                     "retargeted_to": ("canonical bone lengths (engines.mocap)" if not cfg.bone_jitter
+                     "retargeted_to": ("canonical bone lengths (engines.training.mocap)" if not cfg.bone_jitter
                                        else f"canonical bone lengths x N(1, {cfg.bone_jitter}) "
                                             "per clip, left = right")},
             "seconds": round(seconds, 1), "final_losses": {k: round(v, 6) for k, v in last.items()},
@@ -581,7 +581,7 @@ def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: flo
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     defaults = TrainConfig(method="li2020", out="")
     p = argparse.ArgumentParser(
-        prog="python -m engines.train",
+        prog="python -m engines.training.train",
         description="Train the 2D-to-3D lifter on shared mocap projected to 2D. chen2019 and "
                     "li2020 never see 3D labels; supervised is the reference upper bound.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -592,7 +592,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--resume", action="store_true", help="continue --out/checkpoint.pt")
     p.add_argument("--sources", nargs="+", default=list(defaults.sources),
-                   help="mocap sources (engines.mocap), training split")
+                   help="mocap sources (engines.training.mocap), training split")
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
     p.add_argument("--fps", type=float, default=defaults.fps, help="mocap resampling rate")
     p.add_argument("--max-poses", type=int, default=defaults.max_poses,

@@ -11,7 +11,7 @@ holds one cannot reach a 3D label (tests/test_train.py proves it).
 
 Frames and units (docs/DESIGN.md): mocap `joints_mm (N, 17, 3)`, millimetres, world +Y up,
 root-relative. Cameras are OpenCV's (+X right, +Y down, +Z forward). Every 2D pose is encoded by
-`engines.codec.Codec.encode_full`, the code the runtime uses, so the trainer sees what the lift
+`engines.runtime.codec.Codec.encode_full`, the code the runtime uses, so the trainer sees what the lift
 stage will feed the network.
 """
 
@@ -22,10 +22,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from engines import camera
-from engines.camera import Cameras
-from engines.codec import Codec
-from engines.skeleton import NUM_JOINTS, ROOT
+from engines.runtime import camera
+from engines.runtime.camera import Cameras
+from engines.runtime.codec import Codec
+from engines.runtime.skeleton import NUM_JOINTS, ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class CameraSampling:
     """How virtual cameras are drawn around a subject at the world origin
-    (`engines.camera.random_cameras`; its defaults span webcams and the Human3.6M cameras).
+    (`engines.runtime.camera.random_cameras`; its defaults span webcams and the Human3.6M cameras).
 
     Tuning: widen `elevation_rad` for top-down footage; `noise_px` > 0 trains for detector noise
-    (`engines.camera.detector_noise`, confidences then fall with the error drawn).
+    (`engines.runtime.camera.detector_noise`, confidences then fall with the error drawn).
     """
 
     elevation_rad: tuple[float, float] = (-np.pi / 18, np.pi / 6)
@@ -70,7 +70,7 @@ def _noisy(px: np.ndarray, rng: np.random.Generator, noise_px: float) -> tuple[n
 
 def bone_mirror_index() -> np.ndarray:
     """(16,) for each bone (BONES order) the index of its left/right twin, itself if central."""
-    from engines.skeleton import BONES, flip_permutation
+    from engines.runtime.skeleton import BONES, flip_permutation
 
     perm = flip_permutation()
     index = {child: b for b, (child, _) in enumerate(BONES)}
@@ -158,7 +158,7 @@ def make_single_view(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
 
 def make_multi_view(poses_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
                     rng: np.random.Generator, views: int = 4) -> MultiView2D:
-    """(N, J, 3) mm -> V synchronized views per pose (`engines.camera.multiview_rig`: cameras
+    """(N, J, 3) mm -> V synchronized views per pose (`engines.runtime.camera.multiview_rig`: cameras
     spread evenly in azimuth, each with its own elevation, distance and intrinsics)."""
     if views < 2:
         raise DataError(f"li2020 needs at least 2 views per pose, got {views}")

@@ -2,7 +2,7 @@
 
 docs/DESIGN.md fixes the contract; this module is its only implementation on the runtime side and
 must not import torch. The trainer keeps a torch twin of `normalise_2d`
-(`engines.losses.normalise_2d_torch`); tests/test_codec.py checks the two agree.
+(`engines.training.losses.normalise_2d_torch`); tests/test_codec.py checks the two agree.
 
 Normalisation (Chen et al. 2019, made perspective-correct): pixels -> normalised image coordinates
 ((u - cx) / fx, (v - cy) / fy) -> root-centred by turning a virtual camera about its centre until
@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engines.skeleton import BONES, NUM_JOINTS, ROOT, Joint
+from engines.runtime.skeleton import BONES, NUM_JOINTS, ROOT, Joint
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.camera import rotation_about_axis
+from engines.runtime.camera import rotation_about_axis
 
 logger = logging.getLogger(__name__)
 

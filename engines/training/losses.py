@@ -2,15 +2,15 @@
 
 All poses here are torch tensors with the shapes and units of docs/DESIGN.md:
 `joints_2d_norm (B, J, 2)` codec units, `joints_3d_norm (B, J, 3)` codec units, root-relative.
-`normalise_2d_torch` must give the numbers of `engines.codec.normalise_2d` (tested).
+`normalise_2d_torch` must give the numbers of `engines.runtime.codec.normalise_2d` (tested).
 """
 
 from __future__ import annotations
 
 import torch
 
-from engines.codec import MIN_SCALE_DISTANCE
-from engines.skeleton import BONES, ROOT, Joint
+from engines.runtime.codec import MIN_SCALE_DISTANCE
+from engines.runtime.skeleton import BONES, ROOT, Joint
 
 _CHILD = [c for c, _ in BONES]
 _PARENT = [p for _, p in BONES]
@@ -19,7 +19,7 @@ _PARENT = [p for _, p in BONES]
 def normalise_2d_torch(
     joints_2d_img: torch.Tensor, depth_offset: float, scale_joint: int = int(Joint.HEAD)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch twin of `engines.codec.normalise_2d`.
+    """Torch twin of `engines.runtime.codec.normalise_2d`.
 
     joints_2d_img: (B, J, 2) normalised image coordinates. Returns (joints_2d_norm (B, J, 2),
     scale (B,)): root-centred, scaled so the head-to-root distance is 1/depth_offset.

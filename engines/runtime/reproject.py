@@ -33,7 +33,7 @@ import logging
 import numpy as np
 from numba import njit
 
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def fit_translation_batch(
 def project(joints_3d_m: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     """Pinhole projection, (..., J, 3) metres camera frame -> (..., J, 2) float64 pixels.
 
-    The reference the fit is tested against; `engines/camera.py` holds the general camera math.
+    The reference the fit is tested against; `engines/runtime/camera.py` holds the general camera math.
     """
     pts = np.asarray(joints_3d_m, dtype=np.float64)
     z = pts[..., 2]

@@ -1,12 +1,12 @@
-"""Write an evaluation pose file for `engines.evaluate`.
+"""Write an evaluation pose file for `engines.training.evaluate`.
 
-    python -m engines.make_eval_poses --out eval/cmu_test.npz              # CMU exp-map test split
-    python -m engines.make_eval_poses --out eval/h36m4.npz --source h36m   # 4 Human3.6M frames
+    python -m engines.training.make_eval_poses --out eval/cmu_test.npz              # CMU exp-map test split
+    python -m engines.training.make_eval_poses --out eval/h36m4.npz --source h36m   # 4 Human3.6M frames
 
 The file holds `joints_mm` (N, 17, 3) float32 (our joint order, millimetres, root-relative,
 world +Y up), `up_axis` = "y", `source` (N,) str (the clip or image of each pose) and `frame`
 (N,) int64 (frame index in the clip at the file's rate). `cmu_expmap` test clips are never
-used for training (engines.mocap keeps them apart); the Human3.6M frames come from the shared
+used for training (engines.training.mocap keeps them apart); the Human3.6M frames come from the shared
 mmpose test data (S1, S5, S7, S8, camera coordinates turned into the world frame with
 `cameras.pkl`) and are licensed for non-commercial research only.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines import mocap
-from engines.camera import H36M_CAMERAS_RELPATH, H36M_WORLD_TO_WORLD, default_shared_dir
-from engines.skeleton import ROOT
+from engines.training import mocap
+from engines.runtime.camera import H36M_CAMERAS_RELPATH, H36M_WORLD_TO_WORLD, default_shared_dir
+from engines.runtime.skeleton import ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ def h36m_eval_poses(shared_dir: Path | None = None):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engines.make_eval_poses",
+        prog="python -m engines.training.make_eval_poses",
         description="Write an evaluation pose file (joints_mm (N, 17, 3) mm, root-relative, world "
-                    "+Y up) for `python -m engines.evaluate --poses FILE`.",
+                    "+Y up) for `python -m engines.training.evaluate --poses FILE`.",
     )
     p.add_argument("--out", required=True, type=Path, help="output .npz file (folders are created)")
     p.add_argument("--source", choices=("cmu_expmap", "h36m"), default="cmu_expmap",

@@ -10,7 +10,7 @@ Frames and units (docs/DESIGN.md):
   y down, the centre of the top-left pixel at (0, 0).
 
 Every function takes arrays with any leading batch shape `(...)` and broadcasts the camera
-parameters over it; nothing here keeps state or imports torch (`engines/camera_torch.py` holds the
+parameters over it; nothing here keeps state or imports torch (`engines/training/camera_torch.py` holds the
 torch twins the trainer needs).
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.skeleton import NUM_JOINTS
+from engines.runtime.skeleton import NUM_JOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ H36M_CAMERAS_RELPATH = Path("data/footage/mmpose/tests/data/h36m/cameras.pkl")
 
 def default_shared_dir() -> Path:
     """The shared data folder: $POSESTREAM_SHARED, else `<repo>/../shared`."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("POSESTREAM_SHARED", repo.parent / "shared"))
 
 

@@ -5,9 +5,9 @@ starts it. It lives beside the capture stage because it talks to the same camera
 
 Usage:
 
-    python -m stages.calibrate --images "shots/*.png" --board 9x6 --square-mm 25 --out calib.yaml
-    python -m stages.calibrate --camera 0 --views 20 --board 9x6 --square-mm 25 --out calib.yaml
-    python -m stages.calibrate --video board.mp4 --board 9x6 --square-mm 25 --out calib.yaml
+    python -m pipeline.calibrate --images "shots/*.png" --board 9x6 --square-mm 25 --out calib.yaml
+    python -m pipeline.calibrate --camera 0 --views 20 --board 9x6 --square-mm 25 --out calib.yaml
+    python -m pipeline.calibrate --video board.mp4 --board 9x6 --square-mm 25 --out calib.yaml
 
 `--board COLSxROWS` counts the *inner* corners (where four squares meet): the common printed
 10x7-square board has 9x6 inner corners. With `--camera` or `--video` the tool keeps a frame
@@ -257,7 +257,7 @@ def load_calibration(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, t
     if not p.is_file():
         raise CalibrationError(
             f"calibration file {p} not found: make one with "
-            "`python -m stages.calibrate --camera N --out calib.yaml`"
+            "`python -m pipeline.calibrate --camera N --out calib.yaml`"
         )
     try:
         fs = cv2.FileStorage(str(p), cv2.FILE_STORAGE_READ)
@@ -391,7 +391,7 @@ def corners_from_images(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m stages.calibrate",
+        prog="python -m pipeline.calibrate",
         description="Calibrate a camera from chessboard views and write the YAML that "
         "`--calib` reads (camera matrix, distortion, image size, RMS error).",
     )

@@ -7,12 +7,12 @@
     joints_3d_rel_m = engine.codec.to_metric(
         joints_3d_norm, height_m, rotation_to_camera=enc.rotation_to_camera)  # metres, camera axes
 
-The engine file is the ONNX model `engines.export` writes (docs/DESIGN.md, "Engine file"): the
+The engine file is the ONNX model `engines.training.export` writes (docs/DESIGN.md, "Engine file"): the
 weights plus JSON metadata under the `metadata_props` key "posestream" (codec, joint names,
 receptive field, model config, training summary, engine id). Nothing else is needed.
 
 Backends, in the order `backend="auto"` tries them:
-- "tensorrt": the `tensorrt` module imports and a CUDA GPU is present (engines/tensorrt_backend.py;
+- "tensorrt": the `tensorrt` module imports and a CUDA GPU is present (engines/runtime/tensorrt_backend.py;
   plans are built once and cached).
 - "onnxruntime-cuda": ONNX Runtime with CUDAExecutionProvider.
 - "onnxruntime-cpu": ONNX Runtime on the CPU; always there.
@@ -32,11 +32,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engines.skeleton import JOINT_NAMES, NUM_JOINTS
+from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENGINE_PATH: Path = Path(__file__).resolve().parent / "default" / "lifter.onnx"
+DEFAULT_ENGINE_PATH: Path = Path(__file__).resolve().parents[1] / "default" / "lifter.onnx"
 METADATA_KEY: str = "posestream"
 INPUT_NAME: str = "joints_2d"
 OUTPUT_NAME: str = "joints_3d"
@@ -46,7 +46,7 @@ BACKEND_ALIASES: tuple[str, ...] = ("auto", "onnxruntime")
 #: Keys every engine's metadata must have (docs/DESIGN.md).
 REQUIRED_METADATA: tuple[str, ...] = ("codec", "joints", "receptive_field", "model_config", "engine_id")
 
-_REEXPORT = "re-export it with `python -m engines.export --checkpoint CKPT --out DIR`"
+_REEXPORT = "re-export it with `python -m engines.training.export --checkpoint CKPT --out DIR`"
 
 
 class EngineError(RuntimeError):
@@ -92,7 +92,7 @@ class Engine:
     """A loaded lifter engine. Build with `load_engine`.
 
     Attributes: `path` (Path of the ONNX file), `backend` (one of BACKENDS), `metadata` (dict,
-    the parsed "posestream" JSON), `engine_id` (12 hex), `codec` (`engines.codec.Codec`),
+    the parsed "posestream" JSON), `engine_id` (12 hex), `codec` (`engines.runtime.codec.Codec`),
     `receptive_field` (frames the lifter needs, 1 for a single-frame lifter), `input_names`,
     `output_names`.
     """
@@ -113,7 +113,7 @@ class Engine:
 
     @property
     def codec(self):
-        """`engines.codec.Codec` from the metadata (built on first use, checked at load)."""
+        """`engines.runtime.codec.Codec` from the metadata (built on first use, checked at load)."""
         if self._codec is None:
             self._codec = _codec_from_metadata(self.path, self.metadata)
         return self._codec
@@ -146,7 +146,7 @@ class Engine:
 
 def available_backends() -> dict[str, str | None]:
     """{backend: None if usable here, else the reason it is not}, in `auto` order."""
-    from engines import tensorrt_backend
+    from engines.runtime import tensorrt_backend
 
     status: dict[str, str | None] = {"tensorrt": tensorrt_backend.unavailable_reason()}
     providers = _ort().get_available_providers()
@@ -186,7 +186,7 @@ def load_engine(
 ) -> Engine:
     """Load an engine file and prepare it on a backend.
 
-    path: the ONNX file from `engines.export`; None loads DEFAULT_ENGINE_PATH.
+    path: the ONNX file from `engines.training.export`; None loads DEFAULT_ENGINE_PATH.
     backend: "auto" (first available of BACKENDS), "onnxruntime", or one of BACKENDS.
     Raises EngineError naming the file when it is missing, empty, corrupt, lacks our metadata
     or has the wrong inputs/outputs, and when a forced backend is unavailable. Logs one INFO
@@ -283,7 +283,7 @@ def _check_file(path: Path) -> None:
         )
         raise EngineError(
             f"engine file {path} not found: {hint}; an engine is made with "
-            "`python -m engines.export --checkpoint CKPT --out DIR`"
+            "`python -m engines.training.export --checkpoint CKPT --out DIR`"
         )
     if not path.is_file():
         raise EngineError(f"engine path {path} is not a file; pass the .onnx file itself")
@@ -345,7 +345,7 @@ def _check_signature(path: Path, session: Any) -> tuple[list[str], list[str]]:
 
 
 def _codec_from_metadata(path: Path, metadata: dict):
-    from engines.codec import Codec
+    from engines.runtime.codec import Codec
 
     try:
         return Codec.from_metadata(metadata["codec"])
@@ -355,7 +355,7 @@ def _codec_from_metadata(path: Path, metadata: dict):
 
 def _tensorrt_session(path: Path, options: EngineOptions, forced: bool) -> _Session | None:
     """A TensorRT session for `path`; on failure raise EngineError if forced, else warn, None."""
-    from engines import tensorrt_backend
+    from engines.runtime import tensorrt_backend
 
     try:
         return tensorrt_backend.TensorRTSession(
