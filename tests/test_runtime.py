@@ -209,12 +209,17 @@ def test_bad_metadata(exported, tmp_path):
         "other_joints": ({**good, "joints": list(reversed(JOINT_NAMES))}, None),
         "bad_id": ({**good, "engine_id": "xyz"}, None),
         "temporal": ({**good, "receptive_field": 27}, None),
+        "temporal_graph": ({**good, "receptive_field": 27, "fps": 30.0, "causal": True}, None),
+        "no_causal": ({**good, "receptive_field": 27, "fps": 30.0}, None),
+        "bad_rf": ({**good, "receptive_field": 0}, None),
         "bad_codec": ({**good, "codec": {**good["codec"], "canonical_bone_lengths_m": [1.0]}}, None),
     }
     messages = {
         "not_json": "not valid JSON", "missing_codec": r"lacks \['codec'\]",
         "other_joints": "differ from this code's skeleton", "bad_id": "not 12 hex",
-        "temporal": "single-frame", "bad_codec": "bad codec metadata",
+        "temporal": "frame rate its windows", "bad_codec": "bad codec metadata",
+        "temporal_graph": r"expected float32 \[batch, 27, 17, 2\]", "no_causal": "causal",
+        "bad_rf": "not a frame count",
     }
     for name, (meta, raw) in cases.items():
         path = _rewrite(exported[1], tmp_path / f"{name}.onnx", lambda m: _set_metadata(m, meta, raw))

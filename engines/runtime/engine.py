@@ -3,13 +3,16 @@
     engine = load_engine()                       # engines/default/lifter.onnx, best backend
     enc = engine.codec.encode_full(joints_2d_px, fx, fy, cx, cy)  # (B, 17, 2) pixels in
     out = engine.run({"joints_2d": enc.joints_2d_norm})  # (B, 17, 2) float32, codec units
+    # a temporal engine (engine.receptive_field F > 1) takes (B, F, 17, 2) instead: the last F
+    # frames of one person at engine.fps, oldest first, each encoded on its own
     joints_3d_norm = out["joints_3d"]  # (B, 17, 3) float32, root-relative, virtual-camera axes
     joints_3d_rel_m = engine.codec.to_metric(
         joints_3d_norm, height_m, rotation_to_camera=enc.rotation_to_camera)  # metres, camera axes
 
 The engine file is the ONNX model `engines.training.export` writes (docs/DESIGN.md, "Engine file"): the
 weights plus JSON metadata under the `metadata_props` key "posestream" (codec, joint names,
-receptive field, model config, training summary, engine id). Nothing else is needed.
+receptive field, model config, training summary, engine id; a temporal engine also `fps` and
+`causal`). Nothing else is needed.
 
 Backends, in the order `backend="auto"` tries them:
 - "tensorrt": the `tensorrt` module imports and a CUDA GPU is present (engines/runtime/tensorrt_backend.py;
@@ -93,8 +96,10 @@ class Engine:
 
     Attributes: `path` (Path of the ONNX file), `backend` (one of BACKENDS), `metadata` (dict,
     the parsed "posestream" JSON), `engine_id` (12 hex), `codec` (`engines.runtime.codec.Codec`),
-    `receptive_field` (frames the lifter needs, 1 for a single-frame lifter), `input_names`,
-    `output_names`.
+    `receptive_field` (frames the lifter needs, 1 for a single-frame lifter), `fps` (the rate
+    those frames must be sampled at; None for a single-frame lifter), `causal` (True when the
+    lifter uses past frames only: what a live stage can serve), `input_shape` ((F, 17, 2) or
+    (17, 2) after the batch axis), `input_names`, `output_names`.
     """
 
     def __init__(
@@ -106,6 +111,10 @@ class Engine:
         self.metadata = metadata
         self.engine_id: str = metadata["engine_id"]
         self.receptive_field: int = int(metadata["receptive_field"])
+        self.fps: float | None = (float(metadata["fps"]) if self.receptive_field > 1 else
+                                  (float(metadata["fps"]) if metadata.get("fps") else None))
+        self.causal: bool = bool(metadata.get("causal", True))
+        self.input_shape: tuple[int, ...] = input_shape(self.receptive_field)
         self.input_names = list(input_names)
         self.output_names = list(output_names)
         self._session = session
@@ -121,8 +130,9 @@ class Engine:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the lifter.
 
-        inputs: {"joints_2d": (B, 17, 2) float32 codec-normalised 2D (`codec.encode`)}; other
-        dtypes are converted to float32. Returns {"joints_3d": (B, 17, 3) float32, root-relative,
+        inputs: {"joints_2d": (B, 17, 2) float32 codec-normalised 2D (`codec.encode`)}, or for
+        a temporal engine (B, F, 17, 2): F = receptive_field frames at `fps`, oldest first, each
+        frame encoded on its own; other dtypes are converted to float32. Returns {"joints_3d": (B, 17, 3) float32, root-relative,
         axes of the codec's virtual camera turned onto the root, codec units} plus any extra outputs the model was exported with.
         Raises ValueError for missing, unknown or wrongly shaped inputs.
         """
@@ -133,15 +143,25 @@ class Engine:
         feed = {}
         for name, value in inputs.items():
             arr = np.ascontiguousarray(value, dtype=np.float32)
-            if arr.ndim != 3 or arr.shape[1:] != (NUM_JOINTS, 2) or arr.shape[0] < 1:
+            if arr.shape[1:] != self.input_shape or arr.shape[0] < 1:
                 raise ValueError(
-                    f"input {name!r} must be (B, {NUM_JOINTS}, 2) with B >= 1, got {arr.shape}"
+                    f"input {name!r} must be (B, {', '.join(map(str, self.input_shape))}) with "
+                    f"B >= 1, got {arr.shape}"
+                    + (f" (this engine lifts windows of {self.receptive_field} frames)"
+                       if self.receptive_field > 1 else "")
                 )
             feed[name] = arr
         return self._session.run(feed)
 
     def __repr__(self) -> str:
         return f"Engine({str(self.path)!r}, backend={self.backend!r}, engine_id={self.engine_id!r})"
+
+
+def input_shape(receptive_field: int) -> tuple[int, ...]:
+    """An engine's input shape after the batch axis: (17, 2), or (F, 17, 2) for F > 1."""
+    if receptive_field > 1:
+        return (int(receptive_field), NUM_JOINTS, 2)
+    return (NUM_JOINTS, 2)
 
 
 def available_backends() -> dict[str, str | None]:
@@ -200,7 +220,7 @@ def load_engine(
     chosen = resolve_backend(backend)
     session = _ort_session_for(path, chosen, forced=backend == chosen, options=options)
     metadata = read_metadata_from_session(path, session)
-    input_names, output_names = _check_signature(path, session)
+    input_names, output_names = _check_signature(path, session, int(metadata["receptive_field"]))
     _codec_from_metadata(path, metadata)  # fail at load, not on the first frame
 
     runner: _Session | None = None
@@ -258,11 +278,19 @@ def read_metadata_from_session(path: Path, session: Any) -> dict:
         )
     if not (isinstance(metadata["engine_id"], str) and re.fullmatch(r"[0-9a-f]{12}", metadata["engine_id"])):
         raise EngineError(f"{path}: engine_id {metadata['engine_id']!r} is not 12 hex digits; {_REEXPORT}")
-    if metadata["receptive_field"] != 1:
-        raise EngineError(
-            f"{path}: receptive field {metadata['receptive_field']} frames; this runtime runs "
-            "single-frame lifters only (receptive_field 1)"
-        )
+    rf = metadata["receptive_field"]
+    if isinstance(rf, bool) or not isinstance(rf, int) or rf < 1:
+        raise EngineError(f"{path}: receptive_field {rf!r} is not a frame count >= 1; {_REEXPORT}")
+    if rf > 1:
+        fps = metadata.get("fps")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000:
+            raise EngineError(
+                f"{path}: a temporal engine (receptive_field {rf}) must say the frame rate its "
+                f"windows are sampled at (metadata 'fps' > 0), got {fps!r}; {_REEXPORT}")
+        if not isinstance(metadata.get("causal"), bool):
+            raise EngineError(
+                f"{path}: a temporal engine must say whether it is causal (metadata 'causal' "
+                f"true/false), got {metadata.get('causal')!r}; {_REEXPORT}")
     return metadata
 
 
@@ -325,7 +353,8 @@ def _ort_session_for(path: Path, backend: str, forced: bool, options: EngineOpti
         return _ort_session(path, ["CPUExecutionProvider"], options)
 
 
-def _check_signature(path: Path, session: Any) -> tuple[list[str], list[str]]:
+def _check_signature(path: Path, session: Any,
+                     receptive_field: int = 1) -> tuple[list[str], list[str]]:
     """Inputs/outputs as DESIGN.md fixes them; EngineError naming what differs."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     input_names = [i.name for i in inputs]
@@ -334,12 +363,15 @@ def _check_signature(path: Path, session: Any) -> tuple[list[str], list[str]]:
         raise EngineError(f"{path}: inputs are {input_names}, expected [{INPUT_NAME!r}]; {_REEXPORT}")
     if OUTPUT_NAME not in output_names:
         raise EngineError(f"{path}: outputs are {output_names}, expected {OUTPUT_NAME!r} among them; {_REEXPORT}")
-    for arg, tail in ((inputs[0], [NUM_JOINTS, 2]), (outputs[output_names.index(OUTPUT_NAME)], [NUM_JOINTS, 3])):
+    in_tail = list(input_shape(receptive_field))
+    for arg, tail in ((inputs[0], in_tail), (outputs[output_names.index(OUTPUT_NAME)], [NUM_JOINTS, 3])):
         shape = list(arg.shape)
-        if arg.type != "tensor(float)" or len(shape) != 3 or shape[1:] != tail or isinstance(shape[0], int):
+        if (arg.type != "tensor(float)" or len(shape) != len(tail) + 1 or shape[1:] != tail
+                or isinstance(shape[0], int)):
             raise EngineError(
-                f"{path}: {arg.name} is {arg.type} {shape}, expected float32 [batch, {tail[0]}, "
-                f"{tail[1]}] with a dynamic batch axis; {_REEXPORT}"
+                f"{path}: {arg.name} is {arg.type} {shape}, expected float32 [batch, "
+                f"{', '.join(map(str, tail))}] with a dynamic batch axis (metadata "
+                f"receptive_field {receptive_field}); {_REEXPORT}"
             )
     return input_names, output_names
 

@@ -142,8 +142,9 @@ def output_names_of(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...] 
     A tensor -> ("joints_3d",); a dict -> its keys with "joints_3d" first (it must have it); a
     tuple -> "joints_3d" then "output_1", "output_2", ...
     """
+    shape = runtime.input_shape(int(getattr(model, "receptive_field", 1)))
     with torch.no_grad():
-        out = model(torch.zeros(2, NUM_JOINTS, 2))
+        out = model(torch.zeros(2, *shape))
     if isinstance(out, torch.Tensor):
         return (runtime.OUTPUT_NAME,), None
     if isinstance(out, dict):
@@ -156,18 +157,23 @@ def output_names_of(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...] 
     raise ExportError(f"the model returns a {type(out).__name__}; expected a tensor, tuple or dict")
 
 
-def check_inputs(codec: Codec, batch_max: int, seed: int = 0) -> list[np.ndarray]:
-    """Inputs the export is checked on, each (B, 17, 2) float32 codec units.
+def check_inputs(codec: Codec, batch_max: int, seed: int = 0, frames: int = 1) -> list[np.ndarray]:
+    """Inputs the export is checked on, each (B, 17, 2) float32 codec units, or (B, F, 17, 2)
+    windows for a temporal lifter (frames F > 1).
 
     Random normal ones (any values the network might see) and pose-shaped ones (random pixel
-    skeletons through `codec.encode`: root at 0, head-to-root 1/c), at batch 1 and batch_max.
+    skeletons through `codec.encode`: root at 0, head-to-root 1/c; in windows each skeleton
+    drifts a few pixels per frame), at batch 1 and batch_max.
     """
     rng = np.random.default_rng(seed)
+    shape = runtime.input_shape(frames)
     batches = []
     for batch in (1, batch_max):
-        batches.append(rng.normal(0.0, 0.1, (batch, NUM_JOINTS, 2)).astype(np.float32))
-        px = rng.normal(0.0, 80.0, (batch, NUM_JOINTS, 2)) + np.array([640.0, 360.0])
-        batches.append(codec.encode(px, 1000.0, 1000.0, 640.0, 360.0).astype(np.float32))
+        batches.append(rng.normal(0.0, 0.1, (batch, *shape)).astype(np.float32))
+        px = rng.normal(0.0, 80.0, (batch, 1, NUM_JOINTS, 2)) + np.array([640.0, 360.0])
+        px = px + np.cumsum(rng.normal(0.0, 3.0, (batch, frames, NUM_JOINTS, 2)), axis=1)
+        enc = codec.encode(px.reshape(-1, NUM_JOINTS, 2), 1000.0, 1000.0, 640.0, 360.0)
+        batches.append(enc.reshape(batch, *shape).astype(np.float32))
     return batches
 
 
@@ -229,10 +235,12 @@ def export_checkpoint(
     except ValueError as err:
         raise ExportError(f"checkpoint {checkpoint}: bad codec metadata ({err})") from err
 
+    training = ckpt.get("training", {})
+    fps = training.get("config", {}).get("fps") if getattr(model, "receptive_field", 1) > 1 else None
     return export_model(
-        model, codec, out_dir, model_config=ckpt["model_config"], training=ckpt.get("training", {}),
+        model, codec, out_dir, model_config=ckpt["model_config"], training=training,
         step=ckpt.get("step"), source=checkpoint.name, batch_max=batch_max, atol=atol,
-        tensorrt=tensorrt,
+        tensorrt=tensorrt, fps=fps,
     )
 
 
@@ -247,8 +255,13 @@ def export_model(
     batch_max: int = DEFAULT_BATCH_MAX,
     atol: float = DEFAULT_ATOL,
     tensorrt: bool = True,
+    fps: float | None = None,
 ) -> ExportResult:
     """Export an in-memory lifter (eval mode is set here) to `out_dir`/lifter.onnx and check it.
+
+    A temporal lifter (`receptive_field` F > 1, `causal`) takes (B, F, 17, 2) windows; `fps`
+    (the rate it was trained at, which the windows must be sampled at) is then required and
+    written to the metadata with `causal`.
 
     model: forward(joints_2d (B, 17, 2)) -> joints_3d (B, 17, 3), or a dict holding
     "joints_3d" and extra outputs (e.g. Li 2020's root branch), each exported under its key.
@@ -258,6 +271,10 @@ def export_model(
         raise ExportError(f"--batch-max must be >= 1, got {batch_max}")
     out_dir = Path(out_dir)
     model.eval()
+    receptive_field = int(getattr(model, "receptive_field", 1))
+    if receptive_field > 1 and not (fps is not None and fps > 0):
+        raise ExportError(f"a temporal lifter (receptive field {receptive_field}) needs the frame "
+                          f"rate it was trained at (fps > 0), got {fps!r}")
     output_names, keys = output_names_of(model)
     wrapper = _NamedOutputs(model, keys).eval()
     engine_id = weights_sha256(model.state_dict())[:12]
@@ -266,11 +283,11 @@ def export_model(
         "engine_id": engine_id,
         "codec": codec.to_metadata(),
         "joints": list(JOINT_NAMES),
-        "receptive_field": int(getattr(model, "receptive_field", 1)),
+        "receptive_field": receptive_field,
         "model_config": model_config,
         "training": training or {},
         "step": step,
-        "inputs": {runtime.INPUT_NAME: ["batch", NUM_JOINTS, 2]},
+        "inputs": {runtime.INPUT_NAME: ["batch", *runtime.input_shape(receptive_field)]},
         "outputs": output_names,
         "export": {
             "opset": OPSET, "torch": torch.__version__, "source": source,
@@ -284,7 +301,10 @@ def export_model(
     os.close(fd)
     tmp_path = Path(tmp_name)
     try:
-        dummy = torch.from_numpy(check_inputs(codec, 2)[-1])  # pose-shaped, batch 2
+        if receptive_field > 1:
+            metadata["fps"] = float(fps)
+            metadata["causal"] = bool(getattr(model, "causal", False))
+        dummy = torch.from_numpy(check_inputs(codec, 2, frames=receptive_field)[-1])  # batch 2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in forward
             # dynamo=False on purpose: the TorchScript exporter handles this MLP with onnx 1.17
@@ -331,7 +351,8 @@ def _compare_with_torch(
     options.intra_op_num_threads = 1  # small checks; leave the other cores alone
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     worst = 0.0
-    for joints_2d in check_inputs(codec, batch_max):
+    frames = int(getattr(wrapper.model, "receptive_field", 1))
+    for joints_2d in check_inputs(codec, batch_max, frames=frames):
         got = session.run(list(output_names), {runtime.INPUT_NAME: joints_2d})
         want = _torch_outputs(wrapper, joints_2d)
         for name, g, w in zip(output_names, got, want):

@@ -230,10 +230,150 @@ def _leaky_mlp(in_features: int, width: int, blocks: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_lifter(**model_config) -> Lifter:
+TEMPORAL_HEADS: tuple[str, ...] = ("depth", "refine")
+
+
+class TemporalLifter(nn.Module):
+    """Causal temporal lifter: the last F frames of one person's 2D -> the newest frame's 3D.
+
+    VideoPose3D's dilated temporal convolutions (Pavllo et al., CVPR 2019) with causal padding:
+    layers of kernel `kernel` and dilations 1, k, k^2, ... so the receptive field is
+    F = k^layers frames (27 = 3^3 by default) at the engine's rate, all in the past.
+
+    forward(joints_2d_norm (B, F, J, 2)) -> joints_3d_norm (B, J, 3), root-relative, codec units,
+    in the newest frame's virtual-camera axes. Frames are oldest first, newest last, each encoded
+    on its own by the codec (`Codec.encode`). This is VideoPose3D's "optimised" single-output
+    form: stride-k convolutions over exactly F frames, which give the same numbers as the dilated
+    convolutions at one output position (tested) for a fraction of the work; it is what the
+    engine file runs.
+    forward_sequence(joints_2d_norm (B, T, J, 2)) -> (B, T, J, 3): the dilated form over a whole
+    sequence, one output per frame, left-padded by repeating the first frame (what the lift
+    stage does at a track's start); output t depends on frames <= t only.
+
+    Heads: "depth" (Chen et al.: a depth per joint on the newest frame's ray, as the single-frame
+    lifter) or "refine" (also a 2D correction per joint: X_j = ((x_j + dx_j) z_j, (y_j + dy_j)
+    z_j, z_j), so detector noise in the newest frame need not pass into the 3D; the corrections
+    start at zero, so it starts as the depth head).
+    """
+
+    causal: bool = True
+
+    def __init__(
+        self,
+        num_joints: int = NUM_JOINTS,
+        receptive_field: int = 27,
+        kernel: int = 3,
+        channels: int = 256,
+        dropout: float = 0.25,
+        head: str = "refine",
+        depth_offset: float = DEFAULT_DEPTH_OFFSET,
+    ) -> None:
+        super().__init__()
+        if head not in TEMPORAL_HEADS:
+            raise ValueError(f"temporal head must be one of {TEMPORAL_HEADS}, got {head!r}")
+        layers = 0
+        while kernel ** layers < receptive_field:
+            layers += 1
+        if kernel < 2 or layers < 1 or kernel ** layers != receptive_field:
+            raise ValueError(f"receptive_field must be a power (>= 1) of kernel {kernel}, "
+                             f"e.g. {kernel ** 2}, {kernel ** 3}; got {receptive_field}")
+        if channels < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"bad temporal lifter size: channels={channels} (>= 1), "
+                             f"dropout={dropout} (in [0, 1))")
+        self.num_joints = num_joints
+        self.receptive_field = int(receptive_field)
+        self.kernel = int(kernel)
+        self.head = head
+        self.depth_offset = float(depth_offset)
+        self.expand = nn.Conv1d(num_joints * 2, channels, kernel, bias=False)
+        self.expand_bn = nn.BatchNorm1d(channels)
+        self.dilated = nn.ModuleList(
+            [nn.Conv1d(channels, channels, kernel, bias=False) for _ in range(layers - 1)])
+        self.dilated_bn = nn.ModuleList([nn.BatchNorm1d(channels) for _ in range(layers - 1)])
+        self.pointwise = nn.ModuleList(
+            [nn.Conv1d(channels, channels, 1, bias=False) for _ in range(layers - 1)])
+        self.pointwise_bn = nn.ModuleList([nn.BatchNorm1d(channels) for _ in range(layers - 1)])
+        self.drop = nn.Dropout(dropout)
+        self.out_per_joint = 1 if head == "depth" else 3
+        self.shrink = nn.Conv1d(channels, num_joints * self.out_per_joint, 1)
+        if head == "refine":  # the 2D corrections start at zero: the depth head at first
+            with torch.no_grad():
+                w = self.shrink.weight.view(num_joints, 3, channels, 1)
+                w[:, :2] = 0.0
+                self.shrink.bias.view(num_joints, 3)[:, :2] = 0.0
+
+    def _check(self, joints_2d_norm: torch.Tensor, frames: int | None) -> None:
+        shape = tuple(joints_2d_norm.shape)
+        if (joints_2d_norm.dim() != 4 or shape[2:] != (self.num_joints, 2)
+                or (frames is not None and shape[1] != frames)):
+            want = self.receptive_field if frames is not None else "T"
+            raise ValueError(f"temporal lifter expects joints_2d_norm of shape (B, {want}, "
+                             f"{self.num_joints}, 2), got {shape}")
+
+    def _features(self, x: torch.Tensor, dense: bool) -> torch.Tensor:
+        """(B, J*2, T) -> (B, C, T') through the layers: stride k (dense False) or dilation
+        k^i (dense True)."""
+        k = self.kernel
+        stride = k if not dense else 1
+        x = self.drop(torch.relu(self.expand_bn(
+            nn.functional.conv1d(x, self.expand.weight, stride=stride))))
+        for i, (conv, bn, point, pbn) in enumerate(zip(self.dilated, self.dilated_bn,
+                                                       self.pointwise, self.pointwise_bn)):
+            dilation = k ** (i + 1) if dense else 1
+            # causal: the residual is the newest input each output sees
+            res = x[:, :, (k - 1) * dilation:] if dense else x[:, :, k - 1 :: k]
+            y = self.drop(torch.relu(bn(nn.functional.conv1d(
+                x, conv.weight, stride=stride, dilation=dilation))))
+            x = res + self.drop(torch.relu(pbn(point(y))))
+        return self.shrink(x)
+
+    def _place(self, out: torch.Tensor, newest: torch.Tensor) -> torch.Tensor:
+        """out (N, J*o), newest (N, J, 2) -> (N, J, 3) pose in the normalised camera."""
+        n = newest.shape[0]
+        out = out.reshape(n, self.num_joints, self.out_per_joint)
+        depth = torch.clamp(out[..., -1:] + self.depth_offset, min=1.0)
+        ray = newest if self.head == "depth" else newest + out[..., :2]
+        return torch.cat([ray * depth, depth], dim=-1)
+
+    def lift_camera(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, F, J, 2) -> (B, J, 3) newest frame's pose in the normalised camera."""
+        self._check(joints_2d_norm, self.receptive_field)
+        b, f = joints_2d_norm.shape[:2]
+        x = joints_2d_norm.reshape(b, f, -1).transpose(1, 2)
+        out = self._features(x, dense=False)[:, :, -1]
+        return self._place(out, joints_2d_norm[:, -1])
+
+    def forward(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, F, J, 2) codec-normalised 2D, oldest first -> (B, J, 3) root-relative 3D."""
+        posed = self.lift_camera(joints_2d_norm)
+        return posed - posed[:, ROOT : ROOT + 1]
+
+    def forward_sequence(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, T, J, 2) a whole sequence -> (B, T, J, 3): frame t lifted from frames <= t, the
+        frames before the first repeated from it."""
+        self._check(joints_2d_norm, None)
+        b, t = joints_2d_norm.shape[:2]
+        pad = joints_2d_norm[:, :1].expand(b, self.receptive_field - 1, -1, -1)
+        padded = torch.cat([pad, joints_2d_norm], 1)
+        x = padded.reshape(b, padded.shape[1], -1).transpose(1, 2)
+        out = self._features(x, dense=True).transpose(1, 2).reshape(b * t, -1)
+        posed = self._place(out, joints_2d_norm.reshape(b * t, self.num_joints, 2))
+        return (posed - posed[:, ROOT : ROOT + 1]).reshape(b, t, self.num_joints, 3)
+
+
+def build_lifter(**model_config) -> nn.Module:
     """The lifter from its config (the checkpoint's and the ONNX metadata's `model_config`).
 
-    Keys: num_joints (17), width (1024), blocks (2), dropout (0.25), batch_norm (True),
-    head ("depth" | "xyz"), depth_offset (10.0). Unknown keys raise a TypeError naming them.
+    Single frame (no "kind", or kind "mlp"): num_joints (17), width (1024), blocks (2),
+    dropout (0.25), batch_norm (True), head ("depth" | "xyz"), depth_offset (10.0).
+    kind "temporal" (`TemporalLifter`): num_joints, receptive_field (27), kernel (3), channels
+    (256), dropout, head ("depth" | "refine"), depth_offset. Unknown keys raise a TypeError
+    naming them.
     """
-    return Lifter(**model_config)
+    config = dict(model_config)
+    kind = config.pop("kind", "mlp")
+    if kind == "temporal":
+        return TemporalLifter(**config)
+    if kind != "mlp":
+        raise ValueError(f"model_config kind must be 'mlp' or 'temporal', got {kind!r}")
+    return Lifter(**config)
