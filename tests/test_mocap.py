@@ -181,6 +181,9 @@ def test_make_eval_poses_cli_writes_the_evaluation_files(tmp_path):
     np.testing.assert_array_equal(cmu["joints_mm"], mocap.load_poses(("cmu_expmap",), split="test", shared_dir=SHARED))
     assert len(cmu["source"]) == len(cmu["joints_mm"]) and len(set(cmu["source"])) == 6
     assert all(str(s).startswith("cmu_expmap/") for s in cmu["source"])
+    # sequences for the evaluator: one id per pose, the clip, poses in order; 30 fps
+    np.testing.assert_array_equal(cmu["sequence"], cmu["source"])
+    assert float(cmu["fps"]) == 30.0 and cmu["fps"].shape == ()
     # Human3.6M: the same as the world joints of the COCO-style file (+Z up) turned to +Y up
     h36m = np.load(tmp_path / "h36m.npz")
     coco = json.loads((SHARED / "data/footage/mmpose/tests/data/h36m/h36m_coco.json").read_text())
@@ -188,3 +191,4 @@ def test_make_eval_poses_cli_writes_the_evaluation_files(tmp_path):
     world = world @ H36M_WORLD_TO_WORLD.T * 1000.0
     np.testing.assert_allclose(h36m["joints_mm"], world - world[:, :1], atol=0.01)
     assert h36m["joints_mm"].shape == (4, NUM_JOINTS, 3) and str(h36m["up_axis"]) == "y"
+    assert len(set(h36m["sequence"])) == 4 and float(h36m["fps"]) == 50.0  # single images

@@ -14,6 +14,20 @@ turned back into the real camera's axes, then compared with the ground truth in 
 - pa_mpjpe_mm: after similarity Procrustes alignment (rotation, translation, scale);
 - per_joint_mpjpe_mm, count, engine_id.
 
+Sequences: a file may also hold `sequence` (N,) (str or int: which sequence each pose belongs to,
+poses in order within it) and `fps` () (the poses' rate). Then each sequence is seen by one camera
+for its whole length (heading, camera and placement drawn once per sequence from the seed, the way
+they are drawn per pose otherwise), the noise is drawn per frame, each pose is lifted from a
+window of the sequence's past 2D resampled to the engine's rate (linear interpolation; times
+before the sequence's start repeat its first frame, as the lift stage pads a new track), and the
+JSON adds, per sequence then averaged over frames, at the file's fps:
+- mpjve_mm: mean |v_pred - v_gt| of the root-relative joints, v the first difference (mm/frame);
+- accel_err_mm: mean |a_pred - a_gt|, a the second difference (mm/frame^2);
+- accel_pred_mm, accel_gt_mm: mean |a| of the prediction and of the ground truth (jitter).
+A single-frame engine (receptive field 1) is evaluated the same way (its window is the frame
+itself), so engines compare in one run: `--engine A.onnx B.onnx --noise-px 0 5` prints one JSON
+list with a row per engine and noise level. A temporal engine needs a file with sequences.
+
 Cameras: `h36m`: the 44 Human3.6M cameras (intrinsics and placement), the subject standing within
 1 m of the point the subject's rig is aimed at; `random`: seeded `engines.runtime.camera.random_cameras`.
 Deterministic for a seed. `--engine` takes an exported `.onnx` (run through `engines.runtime.engine`) or a
@@ -51,11 +65,24 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedLifter:
-    """A lifter to evaluate: lift(joints_2d_norm (B, 17, 2)) -> joints_3d_norm (B, 17, 3)."""
+    """A lifter to evaluate: lift(joints_2d_norm (B, 17, 2)) -> joints_3d_norm (B, 17, 3), or,
+    with receptive_field F > 1, lift((B, F, 17, 2) windows at `fps`, oldest first) -> (B, 17, 3)."""
 
     lift: Callable[[np.ndarray], np.ndarray]
     codec: Codec
     engine_id: str
+    receptive_field: int = 1
+    fps: float | None = None
+
+
+@dataclass(frozen=True)
+class PosesFile:
+    """An evaluation file: joints_mm (N, 17, 3) float64 mm, world +Y up, root-relative;
+    sequence (N,) ids or None; fps (the poses' rate) or None."""
+
+    joints_mm: np.ndarray
+    sequence: np.ndarray | None = None
+    fps: float | None = None
 
 
 # --- metrics (numpy, (N, J, 3), any unit) --------------------------------------------------------
@@ -96,6 +123,12 @@ def procrustes_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def load_poses_file(path: str | Path) -> np.ndarray:
     """(N, 17, 3) float64 mm, world +Y up, root-relative, from an evaluation npz."""
+    return read_poses_file(path).joints_mm
+
+
+def read_poses_file(path: str | Path) -> PosesFile:
+    """An evaluation npz with its optional `sequence` (N,) and `fps` (); EvaluationError when
+    they are malformed or their lengths do not match `joints_mm`."""
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"poses file not found: {path}; make one with "
@@ -107,6 +140,8 @@ def load_poses_file(path: str | Path) -> np.ndarray:
                                       f"joints_mm (N, {NUM_JOINTS}, 3) in mm")
             joints = np.asarray(data["joints_mm"], dtype=np.float64)
             up = str(data["up_axis"]) if "up_axis" in data.files else "y"
+            sequence = np.asarray(data["sequence"]) if "sequence" in data.files else None
+            fps = np.asarray(data["fps"]) if "fps" in data.files else None
     except EvaluationError:
         raise
     except Exception as err:  # corrupt zip, pickled objects, truncated file
@@ -125,23 +160,43 @@ def load_poses_file(path: str | Path) -> np.ndarray:
     if not 200.0 < spread < 5000.0:
         raise EvaluationError(f"{path}: joints span {spread:.1f} from the root; joints_mm must be "
                               "in millimetres")
-    return joints
+    if (sequence is None) != (fps is None):
+        have, lack = ("sequence", "fps") if fps is None else ("fps", "sequence")
+        raise EvaluationError(f"{path}: has {have!r} but no {lack!r}; a sequence file needs both "
+                              "`sequence` (N,) and `fps` () (or neither, for single poses)")
+    if sequence is not None:
+        if sequence.ndim != 1 or len(sequence) != len(joints):
+            raise EvaluationError(f"{path}: `sequence` has shape {sequence.shape} but joints_mm "
+                                  f"holds {len(joints)} poses; it needs one id per pose, "
+                                  f"shape ({len(joints)},)")
+        if sequence.dtype.kind not in "iuUS":
+            raise EvaluationError(f"{path}: `sequence` must hold str or int ids, got "
+                                  f"{sequence.dtype}")
+        if fps.shape != () or fps.dtype.kind not in "iuf" or not 0 < float(fps) < 10000:
+            raise EvaluationError(f"{path}: `fps` must be one positive number (the poses' "
+                                  f"rate), got {fps!r}")
+        return PosesFile(joints, sequence, float(fps))
+    return PosesFile(joints)
 
 
 def place_and_project(poses_mm: np.ndarray, cameras: str, seed: int, noise_px: float = 0.0,
-                      shared_dir: Path | None = None):
+                      shared_dir: Path | None = None, group: np.ndarray | None = None):
     """Seeded placement of each pose in front of a camera.
 
+    group: (N,) int in [0, G): poses of one group share the heading, camera and placement
+    (drawn once per group, in group order; None: every pose its own group). Noise is per pose.
     Returns (joints_2d_px (N, J, 2), joints_cam_m (N, J, 3) camera frame, Cameras (N,)).
     """
     rng = np.random.default_rng(seed)
     n = poses_mm.shape[0]
-    heading = rng.uniform(-np.pi, np.pi, n)
+    group = np.arange(n) if group is None else np.asarray(group, np.int64)
+    groups = int(group.max()) + 1
+    heading = rng.uniform(-np.pi, np.pi, groups)[group]
     turn = camera.rotation_about_axis("y", heading)
     world = np.einsum("nij,nkj->nki", turn, poses_mm / 1000.0)          # root at the origin
     if cameras == "h36m":
         all_cams = camera.h36m_cameras(shared_dir)
-        pick = rng.integers(0, len(all_cams), n)
+        pick = rng.integers(0, len(all_cams), groups)[group]
         cams = all_cams[pick]
         subjects = sorted({name.split("/")[0] for name in all_cams.names})
         aims = {}
@@ -149,13 +204,13 @@ def place_and_project(poses_mm: np.ndarray, cameras: str, seed: int, noise_px: f
             idx = [i for i, name in enumerate(all_cams.names) if name.startswith(subject + "/")]
             aims[subject] = camera.axes_meeting_point(all_cams[np.array(idx)])
         aim = np.stack([aims[all_cams.names[int(i)].split("/")[0]] for i in pick])
-        offset = rng.uniform(-H36M_PLACEMENT_M, H36M_PLACEMENT_M, (n, 2))
+        offset = rng.uniform(-H36M_PLACEMENT_M, H36M_PLACEMENT_M, (groups, 2))[group]
         root = np.stack([aim[:, 0] + offset[:, 0],
                          -world[..., 1].min(axis=1) + ANKLE_TO_SOLE_M,  # feet on the floor y=0
                          aim[:, 2] + offset[:, 1]], -1)
         world = world + root[:, None]
     elif cameras == "random":
-        cams = camera.random_cameras(n, rng)
+        cams = camera.random_cameras(groups, rng)[group]
     else:
         raise EvaluationError(f"--cameras must be one of {CAMERA_KINDS}, got {cameras!r}")
     cam = cams.world_to_camera(world)
@@ -179,7 +234,7 @@ def load_lifter(path: str | Path) -> LoadedLifter:
 
     engine = load_engine(path)
     return LoadedLifter(lambda x: engine.run({"joints_2d": x})["joints_3d"], engine.codec,
-                        engine.engine_id)
+                        engine.engine_id, engine.receptive_field, engine.fps)
 
 
 def _load_checkpoint(path: Path) -> LoadedLifter:
@@ -206,26 +261,118 @@ def _load_checkpoint(path: Path) -> LoadedLifter:
         with torch.no_grad():
             return lifter(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
-    return LoadedLifter(lift, codec, "ckpt-" + digest.hexdigest()[:12])
+    rf = int(getattr(lifter, "receptive_field", 1))
+    fps = ckpt.get("training", {}).get("config", {}).get("fps") if rf > 1 else None
+    return LoadedLifter(lift, codec, "ckpt-" + digest.hexdigest()[:12], rf,
+                        None if fps is None else float(fps))
 
 
 # --- evaluation ----------------------------------------------------------------------------------
 
 
 def evaluate(lifter: LoadedLifter, poses_mm: np.ndarray, cameras: str = "h36m", seed: int = 0,
-             noise_px: float = 0.0, shared_dir: Path | None = None) -> dict:
-    """Metrics of `lifter` on `poses_mm` (N, 17, 3) mm, world +Y up; see the module doc."""
-    px, cam, cams = place_and_project(poses_mm, cameras, seed, noise_px, shared_dir)
+             noise_px: float = 0.0, shared_dir: Path | None = None,
+             sequence: np.ndarray | None = None, fps: float | None = None) -> dict:
+    """Metrics of `lifter` on `poses_mm` (N, 17, 3) mm, world +Y up; see the module doc.
+
+    sequence (N,) ids and fps: evaluate as sequences (one camera each, windows resampled to the
+    engine's rate, velocity and acceleration errors). A temporal lifter needs them.
+    """
+    if sequence is None:
+        if lifter.receptive_field > 1:
+            raise EvaluationError(
+                f"engine {lifter.engine_id} lifts windows of {lifter.receptive_field} frames; "
+                "evaluate it on a sequence file (`sequence` (N,) and `fps` (); "
+                "`python -m engines.training.make_eval_poses` writes them)")
+        px, cam, cams = place_and_project(poses_mm, cameras, seed, noise_px, shared_dir)
+        gt_m = cam - cam[:, ROOT : ROOT + 1]
+        pred_m = predict_metric(lifter, px, cams)
+        return metrics(pred_m * 1000.0, gt_m * 1000.0, lifter.engine_id)
+    if fps is None or not fps > 0:
+        raise EvaluationError(f"a sequence evaluation needs the poses' fps > 0, got {fps!r}")
+    sequence = np.asarray(sequence)
+    if sequence.shape != (len(poses_mm),):
+        raise EvaluationError(f"sequence has shape {sequence.shape}, expected ({len(poses_mm)},)"
+                              ": one id per pose")
+    ids, group = np.unique(sequence, return_inverse=True)
+    _, first = np.unique(group, return_index=True)
+    group = np.argsort(np.argsort(first))[group]       # groups numbered in order of appearance
+    px, cam, cams = place_and_project(poses_mm, cameras, seed, noise_px, shared_dir, group)
     gt_m = cam - cam[:, ROOT : ROOT + 1]
-    pred_m = predict_metric(lifter, px, cams)
-    return metrics(pred_m * 1000.0, gt_m * 1000.0, lifter.engine_id)
+    windows, lags = sequence_windows(px, group, fps, lifter.receptive_field, lifter.fps)
+    pred_m = predict_metric(lifter, windows, cams)
+    result = metrics(pred_m * 1000.0, gt_m * 1000.0, lifter.engine_id)
+    result.update(motion_metrics(pred_m * 1000.0, gt_m * 1000.0, group))
+    result.update({"sequences": int(len(ids)), "fps": float(fps),
+                   "receptive_field": int(lifter.receptive_field),
+                   "engine_fps": lifter.fps, "window_s": round(float(lags.max()), 4)})
+    return result
+
+
+def sequence_windows(joints_2d_px: np.ndarray, group: np.ndarray, fps: float, frames: int,
+                     engine_fps: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Causal windows of 2D for each pose of each sequence.
+
+    joints_2d_px (N, J, 2), group (N,) sequence of each pose (poses in order within it), fps the
+    poses' rate, frames the engine's receptive field at engine_fps (None: the poses' rate).
+    Returns (windows (N, frames, J, 2) px, oldest first, the pose itself last; lags (frames,)
+    seconds before the newest). Window times are resampled linearly from the sequence's frames;
+    times before its first frame take the first frame (the padding at a track's start).
+    """
+    rate = float(engine_fps or fps)
+    lags = np.arange(frames - 1, -1, -1, dtype=np.float64) / rate
+    out = np.empty((len(joints_2d_px), frames) + joints_2d_px.shape[1:], np.float64)
+    for g in np.unique(group):
+        idx = np.nonzero(group == g)[0]
+        seq = np.asarray(joints_2d_px[idx], np.float64)
+        pos = np.clip((np.arange(len(idx))[:, None] / fps - lags[None]) * fps, 0, len(idx) - 1)
+        lo = np.floor(pos + 1e-9).astype(np.int64)
+        hi = np.minimum(lo + 1, len(idx) - 1)
+        w = np.clip(pos - lo, 0.0, 1.0)[..., None, None]
+        out[idx] = (1 - w) * seq[lo] + w * seq[hi]
+    return out, lags
+
+
+def motion_metrics(pred_mm: np.ndarray, gt_mm: np.ndarray, group: np.ndarray) -> dict:
+    """Velocity and acceleration errors (mm/frame, mm/frame^2) of root-relative (N, J, 3) poses,
+    differences taken within each sequence only."""
+    vel, acc, acc_pred, acc_gt = [], [], [], []
+    for g in np.unique(group):
+        idx = np.nonzero(group == g)[0]
+        p, t = pred_mm[idx], gt_mm[idx]
+        if len(idx) >= 2:
+            vel.append(np.linalg.norm(np.diff(p, 1, 0) - np.diff(t, 1, 0), axis=-1).ravel())
+        if len(idx) >= 3:
+            ap, at = np.diff(p, 2, 0), np.diff(t, 2, 0)
+            acc.append(np.linalg.norm(ap - at, axis=-1).ravel())
+            acc_pred.append(np.linalg.norm(ap, axis=-1).ravel())
+            acc_gt.append(np.linalg.norm(at, axis=-1).ravel())
+    mean = lambda parts: round(float(np.concatenate(parts).mean()), 2) if parts else None  # noqa: E731
+    return {"mpjve_mm": mean(vel), "accel_err_mm": mean(acc), "accel_pred_mm": mean(acc_pred),
+            "accel_gt_mm": mean(acc_gt)}
 
 
 def predict_metric(lifter: LoadedLifter, joints_2d_px: np.ndarray, cams) -> np.ndarray:
-    """(N, J, 2) px seen by cameras (N,) -> (N, J, 3) metres, root-relative, camera frame."""
+    """(N, J, 2) px (or (N, F, J, 2) windows, newest last) seen by cameras (N,) -> (N, J, 3)
+    metres, root-relative, camera frame (the newest frame's)."""
     out = []
-    for start in range(0, len(joints_2d_px), BATCH):
-        sl = slice(start, start + BATCH)
+    frames = joints_2d_px.shape[1] if joints_2d_px.ndim == 4 else 0
+    batch = max(1, BATCH // max(1, frames))
+    for start in range(0, len(joints_2d_px), batch):
+        sl = slice(start, start + batch)
+        if frames:
+            chunk = joints_2d_px[sl]
+            n = len(chunk)
+            rep = [np.repeat(v[sl], frames) for v in (cams.fx, cams.fy, cams.cx, cams.cy)]
+            enc = lifter.codec.encode_full(chunk.reshape(n * frames, NUM_JOINTS, 2), *rep)
+            norm = enc.joints_2d_norm.reshape(n, frames, NUM_JOINTS, 2)
+            rotation = enc.rotation_to_camera.reshape(n, frames, 3, 3)[:, -1]
+            lifted = np.asarray(lifter.lift(norm if lifter.receptive_field > 1 else norm[:, -1]))
+            if lifted.shape != (n, NUM_JOINTS, 3):
+                raise EvaluationError(f"engine {lifter.engine_id} returned shape {lifted.shape}; "
+                                      f"expected (B, {NUM_JOINTS}, 3)")
+            out.append(lifter.codec.to_metric(lifted, rotation_to_camera=rotation))
+            continue
         enc = lifter.codec.encode_full(joints_2d_px[sl], cams.fx[sl], cams.fy[sl], cams.cx[sl],
                                        cams.cy[sl])
         lifted = np.asarray(lifter.lift(enc.joints_2d_norm))
@@ -256,18 +403,31 @@ def main(argv: list[str] | None = None) -> int:
         description="Project 3D test poses through cameras, lift them with an engine and print "
                     "MPJPE, PA-MPJPE and N-MPJPE (mm) as one JSON object.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--engine", required=True, help="lifter.onnx (exported) or checkpoint.pt")
+    p.add_argument("--engine", required=True, nargs="+",
+                   help="lifter.onnx (exported) or checkpoint.pt; several: one row each")
     p.add_argument("--poses", required=True, help="npz with joints_mm (N, 17, 3), mm, world +Y up")
     p.add_argument("--cameras", choices=CAMERA_KINDS, default="h36m")
-    p.add_argument("--noise-px", type=float, default=0.0, help="Gaussian 2D noise std, pixels")
+    p.add_argument("--noise-px", type=float, nargs="+", default=[0.0],
+                   help="Gaussian 2D noise std, pixels; several: one row each")
+    p.add_argument("--no-sequences", action="store_true",
+                   help="ignore the file's sequence/fps arrays (single poses, as before them)")
     p.add_argument("--seed", type=int, default=0, help="placement, heading and noise seed")
     p.add_argument("--json", help="also write the JSON object to this file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        poses = load_poses_file(a.poses)
-        lifter = load_lifter(a.engine)
-        result = evaluate(lifter, poses, a.cameras, a.seed, a.noise_px)
+        poses = read_poses_file(a.poses)
+        seq, fps = (None, None) if a.no_sequences else (poses.sequence, poses.fps)
+        rows = []
+        for path in a.engine:
+            lifter = load_lifter(path)
+            for noise in a.noise_px:
+                row = evaluate(lifter, poses.joints_mm, a.cameras, a.seed, noise,
+                               sequence=seq, fps=fps)
+                if len(a.engine) > 1 or len(a.noise_px) > 1:
+                    row = {"engine": str(path), "noise_px": noise, **row}
+                rows.append(row)
+        result = rows[0] if len(rows) == 1 else rows
     except Exception as err:  # EvaluationError, EngineError, FileNotFoundError: all say what to do
         if not isinstance(err, (EvaluationError, FileNotFoundError)) and \
                 type(err).__name__ != "EngineError":

@@ -4,8 +4,11 @@
     python -m engines.training.make_eval_poses --out eval/h36m4.npz --source h36m   # 4 Human3.6M frames
 
 The file holds `joints_mm` (N, 17, 3) float32 (our joint order, millimetres, root-relative,
-world +Y up), `up_axis` = "y", `source` (N,) str (the clip or image of each pose) and `frame`
-(N,) int64 (frame index in the clip at the file's rate). `cmu_expmap` test clips are never
+world +Y up), `up_axis` = "y", `source` (N,) str (the clip or image of each pose), `frame`
+(N,) int64 (frame index in the clip at the file's rate), and for `engines.training.evaluate`'s
+sequence mode `sequence` (N,) str (the clip: poses in order within it) and `fps` () float64 (the
+clips' rate after subsampling: 30 for the CMU test split). The Human3.6M frames are four
+sequences of one frame each at 50 fps (a single image: no history, the lifter sees padding). `cmu_expmap` test clips are never
 used for training (engines.training.mocap keeps them apart); the Human3.6M frames come from the shared
 mmpose test data (S1, S5, S7, S8, camera coordinates turned into the world frame with
 `cameras.pkl`) and are licensed for non-commercial research only.
@@ -29,13 +32,25 @@ logger = logging.getLogger(__name__)
 H36M_POSES_RELPATH = Path("data/footage/mmpose/tests/data/h36m/test_h36m_body3d.npz")
 
 
-def cmu_expmap_eval_poses(split: str = "test", shared_dir: Path | None = None, fps: float | None = 30):
-    """(joints_mm (N, 17, 3) float32, source (N,) str, frame (N,) int64) of a cmu_expmap split."""
+#: Human3.6M's frame rate (the mmpose frame numbers count frames at this rate).
+H36M_FPS: float = 50.0
+
+
+def cmu_expmap_eval_poses(split: str = "test", shared_dir: Path | None = None, fps: float | None = 30,
+                          with_rate: bool = False):
+    """(joints_mm (N, 17, 3) float32, source (N,) str, frame (N,) int64) of a cmu_expmap split;
+    with_rate: also the clips' common rate after subsampling (ValueError if they differ)."""
     clips = mocap.load_clips(("cmu_expmap",), split=split, shared_dir=shared_dir, fps=fps)
     joints = np.concatenate([c.joints_mm for c in clips]).astype(np.float32)
     source = np.concatenate([np.full(len(c.joints_mm), c.name) for c in clips])
     frame = np.concatenate([np.arange(len(c.joints_mm), dtype=np.int64) for c in clips])
-    return joints, source, frame
+    if not with_rate:
+        return joints, source, frame
+    rates = sorted({round(float(c.fps), 6) for c in clips})
+    if len(rates) != 1:
+        raise ValueError(f"cmu_expmap {split} clips came out at different rates {rates}; "
+                         "pick an --fps that divides 120")
+    return joints, source, frame, rates[0]
 
 
 def h36m_eval_poses(shared_dir: Path | None = None):
@@ -91,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.source == "h36m":
         joints, source, frame = h36m_eval_poses(args.shared)
+        rate = H36M_FPS
     else:
-        joints, source, frame = cmu_expmap_eval_poses(args.split, args.shared, args.fps)
+        joints, source, frame, rate = cmu_expmap_eval_poses(args.split, args.shared, args.fps,
+                                                            with_rate=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, joints_mm=joints, up_axis=np.array("y"), source=source,
-                        frame=frame)
+                        frame=frame, sequence=source, fps=np.array(rate, np.float64))
     logger.info("wrote %s: %d poses from %d clips/images (%s)", args.out, len(joints),
                 len(np.unique(source)), args.source if args.source == "h36m" else f"cmu_expmap {args.split}")
     return 0
