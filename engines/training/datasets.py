@@ -218,3 +218,201 @@ def windows_from_sequences(sequences_mm: list[np.ndarray], frames: int, stride: 
     if not out:
         raise DataError(f"no sequence has {frames} frames; lower the window or add data")
     return np.stack(out).astype(np.float32)
+
+
+# --- temporal windows (the causal temporal lifter) -----------------------------------------------
+
+#: The detector's per-joint 2D error relative to the person's size (the diagonal of the tight box
+#: around the true 2D joints), measured with `engines.training.measure_detector_noise` on the
+#: shared annotated images (BlazePose full, 17 detected people; engines/training/DETECTOR_NOISE.md):
+#: median, our joint order.
+DETECTOR_MEDIAN_REL: np.ndarray = np.array(
+    [0.0245, 0.0274, 0.0229, 0.0281, 0.0290, 0.0224, 0.0233, 0.0148, 0.0104, 0.0185, 0.0188,
+     0.0225, 0.0252, 0.0400, 0.0246, 0.0204, 0.0263])
+#: How often the error exceeds 0.1 of the person's size (same measurement), floored at 0.02
+#: (17 people cannot show a rarer rate).
+DETECTOR_OUTLIER_RATE: np.ndarray = np.maximum(0.02, np.array(
+    [0.059, 0.0, 0.176, 0.188, 0.118, 0.059, 0.125, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.125, 0.0,
+     0.118, 0.133]))
+#: The median of |N(0, s^2 I_2)| is s * sqrt(2 ln 2): Gaussian sigma from a median 2D error.
+_MEDIAN_TO_SIGMA: float = 1.0 / np.sqrt(2.0 * np.log(2.0))
+
+
+@dataclass(frozen=True)
+class TemporalNoise:
+    """Detector-like 2D in training windows: the measured per-joint error (`DETECTOR_MEDIAN_REL`,
+    `DETECTOR_OUTLIER_RATE`) scaled by `scale` (0: ground-truth 2D, confidences 1), correlated
+    over frames, with dropped frames and frame-rate variation.
+
+    Tuning: `rho` is the frame-to-frame correlation of a joint's error at the engine's rate (not
+    measurable from still images; BlazePose's tracking mode smooths its landmarks, so errors
+    persist: assumed 0.7); each window's Gaussian error is the measured one times U(`level`)
+    (so the lifter sees clean and bad detections); outliers (a wrong limb, a swapped side) last `outlier_frames` frames
+    on average, a fixed offset of N(0, `outlier_rel`^2) per axis times the person's size (about
+    0.7 of them exceed 0.1 of it, the measured rate's threshold); `outlier_scale` multiplies their
+    rate (0: none); `drop_rate`: a frame lost by latest-wins,
+    replaced by the one before (what a sample-and-hold history gives); `speed`: each window's
+    motion is played back at a log-uniform rate in this range (camera rates that differ from the
+    stamps, faster or slower people), `time_jitter`: per-frame timestamp jitter, in frames.
+    """
+
+    scale: float = 1.0
+    rho: float = 0.7
+    outlier_rel: float = 0.12
+    outlier_scale: float = 1.0
+    outlier_frames: float = 4.0
+    drop_rate: float = 0.05
+    level: tuple[float, float] = (0.0, 1.5)
+    speed: tuple[float, float] = (0.8, 1.25)
+    time_jitter: float = 0.2
+    confidence_noise: float = 0.7
+
+
+def sample_windows(clips: list[tuple[np.ndarray, float]], count: int, frames: int, fps: float,
+                   rng: np.random.Generator, noise: TemporalNoise = TemporalNoise()) -> np.ndarray:
+    """`count` windows of `frames` poses at `fps` (oldest first) from mocap clips.
+
+    clips: [(joints_mm (F, J, 3), clip fps)]. Each window picks a clip (weighted by duration)
+    and a newest time uniformly in it, a playback speed from `noise.speed` and per-frame time
+    jitter; poses are linearly interpolated between mocap frames. Times before the clip's start
+    take its first pose (a track's start: the lift stage pads by repeating the first frame).
+    Returns (count, frames, J, 3) float32 mm.
+    """
+    durations = np.array([(len(seq) - 1) / rate for seq, rate in clips], np.float64)
+    if len(clips) == 0 or durations.sum() <= 0:
+        raise DataError("no mocap clips longer than one frame to cut windows from")
+    pick = rng.choice(len(clips), count, p=durations / durations.sum())
+    newest = rng.uniform(0.0, 1.0, count) * durations[pick]
+    speed = np.exp(rng.uniform(np.log(noise.speed[0]), np.log(noise.speed[1]), count))
+    lag = np.arange(frames - 1, -1, -1, dtype=np.float64)                   # oldest first
+    jitter = rng.uniform(-noise.time_jitter, noise.time_jitter, (count, frames))
+    jitter[:, -1] = 0.0
+    times = newest[:, None] - (lag[None] + jitter) * speed[:, None] / fps   # (count, frames) s
+    out = np.empty((count, frames, NUM_JOINTS, 3), np.float32)
+    for c in np.unique(pick):
+        rows = np.nonzero(pick == c)[0]
+        seq, rate = clips[c]
+        pos = np.clip(times[rows] * rate, 0.0, len(seq) - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, len(seq) - 1)
+        w = (pos - lo)[..., None, None]
+        out[rows] = (1 - w) * seq[lo] + w * seq[hi]
+    return out
+
+
+def temporal_detector_noise(joints_2d_px: np.ndarray, rng: np.random.Generator,
+                            noise: TemporalNoise) -> tuple[np.ndarray, np.ndarray]:
+    """Detector-like errors on windows of true 2D: (M, F, J, 2) px -> (noisy px (M, F, J, 2)
+    float32, confidence (M, F, J) float32).
+
+    Per window and joint the error is an AR(1) process over frames (correlation `rho`) with the
+    measured per-joint sigma times the person's size (tight box diagonal of the window's newest
+    true 2D) and a lognormal difficulty; outlier episodes (rate `DETECTOR_OUTLIER_RATE` per
+    frame, mean length `outlier_frames`) replace it with a fixed wrong offset; the confidence
+    falls with the error made (as `engines.runtime.camera.detector_noise`); dropped frames
+    repeat the frame before (never the newest).
+    """
+    px = np.asarray(joints_2d_px, np.float64)
+    m, f, j = px.shape[:3]
+    if noise.scale <= 0:
+        return px.astype(np.float32), np.ones((m, f, j), np.float32)
+    newest = px[:, -1]
+    size = np.hypot(*(newest.max(1) - newest.min(1)).T)                       # (M,)
+    sigma = (noise.scale * _MEDIAN_TO_SIGMA * DETECTOR_MEDIAN_REL[None] * size[:, None]
+             * rng.lognormal(0.0, 0.4, (m, j)) * rng.uniform(*noise.level, (m, 1)))  # (M, J)
+    err = np.empty_like(px)
+    err[:, 0] = rng.normal(0.0, 1.0, (m, j, 2))
+    innov = np.sqrt(1.0 - noise.rho ** 2)
+    for t in range(1, f):
+        err[:, t] = noise.rho * err[:, t - 1] + innov * rng.normal(0.0, 1.0, (m, j, 2))
+    offset = err * sigma[:, None, :, None]
+    rate = DETECTOR_OUTLIER_RATE * noise.scale * noise.outlier_scale
+    start = rng.random((m, f, j)) < rate / noise.outlier_frames
+    span = max(1, int(round(noise.outlier_frames)))
+    episode = np.zeros((m, f, j), bool)
+    for lag in range(span):
+        episode[:, lag:] |= start[:, : f - lag]
+    wrong = rng.normal(0.0, noise.outlier_rel, (m, 1, j, 2)) * size[:, None, None, None]
+    offset = np.where(episode[..., None], wrong, offset)
+    dist = np.linalg.norm(offset, axis=-1)
+    ref = np.maximum(1e-6, noise.scale * DETECTOR_MEDIAN_REL.mean() * size)[:, None, None]
+    logit = 3.0 - 3.0 * np.log1p(dist / ref) + rng.normal(0.0, noise.confidence_noise, dist.shape)
+    conf = 1.0 / (1.0 + np.exp(-logit))
+    noisy = px + offset
+    drop = rng.random((m, f)) < noise.drop_rate
+    drop[:, -1] = False
+    for t in range(1, f):
+        held = drop[:, t]
+        noisy[held, t] = noisy[held, t - 1]
+        conf[held, t] = conf[held, t - 1]
+    return noisy.astype(np.float32), conf.astype(np.float32)
+
+
+def _encode_frames(codec: Codec, px: np.ndarray, fx, fy, cx, cy, chunk: int = 200_000):
+    """Encode (M, F, J, 2) px frame by frame (intrinsics (M,)) -> Encoded with (M, F, ...)."""
+    m, f = px.shape[:2]
+    flat = px.reshape(m * f, NUM_JOINTS, 2)
+    rep = [np.repeat(np.asarray(v, np.float64), f) for v in (fx, fy, cx, cy)]
+    parts = [codec.encode_full(flat[s : s + chunk], *(r[s : s + chunk] for r in rep))
+             for s in range(0, m * f, chunk)]
+    norm = np.concatenate([p.joints_2d_norm for p in parts]).reshape(m, f, NUM_JOINTS, 2)
+    scale = np.concatenate([p.scale for p in parts]).reshape(m, f)
+    rot = np.concatenate([p.rotation_to_camera for p in parts]).reshape(m, f, 3, 3)
+    return norm, scale, rot
+
+
+def make_multi_view_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
+                            rng: np.random.Generator, views: int = 4,
+                            noise: TemporalNoise = TemporalNoise()) -> MultiView2D:
+    """(N, F, J, 3) mm windows -> li2020 data for the temporal lifter: each window seen by a
+    rig of V synchronized, static cameras, every view with its own detector-like noise.
+
+    joints_2d_norm (N, V, F, J, 2) and confidence (N, V, F, J) for every frame; scale,
+    world_to_virtual and centre_m (as `MultiView2D`) for the newest frame, the one lifted.
+    """
+    if views < 2:
+        raise DataError(f"li2020 needs at least 2 views per window, got {views}")
+    n, f = windows_mm.shape[:2]
+    poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), "make_multi_view_windows")
+    poses = poses.reshape(n, f, NUM_JOINTS, 3) / 1000.0
+    rig = camera.multiview_rig(views, rng, n_rigs=n, **cfg.ranges())
+    flat = Cameras(R=rig.R.reshape(-1, 3, 3), t_m=rig.t_m.reshape(-1, 3), fx=rig.fx.reshape(-1),
+                   fy=rig.fy.reshape(-1), cx=rig.cx.reshape(-1), cy=rig.cy.reshape(-1),
+                   image_size_px=rig.image_size_px.reshape(-1, 2))
+    per_view = np.repeat(poses, views, axis=0)                                 # (N V, F, J, 3)
+    cam = np.einsum("mij,mfkj->mfki", flat.R, per_view) + flat.t_m[:, None, None]
+    if np.any(cam[..., 2] < 0.2):
+        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
+    px = camera.project(cam, flat.fx[:, None], flat.fy[:, None], flat.cx[:, None],
+                        flat.cy[:, None])
+    px, conf = temporal_detector_noise(px, rng, noise)
+    norm, scale, rot = _encode_frames(codec, px, flat.fx, flat.fy, flat.cx, flat.cy)
+    world_to_virtual = np.einsum("nji,njk->nik", rot[:, -1].astype(np.float64), flat.R)
+    shape = (n, views)
+    return MultiView2D(
+        joints_2d_norm=norm.reshape(*shape, f, NUM_JOINTS, 2),
+        scale=scale[:, -1].reshape(shape),
+        confidence=conf.reshape(*shape, f, NUM_JOINTS),
+        world_to_virtual=world_to_virtual.reshape(*shape, 3, 3).astype(np.float32),
+        centre_m=flat.centres_m.reshape(*shape, 3).astype(np.float32),
+    )
+
+
+def make_supervised_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
+                            rng: np.random.Generator,
+                            noise: TemporalNoise = TemporalNoise()) -> Supervised3D:
+    """(N, F, J, 3) mm windows -> one random static camera each, detector-like 2D: joints_2d_norm
+    (N, F, J, 2) and the newest frame's 3D target (N, J, 3) in codec units (`ideal_lift`)."""
+    n, f = windows_mm.shape[:2]
+    poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), "make_supervised_windows")
+    poses = poses.reshape(n, f, NUM_JOINTS, 3) / 1000.0
+    cams = camera.random_cameras(n, rng, **cfg.ranges())
+    cam = np.einsum("mij,mfkj->mfki", cams.R, poses) + cams.t_m[:, None, None]
+    if np.any(cam[..., 2] < 0.2):
+        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
+    px = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
+                        cams.cy[:, None])
+    px, _ = temporal_detector_noise(px, rng, noise)
+    norm, scale, rot = _encode_frames(codec, px, cams.fx, cams.fy, cams.cx, cams.cy)
+    target = ideal_lift(cam[:, -1], rot[:, -1], scale[:, -1], codec.depth_offset)
+    return Supervised3D(norm, target)

@@ -35,9 +35,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import datetime
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -70,6 +72,8 @@ logger = logging.getLogger(__name__)
 METHODS: tuple[str, ...] = ("chen2019", "li2020", "supervised")
 DEFAULT_SOURCES: tuple[str, ...] = ("cmu_expmap", "cmu_bvh", "bandai1", "bandai2")
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Temporal windows are built this many at a time (bounds the float64 intermediates to ~1 GB).
+WINDOW_CHUNK = 5000
 LOG_NAME = "log.csv"
 
 
@@ -99,6 +103,13 @@ class TrainConfig:
     bone_jitter: float = 0.0          # per-clip random bone lengths: canonical x N(1, this), 0 = off
     views: int = 4                    # li2020 rig size; supervised uses as many views per pose
     window: int = 3                   # chen2019 temporal window (frames)
+    # temporal lifter (receptive_field > 1: engines.training.models.TemporalLifter)
+    receptive_field: int = 1          # frames at the engine rate; 1: the single-frame MLP
+    channels: int = 256               # temporal conv channels: 0.57 M weights, 2.3 MB ONNX
+    windows: int = 40000              # training windows cut from the mocap (each V views)
+    temporal_noise: float = 0.0       # x the measured detector noise model (ds.TemporalNoise)
+    drop_rate: float = 0.05           # frames lost by latest-wins (held), with temporal_noise
+    noise_rho: float = 0.7            # frame-to-frame correlation of the 2D error
     # chen2019
     gan: str = "lsgan"                # "lsgan" | "wgan-gp"
     critic_steps: int = 1
@@ -116,6 +127,8 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 50
     checkpoint_every: int = 1000
+    time_budget_min: float = 0.0      # > 0: stop after this many minutes of training, the lr
+                                      # schedule following elapsed time (a shared machine)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -127,11 +140,37 @@ class TrainConfig:
         if self.method == "chen2019" and self.head != "depth":
             raise ValueError("chen2019 needs --head depth (its rotate-and-reproject loop needs "
                              "a lift that re-projects onto its input)")
+        if self.temporal:
+            if self.method == "chen2019":
+                raise ValueError("--receptive-field > 1 trains with li2020 or supervised; "
+                                 "chen2019 lifts single frames (its temporal critic sees "
+                                 "--window frames)")
+            if self.head not in ("depth", "refine"):
+                raise ValueError(f"the temporal lifter's --head is depth or refine, "
+                                 f"got {self.head!r}")
+        elif self.head == "refine":
+            raise ValueError("--head refine is for the temporal lifter (--receptive-field > 1)")
+
+    @property
+    def temporal(self) -> bool:
+        return self.receptive_field > 1
 
     def model_config(self) -> dict:
+        if self.temporal:
+            return {"kind": "temporal", "num_joints": NUM_JOINTS,
+                    "receptive_field": self.receptive_field, "kernel": 3,
+                    "channels": self.channels, "dropout": self.dropout, "head": self.head,
+                    "depth_offset": self.depth_offset}
         return {"num_joints": NUM_JOINTS, "width": self.width, "blocks": self.blocks,
                 "dropout": self.dropout, "batch_norm": True, "head": self.head,
                 "depth_offset": self.depth_offset}
+
+    def temporal_noise_model(self) -> ds.TemporalNoise:
+        """The window noise of this run (clean 2D, no drops, when temporal_noise is 0)."""
+        if self.temporal_noise <= 0:
+            return ds.TemporalNoise(scale=0.0, drop_rate=0.0)
+        return ds.TemporalNoise(scale=self.temporal_noise, drop_rate=self.drop_rate,
+                                rho=self.noise_rho)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -146,6 +185,18 @@ def canonical_codec(depth_offset: float = 10.0) -> Codec:
                  depth_offset=depth_offset)
 
 
+def load_training_clips(sources: tuple[str, ...], bone_jitter: float = 0.0,
+                        seed: int = 0) -> list[tuple[np.ndarray, float]]:
+    """As `load_training_sequences`, at each clip's own rate: [(joints_mm (F, 17, 3), fps)]
+    (the temporal windows are resampled from them to the engine's rate)."""
+    from engines.training import mocap
+
+    clips = mocap.load_clips(list(sources), "train", fps=None)
+    rates = [c.fps for c in clips]
+    seqs = _retargeted([c.joints_mm for c in clips], sources, bone_jitter, seed)
+    return list(zip(seqs, rates))
+
+
 def load_training_sequences(sources: tuple[str, ...], fps: float, bone_jitter: float = 0.0,
                             seed: int = 0) -> list[np.ndarray]:
     """Training-split mocap sequences (F, 17, 3) mm, world +Y up, root-relative, at `fps`,
@@ -155,7 +206,14 @@ def load_training_sequences(sources: tuple[str, ...], fps: float, bone_jitter: f
     one skeleton."""
     from engines.training import mocap
 
-    sequences = mocap.load_sequences(list(sources), "train", fps=fps)
+    return _retargeted(mocap.load_sequences(list(sources), "train", fps=fps), sources,
+                       bone_jitter, seed)
+
+
+def _retargeted(sequences: list[np.ndarray], sources, bone_jitter: float,
+                seed: int) -> list[np.ndarray]:
+    from engines.training import mocap
+
     if len(sequences) == 0:
         raise ds.DataError(f"no training sequences in sources {sources}; check the names and "
                            "that ../shared/data/mocap (or $POSESTREAM_SHARED) holds them")
@@ -178,6 +236,23 @@ def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
     (and cameras) only; the 3D stays here and is gone when this returns."""
     rng = np.random.default_rng(cfg.seed)
     cams = ds.CameraSampling(noise_px=cfg.noise_px)
+    if cfg.temporal:
+        clips = [c if isinstance(c, tuple) else (np.asarray(c), cfg.fps) for c in sequences_mm]
+        noise = cfg.temporal_noise_model()
+        parts = []
+        for start in tqdm(range(0, cfg.windows, WINDOW_CHUNK), desc="training windows",
+                          disable=cfg.windows <= WINDOW_CHUNK, mininterval=2.0):
+            count = min(WINDOW_CHUNK, cfg.windows - start)
+            windows = ds.sample_windows(clips, count, cfg.receptive_field, cfg.fps, rng, noise)
+            if cfg.method == "li2020":
+                parts.append(ds.make_multi_view_windows(windows, codec, cams, rng, cfg.views,
+                                                        noise))
+            else:
+                parts += [ds.make_supervised_windows(windows, codec, cams, rng, noise)
+                          for _ in range(cfg.views)]
+        kind = type(parts[0])
+        return kind(**{name: np.concatenate([getattr(p, name) for p in parts])
+                       for name in ds.array_fields(parts[0])})
     if cfg.method == "chen2019":
         windows = ds.windows_from_sequences(sequences_mm, cfg.window, stride=1)
         windows = _subset(windows, cfg.max_poses, rng)
@@ -419,9 +494,15 @@ class Li2020(Method):
         """
         q = batch["joints_2d_norm"]
         b, v = q.shape[:2]
-        flat = q.reshape(b * v, NUM_JOINTS, 2)
+        flat = q.reshape(b * v, *q.shape[2:])                     # (BV, [F,] J, 2)
         rel = self.lifter(flat).reshape(b, v, NUM_JOINTS, 3)
-        metres_per_unit = self.extra["root_branch"](flat).reshape(b, v)
+        if q.dim() == 5:  # windows (B, V, F, J, 2): the loss is on the newest frame, lifted
+            newest = flat[:, -1]
+            batch = {**batch, "joints_2d_norm": q[:, :, -1],
+                     "confidence": batch["confidence"][:, :, -1]}
+        else:
+            newest = flat
+        metres_per_unit = self.extra["root_branch"](newest).reshape(b, v)
         return li2020_terms(rel, metres_per_unit, batch, self.cfg.depth_offset,
                             detach_transform=step < self.cfg.pretrain_steps)
 
@@ -440,6 +521,109 @@ class Li2020(Method):
 METHOD_CLASSES = {"chen2019": Chen2019, "li2020": Li2020, "supervised": Supervised}
 
 
+# --- several processes (torchrun) ----------------------------------------------------------------
+
+#: What `torchrun` sets in each process it starts (torch.distributed's env:// rendezvous).
+TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_TORCHRUN_HINT = ("launch it as `torchrun --nproc_per_node K [--nnodes N --node_rank R "
+                  "--master_addr HOST --master_port PORT] -m engines.training.train ...`")
+
+
+class DistributedError(RuntimeError):
+    """A multi-process run cannot start (its environment is missing or unusable)."""
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job: rank in [0, world)."""
+
+    rank: int
+    world: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env(required: bool = False, environ=None) -> Distributed | None:
+    """The torchrun job this process belongs to, or None for a single process.
+
+    required (`--distributed`): without torchrun's environment, DistributedError saying how to
+    launch. A partial environment (some of TORCHRUN_ENV set) is always an error naming what is
+    missing. WORLD_SIZE 1 runs as a single process.
+    """
+    env = os.environ if environ is None else environ
+    present = {key: env.get(key) for key in TORCHRUN_ENV}
+    if not any(present.values()):
+        if required:
+            raise DistributedError(f"--distributed needs the environment torchrun sets "
+                                   f"({', '.join(TORCHRUN_ENV)}), and none is set; "
+                                   f"{_TORCHRUN_HINT}")
+        return None
+    missing = [key for key, value in present.items() if not value]
+    if missing:
+        raise DistributedError(f"incomplete torchrun environment: {', '.join(missing)} not set "
+                               f"(have {', '.join(k for k in TORCHRUN_ENV if k not in missing)}); "
+                               f"{_TORCHRUN_HINT}")
+    try:
+        rank, world = int(present["RANK"]), int(present["WORLD_SIZE"])
+    except ValueError as err:
+        raise DistributedError(f"RANK / WORLD_SIZE are not integers ({err}); {_TORCHRUN_HINT}")
+    if not 0 <= rank < world:
+        raise DistributedError(f"RANK {rank} is not in [0, WORLD_SIZE {world}); {_TORCHRUN_HINT}")
+    if world == 1 and not required:
+        return None
+    return Distributed(rank, world)
+
+
+def _start_distributed(cfg: "TrainConfig", dist: Distributed, method: "Method") -> None:
+    """Join the process group and wrap the method's networks in DistributedDataParallel."""
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if cfg.method == "chen2019":
+        raise DistributedError("chen2019 calls its lifter outside forward() (lift-rotate-lift), "
+                               "which DistributedDataParallel cannot synchronise; train li2020 or "
+                               "supervised with torchrun")
+    if cfg.batch % dist.world:
+        raise DistributedError(f"--batch {cfg.batch} (the global batch) must divide into the "
+                               f"{dist.world} processes; use a multiple of {dist.world}")
+    if not tdist.is_initialized():
+        # the trainer runs on the CPU: gloo (nccl needs the tensors on GPUs)
+        # a rank that died or hangs ends the others' collectives with an error after 10 min
+        tdist.init_process_group(backend="gloo", timeout=datetime.timedelta(minutes=10))
+    method.lifter = DDP(method.lifter)
+    for name, module in method.extra.items():
+        if any(p.requires_grad for p in module.parameters()):
+            method.extra[name] = DDP(module)
+    logger.info("rank %d of %d: DistributedDataParallel (gloo), %d of the %d samples of each "
+                "step", dist.rank, dist.world, cfg.batch // dist.world, cfg.batch)
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+def _mean_over_ranks(values: dict[str, float], dist: Distributed | None) -> dict[str, float]:
+    if dist is None:
+        return values
+    import torch.distributed as tdist
+
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    tdist.all_reduce(t)
+    return dict(zip(values, (t / dist.world).tolist()))
+
+
+def _max_over_ranks(value: float, dist: Distributed | None) -> float:
+    if dist is None:
+        return value
+    import torch.distributed as tdist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t)
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -455,20 +639,32 @@ def _to_jsonable(value):
 
 
 def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool = False,
-          progress: bool = True, until: int | None = None) -> dict:
+          progress: bool = True, until: int | None = None, distributed: bool = False) -> dict:
     """Run training; returns the last checkpoint dict (also written to cfg.out).
 
     data/codec: prepared data object and codec (tests pass small ones); None loads the mocap
     sources of `cfg` and the canonical codec. until: stop after this step (a checkpoint is
     written there; `resume=True` later continues as if never stopped).
+
+    Under torchrun (its environment set; required with distributed=True) every process builds
+    the same seeded data and draws the same global batch of `cfg.batch` samples per step; rank r
+    trains on its share (slice r of `world`), DistributedDataParallel averages the gradients, so
+    the run follows the single-process one with the same global batch (up to batch-norm
+    statistics, which each rank takes over its share). Rank 0 alone writes the checkpoints,
+    log.csv and config.json and shows the progress bar; the logged losses are the mean over
+    ranks, i.e. over the global batch.
     """
+    dist = distributed_from_env(required=distributed)
     torch.set_num_threads(max(1, cfg.threads))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     codec = codec or canonical_codec(cfg.depth_offset)
     t_data = time.monotonic()
     if data is None:
-        sequences = load_training_sequences(cfg.sources, cfg.fps, cfg.bone_jitter, cfg.seed)
+        if cfg.temporal:
+            sequences = load_training_clips(cfg.sources, cfg.bone_jitter, cfg.seed)
+        else:
+            sequences = load_training_sequences(cfg.sources, cfg.fps, cfg.bone_jitter, cfg.seed)
         data = build_data(cfg, sequences, codec)
         del sequences
     check_data(cfg, data)
@@ -499,13 +695,18 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
         start_step = int(ckpt["step"])
         seconds_before = float(ckpt["training"]["seconds"])
         logger.info("resumed %s at step %d", ckpt_path, start_step)
-    (out / "config.json").write_text(json.dumps(
-        {k: _to_jsonable(v) for k, v in dataclasses.asdict(cfg).items()}, indent=2))
+    main_rank = dist is None or dist.main
+    if dist is not None:
+        _start_distributed(cfg, dist, method)
+    if main_rank:
+        (out / "config.json").write_text(json.dumps(
+            {k: _to_jsonable(v) for k, v in dataclasses.asdict(cfg).items()}, indent=2))
 
     for module in method.modules().values():
         module.train()
     log_path = out / LOG_NAME
-    log_file = open(log_path, "a" if resume and log_path.exists() else "w", newline="")
+    log_file = (open(log_path, "a" if resume and log_path.exists() else "w", newline="")
+                if main_rank else open(os.devnull, "w"))
     writer = None
     t0 = time.monotonic()
     last: dict[str, float] = {}
@@ -513,13 +714,31 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
     count = 0
     stop = cfg.steps if until is None else min(cfg.steps, until)
     bar = tqdm(range(start_step, stop), initial=start_step, total=cfg.steps, mininterval=2.0,
-               desc=f"train {cfg.method}", disable=not progress, dynamic_ncols=True)
+               desc=f"train {cfg.method}", disable=not progress or not main_rank,
+               dynamic_ncols=True)
+    share = slice(None) if dist is None else slice(
+        dist.rank * cfg.batch // dist.world, (dist.rank + 1) * cfg.batch // dist.world)
     ckpt = None
     try:
         for step in bar:
-            method.set_lr(cfg.lr_final_ratio ** (step / max(1, cfg.steps - 1)))
-            index = rng.integers(0, len(data), cfg.batch)
-            last = method.step(_batch(data, index), step, gen)
+            progress_frac = step / max(1, cfg.steps - 1)
+            if cfg.time_budget_min > 0:
+                elapsed = seconds_before + time.monotonic() - t0
+                progress_frac = max(progress_frac, _max_over_ranks(
+                    elapsed / (60.0 * cfg.time_budget_min), dist))
+                if progress_frac >= 1.0:
+                    stop = step
+                    logger.info("time budget of %.1f min reached at step %d", cfg.time_budget_min,
+                                step)
+                    if main_rank and step > start_step and (step % cfg.checkpoint_every) != 0:
+                        ckpt = _checkpoint(cfg, method, codec, data, step,
+                                           seconds_before + time.monotonic() - t0, last, gen, rng)
+                        torch.save(ckpt, ckpt_path.with_suffix(".tmp"))
+                        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+                    break
+            method.set_lr(cfg.lr_final_ratio ** min(1.0, progress_frac))
+            index = rng.integers(0, len(data), cfg.batch)[share]
+            last = _mean_over_ranks(method.step(_batch(data, index), step, gen), dist)
             if not all(math.isfinite(x) for x in last.values()):
                 raise FloatingPointError(f"loss became non-finite at step {step}: {last}; "
                                          "lower --lr or change the loss weights")
@@ -540,12 +759,18 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stop:
                 ckpt = _checkpoint(cfg, method, codec, data, step + 1,
                                    seconds_before + time.monotonic() - t0, last, gen, rng)
-                tmp = ckpt_path.with_suffix(".tmp")
-                torch.save(ckpt, tmp)
-                tmp.replace(ckpt_path)
+                if main_rank:
+                    tmp = ckpt_path.with_suffix(".tmp")
+                    torch.save(ckpt, tmp)
+                    tmp.replace(ckpt_path)
     finally:
         log_file.close()
         bar.close()
+        if dist is not None:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
     if ckpt is None:  # resumed a finished run
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     return ckpt
@@ -555,7 +780,7 @@ def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: flo
                 last: dict[str, float], gen: torch.Generator, rng: np.random.Generator) -> dict:
     return {
         "model_config": cfg.model_config(),
-        "state_dict": method.lifter.state_dict(),
+        "state_dict": _unwrap(method.lifter).state_dict(),
         "codec": codec.to_metadata(),
         "training": {
             "method": cfg.method, "steps": step, "batch": cfg.batch, "seed": cfg.seed,
@@ -568,7 +793,7 @@ def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: flo
             "config": {k: _to_jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
         },
         "step": step,
-        "extra_state_dicts": {k: m.state_dict() for k, m in method.extra.items()},
+        "extra_state_dicts": {k: _unwrap(m).state_dict() for k, m in method.extra.items()},
         "optimizer_states": {k: o.state_dict() for k, o in method.optimizers.items()},
         "rng": {"torch_generator": gen.get_state(), "numpy": rng.bit_generator.state,
                 "torch_global": torch.get_rng_state()},
@@ -578,7 +803,7 @@ def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: flo
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     defaults = TrainConfig(method="li2020", out="")
     p = argparse.ArgumentParser(
         prog="python -m engines.training.train",
@@ -601,7 +826,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--width", type=int, default=defaults.width)
     p.add_argument("--blocks", type=int, default=defaults.blocks)
     p.add_argument("--dropout", type=float, default=defaults.dropout)
-    p.add_argument("--head", choices=("depth", "xyz"), default=defaults.head)
+    p.add_argument("--head", choices=("depth", "xyz", "refine"), default=defaults.head,
+                   help="depth, xyz (single frame) or refine (temporal: depth + a 2D correction)")
+    p.add_argument("--receptive-field", type=int, default=defaults.receptive_field,
+                   help="frames the lifter sees at --fps (27: the causal temporal lifter; 1: "
+                        "single frame)")
+    p.add_argument("--channels", type=int, default=defaults.channels,
+                   help="temporal lifter convolution channels")
+    p.add_argument("--windows", type=int, default=defaults.windows,
+                   help="temporal training windows cut from the mocap")
+    p.add_argument("--temporal-noise", type=float, default=defaults.temporal_noise,
+                   help="temporal: x the measured detector noise model (0: ground-truth 2D)")
+    p.add_argument("--drop-rate", type=float, default=defaults.drop_rate,
+                   help="temporal: rate of dropped (held) frames, with --temporal-noise")
+    p.add_argument("--noise-rho", type=float, default=defaults.noise_rho,
+                   help="temporal: frame-to-frame correlation of the 2D error")
     p.add_argument("--noise-px", type=float, default=defaults.noise_px, help="2D noise std, px")
     p.add_argument("--bone-jitter", type=float, default=defaults.bone_jitter,
                    help="per-clip random bone lengths, relative std (0: canonical skeleton)")
@@ -620,25 +859,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--w-transform", type=float, default=defaults.w_transform)
     p.add_argument("--w-consistency", type=float, default=defaults.w_consistency)
     p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--distributed", action="store_true",
+                   help="require a torchrun launch (DistributedDataParallel over its processes; "
+                        "without this flag a torchrun environment is used when present)")
+    p.add_argument("--time-budget-min", type=float, default=defaults.time_budget_min,
+                   help="stop after this many minutes; the lr decays over the budget (0: off)")
     a = p.parse_args(argv)
     cfg = TrainConfig(
         method=a.method, out=a.out, steps=a.steps, batch=a.batch, seed=a.seed,
         sources=tuple(a.sources), fps=a.fps, max_poses=a.max_poses, threads=a.threads, lr=a.lr,
         width=a.width, blocks=a.blocks, dropout=a.dropout, head=a.head, noise_px=a.noise_px,
-        bone_jitter=a.bone_jitter,
+        bone_jitter=a.bone_jitter, receptive_field=a.receptive_field, channels=a.channels,
+        windows=a.windows, temporal_noise=a.temporal_noise, drop_rate=a.drop_rate,
+        noise_rho=a.noise_rho,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
-        w_consistency=a.w_consistency, checkpoint_every=a.checkpoint_every)
-    return cfg, a.resume
+        w_consistency=a.w_consistency, checkpoint_every=a.checkpoint_every,
+        time_budget_min=a.time_budget_min, log_every=a.log_every)
+    return cfg, a.resume, a.distributed
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg, resume = parse_args(argv)
-        ckpt = train(cfg, resume=resume)
-    except (ds.DataError, ValueError, FileNotFoundError, FloatingPointError) as err:
+        cfg, resume, distributed = parse_args(argv)
+        ckpt = train(cfg, resume=resume, distributed=distributed)
+    except (ds.DataError, ValueError, FileNotFoundError, FloatingPointError,
+            DistributedError) as err:
         logger.error("%s", err)
         return 2
     logger.info("done: %d steps in %.0f s, final losses %s -> %s", ckpt["step"],

@@ -1,0 +1,265 @@
+"""The causal temporal lifter: the dilated and the strided (engine) forms agree and never look
+ahead; its training windows carry detector-like 2D and no 3D label; it exports to an engine the
+runtime loads (receptive_field, fps, causal); it is evaluated on sequences."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engines.runtime.engine import EngineError, load_engine
+from engines.runtime.skeleton import NUM_JOINTS
+from engines.training import datasets as ds
+from engines.training import mocap
+from engines.training.evaluate import (
+    EvaluationError,
+    LoadedLifter,
+    evaluate,
+    main as evaluate_main,
+    read_poses_file,
+    sequence_windows,
+)
+from engines.training.models import TemporalLifter, build_lifter
+from engines.training.train import TrainConfig, build_data, canonical_codec, train
+
+TINY = dict(method="li2020", steps=40, batch=16, receptive_field=9, channels=32, dropout=0.0,
+            windows=200, temporal_noise=1.0, head="refine", fps=30.0, pretrain_steps=10,
+            log_every=10, views=3)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[tuple[np.ndarray, float]]:
+    """Two CMU exp-map training clips at 30 fps, canonical skeleton (mm)."""
+    seqs = mocap.load_sequences(["cmu_expmap"], "train", fps=30)[:2]
+    return [(mocap.retarget(s).astype(np.float32), 30.0) for s in seqs]
+
+
+def _randomised(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.running_mean.normal_(0, 0.1)
+            mod.running_var.uniform_(0.5, 2.0)
+        if isinstance(mod, torch.nn.Conv1d) and mod.out_channels == NUM_JOINTS * 3:
+            torch.nn.init.normal_(mod.weight, 0, 0.05)  # 2D corrections not zero: test them too
+    return model.eval()
+
+
+def test_strided_window_equals_dilated_sequence_and_never_looks_ahead():
+    model = _randomised(TemporalLifter(receptive_field=27, channels=24, dropout=0.0))
+    x = torch.randn(2, 40, NUM_JOINTS, 2) * 0.05
+    with torch.no_grad():
+        dense = model.forward_sequence(x)
+        assert dense.shape == (2, 40, NUM_JOINTS, 3)
+        for t in (26, 33, 39):                            # a full window of past frames
+            torch.testing.assert_close(model(x[:, t - 26 : t + 1]), dense[:, t], atol=1e-5, rtol=0)
+        for t in (0, 5):                                  # a track's start: the first frame repeated
+            padded = torch.cat([x[:, :1].expand(2, 26 - t, -1, -1), x[:, : t + 1]], 1)
+            torch.testing.assert_close(model(padded), dense[:, t], atol=1e-5, rtol=0)
+        future = x.clone()
+        future[:, 20:] += 1.0
+        changed = model.forward_sequence(future)
+        torch.testing.assert_close(changed[:, :20], dense[:, :20], atol=0, rtol=0)
+        assert (changed[:, 20] - dense[:, 20]).abs().max() > 1e-3
+    assert model(x[:, :27]).shape == (2, NUM_JOINTS, 3)
+    with pytest.raises(ValueError, match=r"\(B, 27, 17, 2\)"):
+        model(x[:, :26])
+    with pytest.raises(ValueError, match="power"):
+        TemporalLifter(receptive_field=20)
+    assert isinstance(build_lifter(kind="temporal", receptive_field=9, channels=8), TemporalLifter)
+
+
+def test_window_noise_follows_the_measured_model():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((4000, 27, NUM_JOINTS, 2))
+    truth[:, :, :, 1] = np.linspace(0, 300, NUM_JOINTS)        # a person 300 px tall
+    truth[:, :, :, 0] = np.linspace(0, 100, NUM_JOINTS)
+    size = np.hypot(100, 300)
+    inliers = ds.TemporalNoise(level=(1.0, 1.0), drop_rate=0.0, outlier_scale=0.0)
+    noisy, conf_in = ds.temporal_detector_noise(truth, rng, inliers)
+    err = noisy - truth
+    rel = np.linalg.norm(err, axis=-1) / size
+    np.testing.assert_allclose(np.median(rel, axis=(0, 1)), ds.DETECTOR_MEDIAN_REL, rtol=0.1)
+    lag1 = np.corrcoef(err[:, 1:, 3, 0].ravel(), err[:, :-1, 3, 0].ravel())[0, 1]
+    assert abs(lag1 - inliers.rho) < 0.05                     # correlated over frames
+    noisy, conf = ds.temporal_detector_noise(truth, rng, ds.TemporalNoise(level=(1.0, 1.0)))
+    rel = np.linalg.norm(noisy - truth, axis=-1) / size
+    far = (rel > 0.1).mean(axis=(0, 1))                       # the measured outlier threshold
+    assert 0.5 < far.sum() / ds.DETECTOR_OUTLIER_RATE.sum() < 1.0
+    assert 0.6 < conf_in.mean() and conf[rel > 0.1].mean() < 0.2
+    held = ds.temporal_detector_noise(truth[:500], rng, ds.TemporalNoise(drop_rate=0.2))[0]
+    same = np.all(held[:, 1:] == held[:, :-1], axis=(-1, -2))
+    assert 0.15 < same.mean() < 0.25 and not same[:, -1].any()  # the newest is never dropped
+    clean, ones = ds.temporal_detector_noise(truth[:5], rng, ds.TemporalNoise(scale=0.0))
+    np.testing.assert_array_equal(clean, truth[:5].astype(np.float32))
+    assert np.all(ones == 1)
+
+
+def test_windows_resample_in_time_and_pad_at_the_start():
+    """A clip whose every joint holds its frame index: a window's values are clip positions."""
+    clip = np.arange(300, dtype=np.float32)[:, None, None] * np.ones((1, NUM_JOINTS, 3), np.float32)
+    rng = np.random.default_rng(1)
+    fixed = ds.TemporalNoise(speed=(1.0, 1.0), time_jitter=0.0)
+    windows = ds.sample_windows([(clip, 30.0)], 400, 9, 15.0, rng, fixed)[..., 0, 0]
+    steps = np.diff(windows, axis=1)
+    full = windows[:, 0] > 0                      # the whole window inside the clip
+    np.testing.assert_allclose(steps[full], 2.0, atol=1e-3)   # 15 fps from 30: 2 frames apart
+    padded = windows[~full]
+    assert len(padded) and np.all(padded[:, 0] == 0)          # before the start: the first pose
+    fast = ds.sample_windows([(clip, 30.0)], 400, 9, 15.0, rng,
+                             ds.TemporalNoise(speed=(1.25, 1.25), time_jitter=0.0))[..., 0, 0]
+    np.testing.assert_allclose(np.diff(fast, axis=1)[fast[:, 0] > 0], 2.5, atol=1e-3)
+
+
+def test_temporal_li2020_trains_on_2d_only_and_ignores_the_3d_source(tmp_path, clips):
+    codec = canonical_codec()
+    cfg = TrainConfig(out=str(tmp_path / "a"), **TINY)
+    source = [(s.copy(), r) for s, r in clips]
+    data = build_data(cfg, source, codec)
+    fields = ds.array_fields(data)
+    assert set(fields) == {"joints_2d_norm", "scale", "confidence", "world_to_virtual", "centre_m"}
+    assert fields["joints_2d_norm"].shape == (200, 3, 9, NUM_JOINTS, 2)
+    for name, arr in fields.items():
+        assert arr.shape[-2:] != (NUM_JOINTS, 3), f"{name} looks like 3D joints"
+        assert not any(np.shares_memory(arr, s) for s, _ in source)
+    assert fields["confidence"].min() < 0.5 < fields["confidence"].max()   # detector-like
+    ckpt_a = train(cfg, data=data, codec=codec, progress=False)
+    for s, _ in source:
+        s[:] = np.nan
+    ckpt_b = train(TrainConfig(out=str(tmp_path / "b"), **TINY), data=data, codec=codec,
+                   progress=False)
+    for key, tensor in ckpt_a["state_dict"].items():
+        torch.testing.assert_close(tensor, ckpt_b["state_dict"][key], rtol=0, atol=0)
+    assert ckpt_a["model_config"]["kind"] == "temporal"
+
+
+def test_temporal_li2020_short_run_lowers_its_losses(tmp_path, clips):
+    codec = canonical_codec()
+    cfg = TrainConfig(out=str(tmp_path), **{**TINY, "steps": 150, "windows": 600, "batch": 32})
+    train(cfg, data=build_data(cfg, clips, codec), codec=codec, progress=False)
+    import csv
+
+    with open(tmp_path / "log.csv") as fh:
+        log = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    assert log[-1]["transform"] < 0.6 * log[1]["transform"]
+    assert log[-1]["consistency"] < 0.8 * log[0]["consistency"]
+
+
+@pytest.fixture(scope="module")
+def temporal_engine(tmp_path_factory, clips):
+    """A tiny supervised temporal lifter, trained a few steps and exported."""
+    from engines.training.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("temporal")
+    cfg = TrainConfig(out=str(out / "run"), **{**TINY, "method": "supervised", "views": 1})
+    codec = canonical_codec()
+    train(cfg, data=build_data(cfg, clips, codec), codec=codec, progress=False)
+    return export_checkpoint(out / "run" / "checkpoint.pt", out / "engine", tensorrt=False)
+
+
+def test_export_and_runtime_serve_the_temporal_engine(temporal_engine):
+    assert temporal_engine.max_abs_diff < 1e-4
+    engine = load_engine(temporal_engine.onnx_path, backend="onnxruntime-cpu")
+    assert (engine.receptive_field, engine.fps, engine.causal) == (9, 30.0, True)
+    assert engine.input_shape == (9, NUM_JOINTS, 2)
+    out = engine.run({"joints_2d": np.zeros((3, 9, NUM_JOINTS, 2), np.float32)})
+    assert out["joints_3d"].shape == (3, NUM_JOINTS, 3)
+    with pytest.raises(ValueError, match="windows of 9 frames"):
+        engine.run({"joints_2d": np.zeros((3, NUM_JOINTS, 2), np.float32)})
+    default = load_engine(backend="onnxruntime-cpu")        # single-frame engines: unchanged
+    assert (default.receptive_field, default.fps, default.input_shape) == (1, None, (NUM_JOINTS, 2))
+
+
+def test_runtime_refuses_a_temporal_engine_without_fps(tmp_path, temporal_engine):
+    import onnx
+
+    model = onnx.load(str(temporal_engine.onnx_path))
+    meta = json.loads(model.metadata_props[0].value)
+    del meta["fps"]
+    model.metadata_props[0].value = json.dumps(meta)
+    onnx.save(model, str(tmp_path / "nofps.onnx"))
+    with pytest.raises(EngineError, match="fps"):
+        load_engine(tmp_path / "nofps.onnx", backend="onnxruntime-cpu")
+
+
+def _sequence_file(path, clips, fps=30.0, **extra):
+    joints = np.concatenate([s[:60] for s, _ in clips])
+    seq = np.repeat(np.array(["a", "b"]), 60)
+    np.savez(path, joints_mm=joints, sequence=extra.pop("sequence", seq),
+             fps=extra.pop("fps", np.array(fps)), **extra)
+    return joints, seq
+
+
+def test_sequence_windows_resample_and_pad():
+    px = np.arange(10, dtype=np.float64)[:, None, None] * np.ones((10, NUM_JOINTS, 2))
+    group = np.array([0] * 6 + [1] * 4)
+    windows, lags = sequence_windows(px, group, fps=30.0, frames=3, engine_fps=15.0)
+    np.testing.assert_allclose(lags, [2 / 15, 1 / 15, 0])
+    np.testing.assert_allclose(windows[5, :, 0, 0], [1, 3, 5])      # 15 fps: every 2nd frame
+    np.testing.assert_allclose(windows[1, :, 0, 0], [0, 0, 1])      # the first frame repeated
+    np.testing.assert_allclose(windows[6, :, 0, 0], [6, 6, 6])      # windows stay in a sequence
+    half, _ = sequence_windows(px, group, fps=30.0, frames=2, engine_fps=60.0)
+    np.testing.assert_allclose(half[4, :, 0, 0], [3.5, 4])          # interpolated
+
+
+def test_oracle_on_sequences_scores_zero_with_no_motion_error(tmp_path, clips):
+    """A lifter that returns the ideal lift of the newest frame: ~0 on every metric, and it is
+    fed windows of the right sequence, newest last."""
+    joints, seq = _sequence_file(tmp_path / "s.npz", clips)
+    poses = read_poses_file(tmp_path / "s.npz")
+    codec = canonical_codec()
+    from engines.training.evaluate import place_and_project
+
+    group = np.repeat([0, 1], 60)
+    px, cam, cams = place_and_project(poses.joints_mm, "h36m", 4, 0.0, group=group)
+    enc = codec.encode_full(px, cams.fx, cams.fy, cams.cx, cams.cy)
+    ideal = ds.ideal_lift(cam, enc.rotation_to_camera, enc.scale, codec.depth_offset)
+    seen = []
+
+    def oracle(windows):
+        assert windows.shape[1:] == (9, NUM_JOINTS, 2)
+        seen.append(windows)
+        start = sum(len(w) for w in seen[:-1])
+        np.testing.assert_allclose(windows[:, -1], enc.joints_2d_norm[start : start + len(windows)],
+                                   atol=1e-6)
+        return ideal[start : start + len(windows)]
+
+    result = evaluate(LoadedLifter(oracle, codec, "oracle", 9, 30.0), poses.joints_mm, "h36m",
+                      seed=4, sequence=poses.sequence, fps=poses.fps)
+    assert result["mpjpe_mm"] < 0.5 and result["accel_err_mm"] < 0.05
+    assert result["mpjve_mm"] < 0.05 and result["sequences"] == 2
+    assert result["accel_gt_mm"] > 1.0                       # the motion is there
+    np.testing.assert_allclose(np.diff(cam[:60, 0, 2]).max(), 0.0, atol=0.3)  # one camera each
+    assert np.ptp(cams.fx[:60]) == 0 and np.ptp(cams.fx[60:]) == 0
+
+
+def test_sequence_files_with_bad_lengths_are_refused(tmp_path, clips):
+    _sequence_file(tmp_path / "short.npz", clips, sequence=np.zeros(7, np.int64))
+    with pytest.raises(EvaluationError, match=r"one id per pose, shape \(120,\)"):
+        read_poses_file(tmp_path / "short.npz")
+    joints = np.concatenate([s[:60] for s, _ in clips])
+    np.savez(tmp_path / "nofps.npz", joints_mm=joints, sequence=np.zeros(120, np.int64))
+    with pytest.raises(EvaluationError, match="no 'fps'"):
+        read_poses_file(tmp_path / "nofps.npz")
+    _sequence_file(tmp_path / "fps.npz", clips, fps=np.array([30.0, 30.0]))
+    with pytest.raises(EvaluationError, match="fps"):
+        read_poses_file(tmp_path / "fps.npz")
+
+
+def test_cli_compares_a_temporal_and_a_single_frame_engine_in_one_run(tmp_path, clips,
+                                                                      temporal_engine, capsys):
+    _sequence_file(tmp_path / "s.npz", clips)
+    args = ["--engine", str(temporal_engine.onnx_path), "engines/default/lifter.onnx",
+            "--poses", str(tmp_path / "s.npz"), "--noise-px", "0", "5"]
+    assert evaluate_main(args + ["--json", str(tmp_path / "out.json")]) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert [(r["receptive_field"], r["noise_px"]) for r in rows] == [(9, 0), (9, 5), (1, 0), (1, 5)]
+    for r in rows:
+        assert r["count"] == 120 and r["accel_err_mm"] > 0 and r["mpjve_mm"] > 0
+    assert rows[3]["accel_err_mm"] > rows[2]["accel_err_mm"]   # noise makes a single frame jitter
+    joints = np.concatenate([s[:60] for s, _ in clips])
+    np.savez(tmp_path / "plain.npz", joints_mm=joints)
+    assert evaluate_main(["--engine", str(temporal_engine.onnx_path),
+                          "--poses", str(tmp_path / "plain.npz")]) == 2
+    assert "sequence file" in capsys.readouterr().err
