@@ -58,6 +58,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.view import has_display
+from stages.capture import camera_hint
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ def corners_from_capture(
     if not cap.isOpened():
         raise CalibrationError(
             f"{name} could not be opened: "
-            + ("is it in use? try --camera 1 or --images GLOB" if is_camera
+            + (camera_hint(source) if is_camera
                else "is it a video file OpenCV can decode?")
         )
     kept: list[np.ndarray] = []

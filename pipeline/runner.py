@@ -38,6 +38,7 @@ import zmq
 from pipeline.config import PipelineConfig
 from pipeline.graph import stage_class
 from pipeline.health import HEARTBEAT_INTERVAL_S, RejectCounter
+from pipeline.quiet import quiet_third_party
 from pipeline.reorder import Reorder
 from pipeline.schema import SchemaError, Status, decode, encode, with_stamp
 from pipeline.shm import FrameRing
@@ -628,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.plan is None) == (args.standby is None):
         parser.error("give --plan FILE or --standby MODULES")
+    quiet_third_party()  # before any stage module imports mediapipe
     plan_path = args.plan if args.plan is not None else standby(args.standby.split(","))
     with open(plan_path, encoding="utf-8") as f:
         plan = Plan.from_json(f.read())

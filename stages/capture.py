@@ -54,6 +54,24 @@ def _quiet_opencv() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(old)
 
 
+def camera_hint(index: int) -> str:
+    """What to try when camera `index` does not open: the other /dev/video* devices there are,
+    or, when there are none, that no camera is visible here at all."""
+    others = sorted((int(p[len("/dev/video"):]) for p in glob.glob("/dev/video*")
+                     if p[len("/dev/video"):].isdigit()))
+    others = [i for i in others if i != index]
+    if others:
+        listed = ", ".join(f"--camera {i}" for i in others[:4])
+        return (f"is it in use by another program? other video devices here: try {listed}; "
+                "or --video FILE / --images GLOB")
+    if os.path.exists(f"/dev/video{index}"):
+        return (f"/dev/video{index} exists but does not deliver frames: is it in use by "
+                "another program, or is this user not in the 'video' group? or use --video "
+                "FILE / --images GLOB")
+    return ("this machine has no /dev/video* device: connect a camera (in a container or VM, "
+            "pass the device through), or use --video FILE or --images GLOB")
+
+
 def _open_video_capture(config: CaptureConfig) -> cv2.VideoCapture:
     """Open the camera or video of `config`; raise SourceError if it cannot deliver a frame."""
     kind = config.source_kind()
@@ -75,10 +93,7 @@ def _open_video_capture(config: CaptureConfig) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(index)
     if not cap.isOpened():
         cap.release()
-        raise SourceError(
-            f"camera {index} could not be opened: is it connected / in use by another "
-            "program? try --camera 0 (or another index) or --video FILE"
-        )
+        raise SourceError(f"camera {index} could not be opened: {camera_hint(index)}")
     for prop, value in (
         (cv2.CAP_PROP_FRAME_WIDTH, config.camera_width),
         (cv2.CAP_PROP_FRAME_HEIGHT, config.camera_height),

