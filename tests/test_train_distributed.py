@@ -3,6 +3,7 @@ process with the same global batch; a launch without torchrun's environment is r
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,19 @@ def _losses(run: Path) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(fh)]
 
 
+def _run(cmd: list[str], timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """Run `cmd` in its own session; on a timeout kill the whole group (torchrun's workers too)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:6])} ... timed out after {timeout_s} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in
            ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -35,14 +49,12 @@ def _env() -> dict:
 
 
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
-    one = subprocess.run([sys.executable, "-m", "engines.training.train", *ARGS,
-                          "--out", str(tmp_path / "one")], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=300)
+    one = _run([sys.executable, "-m", "engines.training.train", *ARGS,
+                "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", "-m", "engines.training.train", *ARGS,
-                          "--distributed", "--out", str(tmp_path / "two")], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=300)
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "engines.training.train", *ARGS,
+                "--distributed", "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert "rank 1 of 2" in two.stderr and "rank 0 of 2" in two.stderr
     single, double = _losses(tmp_path / "one"), _losses(tmp_path / "two")

@@ -110,6 +110,7 @@ class TrainConfig:
     temporal_noise: float = 0.0       # x the measured detector noise model (ds.TemporalNoise)
     drop_rate: float = 0.05           # frames lost by latest-wins (held), with temporal_noise
     noise_rho: float = 0.7            # frame-to-frame correlation of the 2D error
+    noise_level_max: float = 1.5      # each window's error: the measured one x U(0, this)
     # chen2019
     gan: str = "lsgan"                # "lsgan" | "wgan-gp"
     critic_steps: int = 1
@@ -170,7 +171,7 @@ class TrainConfig:
         if self.temporal_noise <= 0:
             return ds.TemporalNoise(scale=0.0, drop_rate=0.0)
         return ds.TemporalNoise(scale=self.temporal_noise, drop_rate=self.drop_rate,
-                                rho=self.noise_rho)
+                                rho=self.noise_rho, level=(0.0, self.noise_level_max))
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -841,6 +842,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
                    help="temporal: rate of dropped (held) frames, with --temporal-noise")
     p.add_argument("--noise-rho", type=float, default=defaults.noise_rho,
                    help="temporal: frame-to-frame correlation of the 2D error")
+    p.add_argument("--noise-level-max", type=float, default=defaults.noise_level_max,
+                   help="temporal: each window's 2D error is the measured one x U(0, this)")
+    p.add_argument("--w-reproj", type=float, default=defaults.w_reproj,
+                   help="li2020 own-view re-projection weight (the refine head: a low weight "
+                        "lets the 2D corrections undo the detector's noise)")
     p.add_argument("--noise-px", type=float, default=defaults.noise_px, help="2D noise std, px")
     p.add_argument("--bone-jitter", type=float, default=defaults.bone_jitter,
                    help="per-clip random bone lengths, relative std (0: canonical skeleton)")
@@ -872,7 +878,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
         width=a.width, blocks=a.blocks, dropout=a.dropout, head=a.head, noise_px=a.noise_px,
         bone_jitter=a.bone_jitter, receptive_field=a.receptive_field, channels=a.channels,
         windows=a.windows, temporal_noise=a.temporal_noise, drop_rate=a.drop_rate,
-        noise_rho=a.noise_rho,
+        noise_rho=a.noise_rho, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
