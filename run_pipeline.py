@@ -32,9 +32,10 @@ stages (each its own process): capture -> detect (mediapipe BlazePose, 2D) -> li
 3D engine + root translation fit) -> smooth (One Euro) -> output (PUB).
 
 published: PUB on --publish (default tcp://127.0.0.1:5556), topic "pose3d", then one msgpack
-message per frame: frame_id, capture time, a (stage, t_in_ns, t_out_ns) stamp per stage,
-joints_3d_m (17, 3) metres in the camera frame (+X right, +Y down, +Z forward), root_m,
-joints_2d_px, confidence, reproj_err_px, person_present, engine_id, joint_names.
+message per frame (schema 2): frame_id, capture time, a (stage, t_in_ns, t_out_ns) stamp per
+stage, image_size, engine_id, joint_names and `people`: one entry per person with its
+track_id (the same person keeps it across frames), joints_3d_m (17, 3) metres in the camera
+frame (+X right, +Y down, +Z forward), root_m, joints_2d_px, confidence, reproj_err_px.
 Watch it with: python -m pipeline.subscribe [ENDPOINT] [--json]
 
 exit status: 0 when a video/image set has been streamed to the end, 1 when a stage failed
@@ -55,6 +56,15 @@ two hosts (the camera on host A, 10.0.0.5; the rest on host B):
   B: python run_pipeline.py --only detect,lift,smooth,output \
        --endpoint capture-detect=tcp://10.0.0.5:5560
 """
+
+
+def _tiles(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        return tuple(int(g) for g in text.split(","))
+    except ValueError:
+        raise ValueError(f"--tiles takes grid sizes such as 2,3 or 'none', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--width", type=int, help="camera: requested frame width, px")
     src.add_argument("--height-px", type=int, dest="height_px",
                      help="camera: requested frame height, px")
+
+    ppl = p.add_argument_group("people")
+    ppl.add_argument("--max-people", type=int, default=DetectConfig.max_people, metavar="N",
+                     help="most people per frame (default %(default)s); beyond N the largest "
+                          "are kept and the rest counted; 1 for a single-person setup")
+    ppl.add_argument("--tiles", default=",".join(map(str, DetectConfig.tiles)), metavar="G,G",
+                     help="--images: also look for small people in GxG overlapping tiles "
+                          "(default %(default)s; 'none' for the whole image only)")
 
     lift = p.add_argument_group("3D lifting")
     lift.add_argument("--engine", metavar="PATH",
@@ -181,7 +199,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     )
     return PipelineConfig(
         capture=capture,
-        detect=DetectConfig(static_image_mode=capture.source_kind() == "images"),
+        detect=DetectConfig(static_image_mode=capture.source_kind() == "images",
+                            max_people=args.max_people, tiles=_tiles(args.tiles)),
         lift=LiftConfig(
             engine_path=args.engine,
             backend=args.backend,

@@ -255,7 +255,7 @@ def bench_kernels(calls: int, paced_calls: int, engine_path: Path) -> list[dict[
     """Per-call cost of the numba kernels and of the whole LiftStage.process (one frame)."""
     from engines.runtime.reproject import fit_translation
     from pipeline.config import LiftConfig
-    from pipeline.schema import Keypoints2D
+    from pipeline.schema import Keypoints2D, Person2D
     from stages.lift import _T_POSE_PX, LiftStage
     from stages.smooth import OneEuroFilter, one_euro_step
 
@@ -284,9 +284,9 @@ def bench_kernels(calls: int, paced_calls: int, engine_path: Path) -> list[dict[
         def euro_kernel() -> None:
             one_euro_step(x, 1 / 30, state[0], state[1], state[2], 0.1, 40.0, 1.0)
 
-        kp = Keypoints2D(frame_id=0, t_capture_ns=1, image_size=(640, 480), person_present=True,
-                         joints_2d_px=_T_POSE_PX.astype(np.float32),
-                         confidence=np.full(NUM_JOINTS, 0.9, np.float32))
+        kp = Keypoints2D(frame_id=0, t_capture_ns=1, image_size=(640, 480), people=(Person2D(
+            track_id=1, joints_2d_px=_T_POSE_PX.astype(np.float32),
+            confidence=np.full(NUM_JOINTS, 0.9, np.float32)),))
         for label, fn in (("reproject.fit_translation", fit),
                           ("OneEuroFilter.filter (17x3)", euro),
                           ("smooth.one_euro_step kernel (51)", euro_kernel),

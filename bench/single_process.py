@@ -23,20 +23,22 @@ from pipeline.schema import Frame
 from stages.detect import DetectStage
 from stages.lift import LiftStage
 from stages.smooth import SmoothStage
+from stages.track import TrackStage
 
 log = logging.getLogger(__name__)
 
 
 def run(capture: CaptureConfig, config: PipelineConfig | None = None,
         warmup: int = 30) -> dict[str, Any]:
-    """detect -> lift -> smooth on every frame of `capture`, in this process.
+    """detect -> track -> lift -> smooth on every frame of `capture`, in this process.
 
     config: the pipeline config whose detect / lift / smooth sections to use (defaults:
-    run_pipeline.py's). Returns bench.frames.feed's dict, with parts "detect", "lift",
+    run_pipeline.py's). Returns bench.frames.feed's dict, with parts "detect", "track", "lift",
     "smooth" (ms per frame) and "with_person" (measured frames with a 3D pose).
     """
     config = config or PipelineConfig()
-    stages = [DetectStage(config.detect), LiftStage(config.lift), SmoothStage(config.smooth)]
+    stages = [DetectStage(config.detect), TrackStage(config.track), LiftStage(config.lift),
+              SmoothStage(config.smooth)]
     opened = []
     found = [0]
     try:
@@ -51,7 +53,7 @@ def run(capture: CaptureConfig, config: PipelineConfig | None = None,
                 t0 = time.perf_counter_ns()
                 msg = stage.process(msg)
                 timings[stage.name] = (time.perf_counter_ns() - t0) / 1e6
-            if frame.frame_id >= warmup and msg.person_present:
+            if frame.frame_id >= warmup and msg.people:
                 found[0] += 1
             return timings
 

@@ -35,7 +35,8 @@ import zmq
 
 from bench import report
 from engines.runtime.skeleton import NUM_JOINTS
-from pipeline.schema import Frame, Keypoints2D, Pose3D, decode, encode, with_stamp
+from pipeline.schema import (Frame, Keypoints2D, Person2D, Person3D, Pose3D, decode, encode,
+                             with_stamp)
 from pipeline.shm import FrameRing
 from pipeline.transport import EdgeReceiver, EdgeSender, now_ns, open_socket, poll_once
 
@@ -59,14 +60,14 @@ def template(kind: str, image_wh: tuple[int, int] = (1280, 720)) -> Any:
     joints_2d = rng.uniform(0, 640, (NUM_JOINTS, 2)).astype(np.float32)
     conf = rng.uniform(0, 1, NUM_JOINTS).astype(np.float32)
     if kind == "keypoints":
-        return Keypoints2D(frame_id=0, t_capture_ns=0, image_size=image_wh, person_present=True,
-                           joints_2d_px=joints_2d, confidence=conf)
+        return Keypoints2D(frame_id=0, t_capture_ns=0, image_size=image_wh, people=(
+            Person2D(track_id=1, joints_2d_px=joints_2d, confidence=conf),))
     if kind == "pose":
         joints_3d = rng.normal(0, 0.5, (NUM_JOINTS, 3)).astype(np.float32)
-        return Pose3D(frame_id=0, t_capture_ns=0, image_size=image_wh, person_present=True,
-                      joints_3d_m=joints_3d, root_m=joints_3d[0].copy(), joints_2d_px=joints_2d,
-                      confidence=conf, reproj_err_px=np.abs(joints_2d[:, 0] / 100),
-                      engine_id="0123456789ab")
+        return Pose3D(frame_id=0, t_capture_ns=0, image_size=image_wh, people=(Person3D(
+            track_id=1, joints_3d_m=joints_3d, root_m=joints_3d[0].copy(),
+            joints_2d_px=joints_2d, confidence=conf,
+            reproj_err_px=np.abs(joints_2d[:, 0] / 100)),), engine_id="0123456789ab")
     raise ValueError(f"kind must be frame, keypoints or pose, got {kind!r}")
 
 
@@ -372,8 +373,16 @@ def codec_costs(image_wh: tuple[int, int] = (1280, 720), repeat: int = 2000) -> 
         dataclasses.replace(pose, frame_id=1, stamps=pose.stamps + (("x", 1, 2),))
         samples.append((time.perf_counter_ns() - t0) / 1e3)
     out["replace_stamp_pose_us"] = _us(samples)
-    plain = {k: (v.tobytes() if isinstance(v, np.ndarray) else v)
-             for k, v in dataclasses.asdict(pose).items()}
+    def _plain(value):
+        if isinstance(value, np.ndarray):
+            return value.tobytes()
+        if isinstance(value, dict):
+            return {k: _plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_plain(v) for v in value]
+        return value
+
+    plain = _plain(dataclasses.asdict(pose))
     plain["stamps"] = [["capture", 1, 2], ["detect", 3, 4], ["lift", 5, 6]]
     samples = []
     for _ in range(repeat):

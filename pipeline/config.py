@@ -48,12 +48,30 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """2D keypoints with mediapipe BlazePose (only model_complexity=1 ships in the wheel)."""
+    """2D keypoints of several people with mediapipe's PoseLandmarker (BlazePose full)."""
 
     model_complexity: int = 1  # 0 and 2 need a download: keep 1 offline
-    static_image_mode: bool = False  # True for unrelated images; False tracks across video
+    static_image_mode: bool = False  # True for unrelated images; False follows people in video
+    max_people: int = 4  # most people per frame; the largest are kept, the rest counted
+    tiles: tuple[int, ...] = (2, 3)  # image mode: also detect in 2x2 and 3x3 overlapping tiles
     min_detection_confidence: float = 0.5  # person detector threshold
+    min_presence_confidence: float = 0.5  # below this a followed person counts as lost
     min_tracking_confidence: float = 0.5  # below this the detector re-runs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tiles", tuple(int(g) for g in self.tiles))
+        if not 1 <= self.max_people <= 64:
+            raise ValueError(f"max_people must be 1 to 64, got {self.max_people}")
+        if any(not 2 <= g <= 6 for g in self.tiles):
+            raise ValueError(f"tiles are grid sizes from 2 to 6, got {self.tiles}")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Track ids: detections matched to tracks by keypoint similarity (OKS), optimally."""
+
+    min_oks: float = 0.2  # a detection joins a track only above this similarity
+    max_age_s: float = 1.0  # a track not seen for this long ends (its id is never reused)
 
 
 @dataclass(frozen=True)
@@ -213,6 +231,7 @@ class PipelineConfig:
 
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     lift: LiftConfig = field(default_factory=LiftConfig)
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

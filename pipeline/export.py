@@ -9,15 +9,19 @@ Units and axes are the stream's (docs/PROTOCOL.md): 3D in metres in the camera f
 publishing host's monotonic clock (`t_recv_ns`: the recorder's, same host clock).
 
 - jsonl: one object per recorded message, in order: `topic`, `t_recv_ns`, `type`, then the
-  message's fields (arrays as nested lists; a Frame's image as `{"dtype", "shape"}` only).
-- csv: one row per Pose3D: frame_id, t_capture_ns, t_recv_ns, person_present, engine_id,
-  image_width, image_height, root_{x,y,z}_m, then per joint (pipeline order, names from
-  engines.runtime.skeleton) `<joint>_{x,y,z}_m`, `<joint>_{u,v}_px`, `<joint>_conf`,
-  `<joint>_reproj_px`. Floats are written so that they read back to the same float32.
-- npz: the Pose3D messages stacked: frame_id (N,), t_capture_ns (N,), t_recv_ns (N,),
-  person_present (N,), image_size (N, 2), joints_3d_m (N, 17, 3), root_m (N, 3),
-  joints_2d_px (N, 17, 2), confidence (N, 17), reproj_err_px (N, 17), engine_id (N,),
-  joint_names (17,).
+  message's fields (arrays as nested lists; `people` a list of objects, one per person with
+  its `track_id`; a Frame's image as `{"dtype", "shape"}` only).
+- csv: one row per person per Pose3D (a frame with nobody in it has no row): frame_id,
+  t_capture_ns, t_recv_ns, track_id, engine_id, image_width, image_height, root_{x,y,z}_m,
+  then per joint (pipeline order, names from engines.runtime.skeleton) `<joint>_{x,y,z}_m`,
+  `<joint>_{u,v}_px`, `<joint>_conf`, `<joint>_reproj_px`. Floats are written so that they
+  read back to the same float32.
+- npz: the N Pose3D messages stacked, people padded to P, the most in any frame: frame_id
+  (N,), t_capture_ns (N,), t_recv_ns (N,), image_size (N, 2), engine_id (N,), then per
+  person slot `present` (N, P) bool, track_id (N, P) int64 (0 in empty slots), joints_3d_m
+  (N, P, 17, 3), root_m (N, P, 3), joints_2d_px (N, P, 17, 2), confidence (N, P, 17),
+  reproj_err_px (N, P, 17) (zeros in empty slots), and joint_names (17,). One person's
+  track: `rows, slots = np.nonzero(d["track_id"] == ID)`.
 
 Messages that do not decode (another schema version, damage) are skipped and counted.
 """
@@ -49,8 +53,8 @@ FORMATS: tuple[str, ...] = ("jsonl", "csv", "npz")
 
 @dataclass(frozen=True)
 class ExportSummary:
-    """rows: records written (messages for jsonl, poses for csv/npz); skipped: messages not
-    decodable or not exported by this format."""
+    """rows: records written (messages for jsonl, person rows for csv, frames for npz);
+    skipped: messages not decodable or not exported by this format."""
 
     rows: int
     skipped: int
@@ -78,6 +82,9 @@ def message_to_dict(msg: Message) -> dict[str, Any]:
             value = {"dtype": value.dtype.str, "shape": list(value.shape)}
         elif isinstance(value, np.ndarray):
             value = value.astype(np.float64).tolist()
+        elif f.name == "people":
+            value = [{k: v for k, v in message_to_dict(p).items() if k != "type"}
+                     for p in value]
         elif isinstance(value, tuple):
             value = [list(v) if isinstance(v, tuple) else v for v in value]
         elif isinstance(value, (np.bool_, np.integer)):
@@ -88,7 +95,7 @@ def message_to_dict(msg: Message) -> dict[str, Any]:
 
 def csv_columns() -> list[str]:
     """The CSV header, in order."""
-    cols = ["frame_id", "t_capture_ns", "t_recv_ns", "person_present", "engine_id",
+    cols = ["frame_id", "t_capture_ns", "t_recv_ns", "track_id", "engine_id",
             "image_width", "image_height", "root_x_m", "root_y_m", "root_z_m"]
     for name in JOINT_NAMES:
         cols += [f"{name}_x_m", f"{name}_y_m", f"{name}_z_m", f"{name}_u_px", f"{name}_v_px",
@@ -101,16 +108,19 @@ def _floats(values: np.ndarray) -> list[str]:
     return [f"{v:.9g}" for v in np.asarray(values, dtype=np.float64).ravel().tolist()]
 
 
-def _csv_row(pose: Pose3D, t_recv_ns: int) -> list[Any]:
-    row: list[Any] = [pose.frame_id, pose.t_capture_ns, t_recv_ns, int(pose.person_present),
-                      pose.engine_id, pose.image_size[0], pose.image_size[1]]
-    row += _floats(pose.root_m)
-    per_joint = np.concatenate(
-        [pose.joints_3d_m, pose.joints_2d_px, pose.confidence[:, None],
-         pose.reproj_err_px[:, None]], axis=1,
-    )  # (17, 7) in csv_columns() order
-    row += _floats(per_joint)
-    return row
+def _csv_rows(pose: Pose3D, t_recv_ns: int) -> list[list[Any]]:
+    rows = []
+    for person in pose.people:
+        row: list[Any] = [pose.frame_id, pose.t_capture_ns, t_recv_ns, person.track_id,
+                          pose.engine_id, pose.image_size[0], pose.image_size[1]]
+        row += _floats(person.root_m)
+        per_joint = np.concatenate(
+            [person.joints_3d_m, person.joints_2d_px, person.confidence[:, None],
+             person.reproj_err_px[:, None]], axis=1,
+        )  # (17, 7) in csv_columns() order
+        row += _floats(per_joint)
+        rows.append(row)
+    return rows
 
 
 def export(
@@ -142,8 +152,9 @@ def export(
                     if not isinstance(msg, Pose3D):
                         skipped += 1
                         continue
-                    writer.writerow(_csv_row(msg, t_recv))
-                    rows += 1
+                    person_rows = _csv_rows(msg, t_recv)
+                    writer.writerows(person_rows)
+                    rows += len(person_rows)
         else:
             poses: list[tuple[Pose3D, int]] = []
             for _, t_recv, msg in _decoded(rec, progress):
@@ -158,25 +169,30 @@ def export(
 
 
 def _stack(poses: list[tuple[Pose3D, int]]) -> dict[str, np.ndarray]:
-    """The npz arrays for a list of (pose, t_recv_ns); empty arrays of the right shape if none."""
-
-    def arr(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if not poses:
-            return np.zeros((0, *shape), np.float32)
-        return np.stack([getattr(p, name) for p, _ in poses]).astype(np.float32)
-
+    """The npz arrays for a list of (pose, t_recv_ns), people padded to the most in a frame;
+    empty arrays of the right shape if none."""
+    n = len(poses)
+    slots = max((len(p.people) for p, _ in poses), default=0)
+    present = np.zeros((n, slots), bool)
+    track_id = np.zeros((n, slots), np.int64)
+    shapes = {"joints_3d_m": (NUM_JOINTS, 3), "root_m": (3,), "joints_2d_px": (NUM_JOINTS, 2),
+              "confidence": (NUM_JOINTS,), "reproj_err_px": (NUM_JOINTS,)}
+    arrays = {name: np.zeros((n, slots, *shape), np.float32) for name, shape in shapes.items()}
+    for i, (pose, _) in enumerate(poses):
+        for k, person in enumerate(pose.people):
+            present[i, k] = True
+            track_id[i, k] = person.track_id
+            for name in shapes:
+                arrays[name][i, k] = getattr(person, name)
     return {
         "frame_id": np.array([p.frame_id for p, _ in poses], dtype=np.int64),
         "t_capture_ns": np.array([p.t_capture_ns for p, _ in poses], dtype=np.int64),
         "t_recv_ns": np.array([t for _, t in poses], dtype=np.int64),
-        "person_present": np.array([bool(p.person_present) for p, _ in poses], dtype=bool),
         "image_size": np.array([p.image_size for p, _ in poses], dtype=np.int64).reshape(-1, 2),
-        "joints_3d_m": arr("joints_3d_m", (NUM_JOINTS, 3)),
-        "root_m": arr("root_m", (3,)),
-        "joints_2d_px": arr("joints_2d_px", (NUM_JOINTS, 2)),
-        "confidence": arr("confidence", (NUM_JOINTS,)),
-        "reproj_err_px": arr("reproj_err_px", (NUM_JOINTS,)),
         "engine_id": np.array([p.engine_id for p, _ in poses], dtype=str),
+        "present": present,
+        "track_id": track_id,
+        **arrays,
         "joint_names": np.array(JOINT_NAMES, dtype=str),
     }
 
@@ -185,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.export",
         description="Convert a .psrec recording to JSON lines (every message), CSV (one row "
-        "per pose) or .npz (pose arrays) for analysis tools.",
+        "per person per frame, with its track_id) or .npz (pose arrays padded to the most "
+        "people in a frame, with a mask) for analysis tools.",
     )
     parser.add_argument("file", help="recording made by --record or `python -m pipeline.record`")
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")

@@ -1,6 +1,9 @@
 """The one place where the pipeline's stages and edges are listed.
 
-    capture.frame -> detect.frame -> lift.keypoints -> smooth.pose -> output.pose -> PUB
+    capture.frame -> detect.frame -> [track] lift.keypoints -> smooth.pose -> output.pose -> PUB
+
+The track stage (track ids) always runs inside the lift process, ahead of lift (StageSpec.pre):
+frames are in order there, after the fan-in of detection workers.
 
 Each edge names its message type and its drop policy ("latest": newest wins, drops counted;
 "lossless": every message, the producer waits). The supervisor reads `build_graph(config)`
@@ -203,7 +206,11 @@ def build_graph(config: PipelineConfig) -> Graph:
             )
         if e.name in fixed and e.src_stage in local:  # this run binds it
             check_bind_endpoint(fixed[e.name], topo.allow_remote)
-    pre = {"output": (StageSpec("smooth"),)} if colocated else {}
+    # the track stage always runs in the lift process, ahead of lift: there frames are in
+    # order (after the detection workers' fan-in) and no extra hop is paid
+    pre = {"lift": (StageSpec("track"),)}
+    if colocated:
+        pre["output"] = (StageSpec("smooth"),)
     return Graph(
         tuple(StageSpec(n, pre=pre.get(n, ())) if n == stage_kind(n) else
               StageSpec(n, module=f"stages.{stage_kind(n)}", config_key=stage_kind(n))

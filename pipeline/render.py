@@ -1,4 +1,6 @@
-"""Pure drawing for the live viewer: one Pose3D's worth of data in, one BGR image out.
+"""Pure drawing for the live viewer: one Pose3D's worth of data (everyone in a frame) in, one
+BGR image out. Each person's bones take a colour of their own, from their track id
+(`track_color`), with the id written beside the head; joints keep their body-side colour.
 
 Layout of the image `render` returns, `(H, W, 3)` uint8 BGR with `H = style.height_px`:
 
@@ -15,13 +17,15 @@ image; a test renders to PNG and checks pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from engines.runtime.skeleton import BONES, JOINT_NAMES, NUM_JOINTS, ROOT
+from engines.runtime.skeleton import BONES, JOINT_NAMES, NUM_JOINTS, ROOT, Joint
 
 #: BGR colours by body side; a bone takes its child joint's side.
 COLOR_LEFT: tuple[int, int, int] = (255, 160, 40)  # blue-ish
@@ -48,6 +52,17 @@ def joint_colors() -> tuple[tuple[int, int, int], ...]:
 
 JOINT_COLORS: tuple[tuple[int, int, int], ...] = joint_colors()
 
+#: BGR bone colours of tracks, by track_id modulo their number (distinct, bright on black)
+TRACK_COLORS: tuple[tuple[int, int, int], ...] = (
+    (80, 220, 80), (255, 120, 60), (60, 200, 255), (220, 80, 220), (255, 230, 80),
+    (80, 255, 230), (120, 120, 255), (200, 200, 200),
+)
+
+
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """The BGR colour a track's bones are drawn in (the same id, the same colour)."""
+    return TRACK_COLORS[int(track_id) % len(TRACK_COLORS)]
+
 
 @dataclass(frozen=True)
 class ViewStats:
@@ -64,7 +79,7 @@ class ViewStats:
     dropped: int = 0
     received: int = 0
     frame_id: int | None = None
-    person_present: bool = True
+    people: int | None = None  # people in the frame shown (None: unknown)
     engine_id: str = ""
     note: str = ""  # e.g. the last Status message
 
@@ -131,10 +146,12 @@ def _draw_skeleton(
     line_px: int,
     radius_px: int,
     order: np.ndarray | None = None,
+    bone_color: tuple[int, int, int] | None = None,
 ) -> None:
     """Draw bones then joints of visible joints onto canvas in place (anti-aliased).
 
     xy_px: (J, 2) px. visible: (J,) bool. order: bone indices to draw in (back to front).
+    bone_color: every bone in this colour (a track's); None: each bone its child's side colour.
     """
     shift = 4  # sub-pixel coordinates for cv2 drawing
     pts = np.round(np.nan_to_num(xy_px) * (1 << shift)).astype(np.int64)  # hidden if not finite
@@ -144,7 +161,8 @@ def _draw_skeleton(
         if visible[child] and visible[parent]:
             cv2.line(
                 canvas, tuple(map(int, pts[child])), tuple(map(int, pts[parent])),
-                JOINT_COLORS[child], line_px, cv2.LINE_AA, shift,
+                JOINT_COLORS[child] if bone_color is None else bone_color, line_px,
+                cv2.LINE_AA, shift,
             )
     for j in range(NUM_JOINTS):
         if visible[j]:
@@ -163,8 +181,10 @@ def _text_lines(stats: ViewStats) -> list[str]:
     if stats.frame_id is not None:
         engine = f"   engine {stats.engine_id}" if stats.engine_id else ""
         lines.append(f"frame {stats.frame_id}{engine}")
-    if not stats.person_present:
-        lines.append("no person")
+    if stats.people == 0:
+        lines.append("nobody in view")
+    elif stats.people is not None:
+        lines.append(f"{stats.people} {'person' if stats.people == 1 else 'people'}")
     if stats.note:
         lines.append(stats.note)
     return lines
@@ -188,39 +208,48 @@ def camera_panel_size(
     return max(1, round(w * style.height_px / h)), style.height_px
 
 
+def _label(canvas: np.ndarray, text: str, xy: np.ndarray, color: tuple[int, int, int]) -> None:
+    x, y = int(xy[0]) + 6, int(xy[1]) - 6
+    for c, thickness in (((0, 0, 0), 3), (color, 1)):
+        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55, c, thickness,
+                    cv2.LINE_AA)
+
+
 def render(
     image_bgr: np.ndarray | None,
-    joints_2d_px: np.ndarray,
-    joints_3d_m: np.ndarray,
-    confidence: np.ndarray,
+    people: "Sequence[object]",
     stats: ViewStats,
     t_s: float,
     *,
     image_size: tuple[int, int] | None = None,
-    person_present: bool = True,
     style: RenderStyle = RenderStyle(),
 ) -> np.ndarray:
-    """The viewer's picture for one pose.
+    """The viewer's picture for one frame's people.
 
     image_bgr: (h, w, 3) uint8 camera frame, or None to draw on a black canvas of
     `image_size` (width, height) px (Pose3D messages carry image_size, not the image).
-    joints_2d_px: (J, 2) px in that frame. joints_3d_m: (J, 3) metres, camera frame.
-    confidence: (J,) in [0, 1]; joints below style.min_confidence are not drawn.
+    people: objects with `track_id`, `joints_2d_px` (J, 2) px in that frame, `joints_3d_m`
+    (J, 3) metres, camera frame, and `confidence` (J,) in [0, 1] (pipeline.schema.Person3D);
+    joints below style.min_confidence are not drawn, nor non-finite ones. Each person's bones
+    are drawn in `track_color(track_id)` with the id beside the head, in both panels; the 3D
+    panel is centred on the people's mean root and widens to hold them all.
     stats: the numbers to print. t_s: seconds, sets the 3D view's orbit azimuth.
-    person_present: False draws no skeleton. Non-finite joints are not drawn.
     Returns (style.height_px, camera_panel_width + style.height_px, 3) uint8 BGR.
     Raises ValueError for wrong shapes or neither image nor image_size.
     """
-    joints_2d_px = np.asarray(joints_2d_px, dtype=np.float64)
-    joints_3d_m = np.asarray(joints_3d_m, dtype=np.float64)
-    confidence = np.asarray(confidence, dtype=np.float64)
-    if joints_2d_px.shape != (NUM_JOINTS, 2) or joints_3d_m.shape != (NUM_JOINTS, 3):
-        raise ValueError(
-            f"render needs joints_2d_px ({NUM_JOINTS}, 2) and joints_3d_m ({NUM_JOINTS}, 3), "
-            f"got {joints_2d_px.shape} and {joints_3d_m.shape}"
-        )
-    if confidence.shape != (NUM_JOINTS,):
-        raise ValueError(f"confidence must be ({NUM_JOINTS},), got {confidence.shape}")
+    checked = []
+    for person in people:
+        j2 = np.asarray(person.joints_2d_px, dtype=np.float64)
+        j3 = np.asarray(person.joints_3d_m, dtype=np.float64)
+        conf = np.asarray(person.confidence, dtype=np.float64)
+        if j2.shape != (NUM_JOINTS, 2) or j3.shape != (NUM_JOINTS, 3):
+            raise ValueError(
+                f"render needs joints_2d_px ({NUM_JOINTS}, 2) and joints_3d_m ({NUM_JOINTS}, "
+                f"3), got {j2.shape} and {j3.shape}"
+            )
+        if conf.shape != (NUM_JOINTS,):
+            raise ValueError(f"confidence must be ({NUM_JOINTS},), got {conf.shape}")
+        checked.append((int(person.track_id), j2, j3, conf))
     if image_bgr is not None:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
             raise ValueError(
@@ -239,22 +268,40 @@ def render(
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         cam = cv2.resize(image_bgr, (cam_w, H), interpolation=interp)
 
-    visible_2d = (
-        person_present
-        & (confidence >= style.min_confidence)
-        & np.all(np.isfinite(joints_2d_px), axis=1)
-    )
-    _draw_skeleton(cam, joints_2d_px * scale, visible_2d, style.line_px, style.joint_radius_px)
+    for tid, j2, _, conf in checked:
+        visible_2d = (conf >= style.min_confidence) & np.all(np.isfinite(j2), axis=1)
+        color = track_color(tid)
+        _draw_skeleton(cam, j2 * scale, visible_2d, style.line_px, style.joint_radius_px,
+                       bone_color=color)
+        if visible_2d[Joint.HEAD]:
+            _label(cam, f"#{tid}", j2[Joint.HEAD] * scale, color)
     _put_lines(cam, _text_lines(stats), (10, 24))
 
     panel = np.full((H, H, 3), COLOR_PANEL_BG, np.uint8)
-    finite_3d = np.all(np.isfinite(joints_3d_m), axis=1)
-    _draw_floor_grid(panel, joints_3d_m if finite_3d.all() else None, t_s, style)
-    if person_present and finite_3d[ROOT]:
-        xy, depth = project_orbit(np.where(finite_3d[:, None], joints_3d_m, 0.0), t_s, H, style)
-        bone_depth = np.array([depth[c] + depth[p] for c, p in BONES])
-        visible_3d = finite_3d & (confidence >= style.min_confidence)
-        _draw_skeleton(panel, xy, visible_3d, 2, 3, order=np.argsort(-bone_depth))
+    placed = [(tid, j3, conf) for tid, _, j3, conf in checked
+              if np.all(np.isfinite(j3[ROOT]))]
+    if placed:
+        roots = np.stack([j3[ROOT] for _, j3, _ in placed])
+        centre = roots.mean(axis=0)
+        spread = float(np.max(np.linalg.norm(roots - centre, axis=1))) * 2 + 1.2
+        view = dataclasses.replace(style, metres_across_panel=max(style.metres_across_panel,
+                                                                  spread))
+        finite_all = [j3 for _, j3, _ in placed if np.all(np.isfinite(j3))]
+        _draw_floor_grid(panel, finite_all[0] if len(placed) == 1 and finite_all else None,
+                         t_s, view)
+        for tid, j3, conf in placed:
+            finite_3d = np.all(np.isfinite(j3), axis=1)
+            xy, depth = project_orbit_points(np.where(finite_3d[:, None], j3, 0.0), centre,
+                                             t_s, H, view)
+            bone_depth = np.array([depth[c] + depth[p] for c, p in BONES])
+            visible_3d = finite_3d & (conf >= style.min_confidence)
+            color = track_color(tid)
+            _draw_skeleton(panel, xy, visible_3d, 2, 3, order=np.argsort(-bone_depth),
+                           bone_color=color)
+            if visible_3d[Joint.HEAD]:
+                _label(panel, f"#{tid}", xy[Joint.HEAD], color)
+    else:
+        _draw_floor_grid(panel, None, t_s, style)
     az = math.degrees(orbit_azimuth_rad(t_s, style)) % 360
     _put_lines(panel, [f"3D  azimuth {az:3.0f} deg"], (10, 24))
     return np.concatenate([cam, panel], axis=1)

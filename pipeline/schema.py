@@ -8,6 +8,9 @@ Wire format (one multipart message, any language can read it):
   "data": <bin>}`; an image is `{"dtype": "|u1", "shape": [H, W, 3], "frame": 1}` and its
   raw bytes travel as frame 1 (no copy into the header, no JPEG). `Pose3D` also carries
   `joint_names`.
+- Schema 2: `Keypoints2D` and `Pose3D` are one message per frame carrying `people`, a list
+  of person maps (`Person2D` / `Person3D`, each with its `track_id` and its own arrays); an
+  empty list means nobody is in view. (Schema 1 had one person and `person_present`.)
 - Never pickle. Anything malformed (truncated, wrong version, unknown type, wrong shape
   or dtype, oversized, missing or extra field) raises `SchemaError`.
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 
-SCHEMA_VERSION: int = 1
+SCHEMA_VERSION: int = 2
 
 #: largest header (frame 0) accepted, bytes. A Pose3D header is about 1.3 kB.
 MAX_HEADER_BYTES: int = 64 * 1024
@@ -40,6 +43,10 @@ MAX_MESSAGE_BYTES: int = MAX_IMAGE_BYTES + MAX_HEADER_BYTES
 MAX_TEXT_CHARS: int = 4096
 #: most stamps a message may carry (one per stage it passed; restarts may add a few).
 MAX_STAMPS: int = 64
+#: most people one message may carry (a Person3D is about 0.6 kB of header).
+MAX_PEOPLE: int = 64
+#: track_id of a person the tracker has not seen yet (the detect stage's output).
+UNTRACKED: int = 0
 
 STATUS_KINDS: tuple[str, ...] = ("gap", "restart", "error", "info")
 
@@ -69,40 +76,71 @@ class Frame(_Common):
 
     image: np.ndarray
     source: str = ""
+    #: original-image pixels per pixel of `image` (> 1 when capture shrank a large image);
+    #: the detect stage multiplies 2D joints by it and reports the original image size
+    scale_to_original: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class Keypoints2D(_Common):
-    """2D joints of one person (or none).
+class Person2D:
+    """One person's 2D joints in a frame.
 
-    image_size: (width, height) px. joints_2d_px: (17, 2) float32 px, x right, y down.
-    confidence: (17,) float32 in [0, 1], all zeros when `person_present` is False.
+    track_id: who this is, the same across frames (ids start at 1 and are never reused in a
+    run); UNTRACKED (0) until the track stage has seen it. joints_2d_px: (17, 2) float32 px,
+    x right, y down, in the original image's pixels. confidence: (17,) float32 in [0, 1].
     """
 
-    image_size: tuple[int, int]
-    person_present: bool
+    track_id: int
     joints_2d_px: np.ndarray
     confidence: np.ndarray
 
+    def __post_init__(self) -> None:
+        _validate_person(self)
+
 
 @dataclass(frozen=True, kw_only=True)
-class Pose3D(_Common):
-    """A metric 3D pose in the camera frame (OpenCV: +X right, +Y down, +Z forward).
+class Person3D:
+    """One person's metric 3D pose in the camera frame (OpenCV: +X right, +Y down, +Z forward).
 
-    joints_3d_m: (17, 3) float32 metres, absolute (root-relative pose + root_m).
-    root_m: (3,) float32 metres, the pelvis. joints_2d_px: (17, 2) float32 px.
-    confidence: (17,) float32 in [0, 1]. reproj_err_px: (17,) float32 px.
-    engine_id: the lifter engine that made it (12 hex). `joint_names` and
-    `schema_version` are added on the wire.
+    track_id: as in Person2D. joints_3d_m: (17, 3) float32 metres, absolute (root-relative
+    pose + root_m). root_m: (3,) float32 metres, the pelvis. joints_2d_px: (17, 2) float32
+    px (the detector's). confidence: (17,) float32 in [0, 1]. reproj_err_px: (17,) float32
+    px, each joint's reprojection error.
     """
 
-    image_size: tuple[int, int]
-    person_present: bool
+    track_id: int
     joints_3d_m: np.ndarray
     root_m: np.ndarray
     joints_2d_px: np.ndarray
     confidence: np.ndarray
     reproj_err_px: np.ndarray
+
+    def __post_init__(self) -> None:
+        _validate_person(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Keypoints2D(_Common):
+    """2D joints of everyone found in one frame.
+
+    image_size: (width, height) px of the original image. people: a tuple of Person2D, at
+    most MAX_PEOPLE, empty when nobody was found.
+    """
+
+    image_size: tuple[int, int]
+    people: tuple[Person2D, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pose3D(_Common):
+    """Everyone's metric 3D pose in one frame: `people`, a tuple of Person3D (empty: nobody).
+
+    image_size: (width, height) px of the original image. engine_id: the lifter engine that
+    made it (12 hex). `joint_names` and `schema_version` are added on the wire.
+    """
+
+    image_size: tuple[int, int]
+    people: tuple[Person3D, ...] = ()
     engine_id: str = ""
 
 
@@ -119,6 +157,7 @@ class Status(_Common):
     t_capture_ns: int = 0
 
 
+Person = Union[Person2D, Person3D]
 Message = Union[Frame, Keypoints2D, Pose3D, Status]
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls for cls in (Frame, Keypoints2D, Pose3D, Status)
@@ -127,23 +166,28 @@ MESSAGE_TYPES: dict[str, type] = {
 # ndarray fields per type: name -> (dtype, shape); -1 in a shape means "any size".
 _ARRAYS: dict[type, dict[str, tuple[np.dtype, tuple[int, ...]]]] = {
     Frame: {"image": (np.dtype(np.uint8), (-1, -1, 3))},
-    Keypoints2D: {
+    Keypoints2D: {},
+    Pose3D: {},
+    Status: {},
+    Person2D: {
         "joints_2d_px": (np.dtype(np.float32), (NUM_JOINTS, 2)),
         "confidence": (np.dtype(np.float32), (NUM_JOINTS,)),
     },
-    Pose3D: {
+    Person3D: {
         "joints_3d_m": (np.dtype(np.float32), (NUM_JOINTS, 3)),
         "root_m": (np.dtype(np.float32), (3,)),
         "joints_2d_px": (np.dtype(np.float32), (NUM_JOINTS, 2)),
         "confidence": (np.dtype(np.float32), (NUM_JOINTS,)),
         "reproj_err_px": (np.dtype(np.float32), (NUM_JOINTS,)),
     },
-    Status: {},
 }
+#: the person class each multi-person message carries in `people`
+_PERSON_OF: dict[type, type] = {Keypoints2D: Person2D, Pose3D: Person3D}
 # fields that travel as their own raw frame rather than inside the header
 _RAW_FRAME_FIELDS: frozenset[str] = frozenset({"image"})
 _FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in MESSAGE_TYPES.values()
+    cls: tuple(f.name for f in dataclasses.fields(cls))
+    for cls in (*MESSAGE_TYPES.values(), Person2D, Person3D)
 }
 _INT64_MAX = 2**63 - 1
 
@@ -211,6 +255,11 @@ def _validate(msg: _Common) -> None:
                 f"{MAX_IMAGE_BYTES} bytes"
             )
         _check_text("Frame.source", msg.source)
+        scale = msg.scale_to_original
+        if (isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating))
+                or not math.isfinite(scale) or not 1e-3 <= scale <= 1e3):
+            raise SchemaError(f"Frame.scale_to_original must be a number in [0.001, 1000], "
+                              f"got {scale!r}")
     if cls in (Keypoints2D, Pose3D):
         size = msg.image_size
         if (
@@ -222,8 +271,15 @@ def _validate(msg: _Common) -> None:
             raise SchemaError(
                 f"{cls.__name__}.image_size must be (width, height) positive ints, got {size!r}"
             )
-        if not isinstance(msg.person_present, (bool, np.bool_)):
-            raise SchemaError(f"{cls.__name__}.person_present must be a bool")
+        person_cls = _PERSON_OF[cls]
+        if not isinstance(msg.people, tuple) or len(msg.people) > MAX_PEOPLE:
+            raise SchemaError(f"{cls.__name__}.people must be a tuple of at most {MAX_PEOPLE} "
+                              f"{person_cls.__name__}, got {type(msg.people).__name__}"
+                              f"{'' if not isinstance(msg.people, tuple) else f' of {len(msg.people)}'}")
+        for person in msg.people:
+            if type(person) is not person_cls:
+                raise SchemaError(f"{cls.__name__}.people holds {person_cls.__name__}, "
+                                  f"got {type(person).__name__}")
     if cls is Pose3D:
         _check_text("Pose3D.engine_id", msg.engine_id)
     if cls is Status:
@@ -233,7 +289,25 @@ def _validate(msg: _Common) -> None:
         _check_int("Status.t_ns", msg.t_ns)
 
 
+def _validate_person(person: Person) -> None:
+    cls = type(person)
+    _check_int(f"{cls.__name__}.track_id", person.track_id)
+    for name in _ARRAYS[cls]:
+        _check_array(cls, name, getattr(person, name))
+
+
 # --------------------------------------------------------------------------- encode
+def _encode_array(value: np.ndarray) -> dict[str, Any]:
+    arr = np.ascontiguousarray(value)
+    return {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
+
+
+def _encode_person(person: Person) -> dict[str, Any]:
+    arrays = _ARRAYS[type(person)]
+    return {name: _encode_array(getattr(person, name)) if name in arrays
+            else int(getattr(person, name)) for name in _FIELDS[type(person)]}
+
+
 def encode(msg: Message) -> list[bytes | memoryview]:
     """Message -> ZeroMQ frames: [msgpack header, raw image bytes (Frame only)].
 
@@ -257,12 +331,14 @@ def encode(msg: Message) -> list[bytes | memoryview]:
             else:
                 spec["data"] = arr.tobytes()
             header[name] = spec
+        elif name == "people":
+            header[name] = [_encode_person(p) for p in value]
+        elif name == "scale_to_original":
+            header[name] = float(value)
         elif name == "stamps":
             header[name] = [[s, int(a), int(b)] for s, a, b in value]
         elif name == "image_size":
             header[name] = [int(value[0]), int(value[1])]
-        elif name == "person_present":
-            header[name] = bool(value)
         elif isinstance(value, np.integer):
             header[name] = int(value)
         else:
@@ -322,6 +398,19 @@ def _decode_array(cls: type, name: str, spec: Any, frames: Sequence[memoryview])
     return np.frombuffer(data, dtype=want_dtype).reshape(shape)
 
 
+def _decode_person(cls: type, value: Any) -> Person:
+    if not isinstance(value, dict):
+        raise SchemaError(f"each of people must be a map ({cls.__name__}), got "
+                          f"{type(value).__name__}")
+    fields = _FIELDS[cls]
+    if set(value) != set(fields):
+        missing, extra = sorted(set(fields) - set(value)), sorted(set(value) - set(fields))
+        raise SchemaError(f"{cls.__name__}: missing fields {missing}, unknown fields {extra}")
+    kwargs = {name: _decode_array(cls, name, v, ()) if name in _ARRAYS[cls] else v
+              for name, v in value.items()}
+    return cls(**kwargs)  # __post_init__ validates track_id and every array
+
+
 def decode(frames: Sequence[Any]) -> Message:
     """ZeroMQ frames (bytes, memoryviews or zmq.Frame) -> Message.
 
@@ -367,6 +456,8 @@ def decode(frames: Sequence[Any]) -> Message:
     extra = set(header) - set(fields)
     if extra:
         raise SchemaError(f"{cls.__name__}: unknown fields {sorted(extra)}")
+    if cls in _PERSON_OF and "people" not in header:  # nobody is [], never a missing key
+        raise SchemaError(f"{cls.__name__}: no people list (an empty one means nobody)")
     kwargs: dict[str, Any] = {}
     for name, value in header.items():
         if name in _ARRAYS[cls]:
@@ -381,6 +472,10 @@ def decode(frames: Sequence[Any]) -> Message:
             if not isinstance(value, list):
                 raise SchemaError(f"image_size must be [width, height], got {value!r}")
             kwargs[name] = tuple(value)
+        elif name == "people":
+            if not isinstance(value, list) or len(value) > MAX_PEOPLE:
+                raise SchemaError(f"people must be a list of at most {MAX_PEOPLE} person maps")
+            kwargs[name] = tuple(_decode_person(_PERSON_OF[cls], p) for p in value)
         else:
             kwargs[name] = value
     try:

@@ -3,15 +3,17 @@
 From Python:
 
     from pipeline.subscribe import subscribe
-    for pose in subscribe("tcp://127.0.0.1:5556"):      # pipeline.schema.Pose3D
-        print(pose.frame_id, pose.joints_3d_m[0])        # (17, 3) metres, camera frame
+    for frame in subscribe("tcp://127.0.0.1:5556"):     # pipeline.schema.Pose3D, one a frame
+        for person in frame.people:                      # pipeline.schema.Person3D
+            print(frame.frame_id, person.track_id, person.joints_3d_m[0])  # (17, 3) metres
 
     stream = subscribe(endpoint, latest_only=True)      # a reader slower than the stream:
-    for pose in stream: ...                             # always the newest pose waiting,
+    for frame in stream: ...                            # always the newest frame waiting,
     stream.skipped                                      # and how many were passed over
 
 From a shell: `python -m pipeline.subscribe [ENDPOINT] [--json] [--count N]` prints one line
-per pose. From any other language: SUB to the endpoint, subscribe to "pose3d", and read
+per person (or "nobody" for a frame without people); `--json` one JSON object per frame with
+its `people` list. From any other language: SUB to the endpoint, subscribe to "pose3d", and read
 two frames per message: the topic, then a msgpack map (see pipeline/schema.py for the
 fields; arrays are {dtype: "<f4", shape, data: little-endian bytes}).
 """
@@ -165,42 +167,53 @@ def subscribe(
 
 
 def pose_to_dict(pose: Pose3D) -> dict:
-    """A JSON-able dict of a pose: arrays as nested lists, metres and pixels."""
-    out = {}
-    for name in pose.__dataclass_fields__:
-        value = getattr(pose, name)
-        if isinstance(value, np.ndarray):
-            value = np.round(value.astype(np.float64), 5).tolist()
-        elif isinstance(value, tuple):
-            value = [list(v) if isinstance(v, tuple) else v for v in value]
-        out[name] = value
-    return out
+    """A JSON-able dict of a frame's poses: arrays as nested lists, metres and pixels;
+    `people` a list of dicts (track_id, joints_3d_m, root_m, joints_2d_px, confidence,
+    reproj_err_px)."""
+    def plain(obj) -> dict:
+        out = {}
+        for name in obj.__dataclass_fields__:
+            value = getattr(obj, name)
+            if isinstance(value, np.ndarray):
+                value = np.round(value.astype(np.float64), 5).tolist()
+            elif name == "people":
+                value = [plain(p) for p in value]
+            elif isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[name] = value
+        return out
+    return plain(pose)
 
 
 def _line(pose: Pose3D | Status) -> str:
     if isinstance(pose, Status):
         return f"status {pose.kind}: {pose.text}"
     e2e_ms = (pose.stamps[-1][2] - pose.t_capture_ns) / 1e6 if pose.stamps else float("nan")
-    if not pose.person_present:
-        return f"frame {pose.frame_id:6d}  no person  ({e2e_ms:.1f} ms)"
-    x, y, z = pose.root_m
-    return (
-        f"frame {pose.frame_id:6d}  root ({x:+.2f}, {y:+.2f}, {z:+.2f}) m  "
-        f"reproj {float(np.median(pose.reproj_err_px)):.1f} px  ({e2e_ms:.1f} ms)"
-    )
+    if not pose.people:
+        return f"frame {pose.frame_id:6d}  nobody  ({e2e_ms:.1f} ms)"
+    lines = []
+    for person in pose.people:
+        x, y, z = person.root_m
+        lines.append(
+            f"frame {pose.frame_id:6d}  track {person.track_id:4d}  root ({x:+.2f}, {y:+.2f}, "
+            f"{z:+.2f}) m  reproj {float(np.median(person.reproj_err_px)):.1f} px  "
+            f"({e2e_ms:.1f} ms)"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.subscribe",
-        description="Print the 3D poses a running posestream pipeline publishes, one line each.",
+        description="Print the 3D poses a running posestream pipeline publishes, one line per "
+                    "person (track id, root, reprojection error, latency).",
     )
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT,
                         help=f"publisher to connect to (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--topic", default=DEFAULT_TOPIC, help="topic (default %(default)s)")
     parser.add_argument("--json", action="store_true",
-                        help="print each pose as one JSON object per line (all fields)")
-    parser.add_argument("--count", type=int, default=None, help="stop after N poses")
+                        help="print each frame as one JSON object per line (all fields, people a list)")
+    parser.add_argument("--count", type=int, default=None, help="stop after N frames")
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop after this many seconds without a pose")
     parser.add_argument("--latest", action="store_true",

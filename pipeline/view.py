@@ -99,7 +99,7 @@ class StreamStats:
             dropped=self.dropped,
             received=self.received,
             frame_id=None if last is None else last.frame_id,
-            person_present=True if last is None else bool(last.person_present),
+            people=None if last is None else len(last.people),
             engine_id="" if last is None else last.engine_id,
             note=self.note,
         )
@@ -144,22 +144,13 @@ def has_display(environ: dict[str, str] | None = None) -> bool:
 def render_pose(
     pose: Pose3D, stats: ViewStats, t_s: float, style: RenderStyle, frame: Frame | None = None
 ) -> np.ndarray:
-    """The viewer's picture for one Pose3D, on its camera frame if given (and of the pose's
-    image_size), else on a black canvas of that size."""
+    """The viewer's picture for one Pose3D (everyone in the frame, a colour and an id label
+    per track), on its camera frame if given (and of the pose's image_size), else on a black
+    canvas of that size."""
     image = None
     if frame is not None and (frame.image.shape[1], frame.image.shape[0]) == pose.image_size:
         image = frame.image
-    return render(
-        image,
-        pose.joints_2d_px,
-        pose.joints_3d_m,
-        pose.confidence,
-        stats,
-        t_s,
-        image_size=pose.image_size,
-        person_present=bool(pose.person_present),
-        style=style,
-    )
+    return render(image, pose.people, stats, t_s, image_size=pose.image_size, style=style)
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

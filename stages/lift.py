@@ -1,20 +1,23 @@
 """2D -> metric 3D: the lifter engine, then the root translation from the reprojection fit.
 
-Per frame (one person, 17 joints):
+Per frame, for all P people at once (17 joints each; one engine call with batch P):
 1. intrinsics (fx, fy, cx, cy) for the frame's image size, from `--calib FILE` (engines/runtime/intrinsics:
    OpenCV camera matrix, optional distortion) or from `--fov DEG` (horizontal field of view);
    keypoints are undistorted first when the calibration has distortion coefficients;
 2. `codec.encode_full` -> `engine.run` -> `codec.to_metric(height_m, rotation_to_camera)`: the
    root-relative pose in metres, camera axes;
-3. `engines.runtime.reproject.fit_translation` (numba, weights = detector confidences): the root
-   translation in the camera frame and each joint's reprojection error in pixels;
-4. Pose3D: joints_3d_m = root-relative pose + root_m, camera frame (OpenCV axes), metres.
+3. `engines.runtime.reproject.fit_translation_batch` (numba, weights = detector confidences):
+   each person's root translation in the camera frame and each joint's reprojection error in
+   pixels;
+4. Pose3D: one Person3D per person (track id kept): joints_3d_m = root-relative pose + root_m,
+   camera frame (OpenCV axes), metres.
 
 `joints_2d_px` in the output are the detector's pixels as received; `reproj_err_px` is measured
 on the undistorted keypoints (the same when there is no distortion).
 
-No person in the input, or a fit that fails (degenerate 2D, no solution in front of the
-camera), gives a Pose3D with person_present False and zeros. Runtime module: no torch.
+Nobody in the input gives a Pose3D with no people. A person whose fit fails (degenerate 2D, no
+solution in front of the camera) is left out of the frame and counted (`failed_fits`).
+Runtime module: no torch.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import logging
 
 import numpy as np
 
-from engines.runtime.reproject import fit_translation
+from engines.runtime.reproject import fit_translation, fit_translation_batch
 from engines.runtime.engine import load_engine
 from engines.runtime.skeleton import NUM_JOINTS
-from pipeline.schema import Keypoints2D, Pose3D
+from pipeline.schema import Keypoints2D, Person3D, Pose3D
 from pipeline.stage import Stage
 from engines.runtime.intrinsics import (
     Intrinsics,
@@ -37,23 +40,6 @@ from engines.runtime.intrinsics import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def empty_pose(kp: Keypoints2D, engine_id: str) -> Pose3D:
-    """The "no person" Pose3D for `kp`: person_present False, zeros (2D and confidences kept)."""
-    return Pose3D(
-        frame_id=kp.frame_id,
-        t_capture_ns=kp.t_capture_ns,
-        stamps=kp.stamps,
-        image_size=kp.image_size,
-        person_present=False,
-        joints_3d_m=np.zeros((NUM_JOINTS, 3), np.float32),
-        root_m=np.zeros(3, np.float32),
-        joints_2d_px=np.asarray(kp.joints_2d_px, np.float32),
-        confidence=np.asarray(kp.confidence, np.float32),
-        reproj_err_px=np.zeros(NUM_JOINTS, np.float32),
-        engine_id=engine_id,
-    )
 
 
 class LiftStage(Stage):
@@ -84,8 +70,10 @@ class LiftStage(Stage):
                 "lift stage runs single-frame engines (receptive_field 1): export one"
             )
         # run every kernel once now (ONNX Runtime allocations, numba compile or cache load)
-        warm = self._lift_rel_m(_T_POSE_PX, intrinsics_from_fov(60.0, 640, 480))
-        fit_translation(warm, _T_POSE_PX, np.ones(NUM_JOINTS), 554.0, 554.0, 320.0, 240.0)
+        warm = self._lift_rel_m(_T_POSE_PX[None], intrinsics_from_fov(60.0, 640, 480))
+        fit_translation(warm[0], _T_POSE_PX, np.ones(NUM_JOINTS), 554.0, 554.0, 320.0, 240.0)
+        fit_translation_batch(warm, _T_POSE_PX[None], np.ones((1, NUM_JOINTS)),
+                              554.0, 554.0, 320.0, 240.0)
         logger.info(
             "lift: engine %s on %s; subject height %s",
             self.engine.engine_id, self.engine.backend,
@@ -110,49 +98,50 @@ class LiftStage(Stage):
         return intr
 
     def _lift_rel_m(self, joints_2d_px: np.ndarray, intr: Intrinsics) -> np.ndarray:
-        """(17, 2) undistorted px -> (17, 3) float32 metres, root-relative, camera axes."""
+        """(P, 17, 2) undistorted px -> (P, 17, 3) float64 metres, root-relative, camera axes."""
         codec = self.engine.codec
-        encoded = codec.encode_full(joints_2d_px[None], intr.fx, intr.fy, intr.cx, intr.cy)
+        encoded = codec.encode_full(joints_2d_px, intr.fx, intr.fy, intr.cx, intr.cy)
         out = self.engine.run({"joints_2d": encoded.joints_2d_norm})["joints_3d"]
-        return codec.to_metric(
+        return np.asarray(codec.to_metric(
             out, self.config.height_m, rotation_to_camera=encoded.rotation_to_camera
-        )[0]
+        ), np.float64)
 
     def process(self, msg: Keypoints2D) -> Pose3D:
         if self.engine is None:
             raise RuntimeError("LiftStage.process called before open()")
         engine_id = self.engine.engine_id
-        if not msg.person_present:
-            return empty_pose(msg, engine_id)
+        if not msg.people:
+            return Pose3D(frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns,
+                          stamps=msg.stamps, image_size=msg.image_size, engine_id=engine_id)
         intr = self.intrinsics_for(tuple(msg.image_size))
-        joints_2d_px = undistort_pixels(msg.joints_2d_px, intr)  # (17, 2) float64
-        rel_m = self._lift_rel_m(joints_2d_px, intr).astype(np.float64)
-        weights = np.asarray(msg.confidence, np.float64)
-        t_m, err_px = fit_translation(
-            rel_m, joints_2d_px, weights, intr.fx, intr.fy, intr.cx, intr.cy
+        raw_px = np.stack([p.joints_2d_px for p in msg.people])  # (P, 17, 2) detector px
+        conf = np.stack([p.confidence for p in msg.people])  # (P, 17)
+        joints_2d_px = undistort_pixels(raw_px.reshape(-1, 2), intr).reshape(raw_px.shape)
+        rel_m = self._lift_rel_m(joints_2d_px, intr)  # (P, 17, 3)
+        t_m, err_px = fit_translation_batch(
+            rel_m, joints_2d_px, np.asarray(conf, np.float64), intr.fx, intr.fy, intr.cx, intr.cy
         )
-        if not (np.all(np.isfinite(t_m)) and np.all(np.isfinite(rel_m))):
-            self.failed_fits += 1
-            # say so the first time and then now and then, not on every frame of a bad stretch
-            log = logger.warning if self.failed_fits % 100 == 1 else logger.debug
-            log("lift: frame %d: no root translation fits the 2D joints (degenerate or behind "
-                "the camera); sent as no person (%d such frames so far)",
-                msg.frame_id, self.failed_fits)
-            return empty_pose(msg, engine_id)
-        return Pose3D(
-            frame_id=msg.frame_id,
-            t_capture_ns=msg.t_capture_ns,
-            stamps=msg.stamps,
-            image_size=msg.image_size,
-            person_present=True,
-            joints_3d_m=(rel_m + t_m).astype(np.float32),
-            root_m=np.asarray(t_m, np.float32),
-            joints_2d_px=np.asarray(msg.joints_2d_px, np.float32),
-            confidence=np.asarray(msg.confidence, np.float32),
-            # joints with non-finite input have no error; report them as 0 with confidence 0
-            reproj_err_px=np.nan_to_num(np.asarray(err_px, np.float32), nan=0.0),
-            engine_id=engine_id,
-        )
+        people = []
+        for i, person in enumerate(msg.people):
+            if not (np.all(np.isfinite(t_m[i])) and np.all(np.isfinite(rel_m[i]))):
+                self.failed_fits += 1
+                # say so the first time and then now and then, not on every frame
+                log = logger.warning if self.failed_fits % 100 == 1 else logger.debug
+                log("lift: frame %d, track %d: no root translation fits the 2D joints "
+                    "(degenerate or behind the camera); left out (%d such so far)",
+                    msg.frame_id, person.track_id, self.failed_fits)
+                continue
+            people.append(Person3D(
+                track_id=person.track_id,
+                joints_3d_m=(rel_m[i] + t_m[i]).astype(np.float32),
+                root_m=np.asarray(t_m[i], np.float32),
+                joints_2d_px=np.asarray(person.joints_2d_px, np.float32),
+                confidence=np.asarray(person.confidence, np.float32),
+                # joints with non-finite input have no error; report 0 (their confidence is 0)
+                reproj_err_px=np.nan_to_num(np.asarray(err_px[i], np.float32), nan=0.0),
+            ))
+        return Pose3D(frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns, stamps=msg.stamps,
+                      image_size=msg.image_size, people=tuple(people), engine_id=engine_id)
 
     def close(self) -> None:
         self.engine = None

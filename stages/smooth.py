@@ -17,8 +17,10 @@ MediaPipe's world-landmark smoothing (min_cutoff 0.1 Hz, beta 40, d_cutoff 1 Hz,
 `dt` comes from the capture timestamps (`t_capture_ns`), never from an assumed frame rate, so
 dropped frames and uneven cameras are handled. The stage filters the root-relative pose and the
 root translation separately and recomposes them, so a pose whose `joints_3d_m[ROOT] == root_m` keeps
-that property. It resets when the person is lost or after a gap of more than
-`RESET_AFTER_GAP_S` (the old state says nothing about the new pose).
+that property. Each person (`track_id`) has filters of their own: a new id starts afresh, the
+filters of an id not seen for more than `RESET_AFTER_GAP_S` are dropped, so a person seen again
+after such a gap starts afresh (the old state says nothing about the new pose).
+People are never blended: one track's filter only ever sees that track's poses.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from pipeline.schema import Pose3D
+from pipeline.schema import Person3D, Pose3D
 from pipeline.stage import Stage
 
 logger = logging.getLogger(__name__)
@@ -130,12 +132,21 @@ class OneEuroFilter:
         return self._x_hat.reshape(shape).copy()
 
 
-class SmoothStage(Stage):
-    """Pose3D -> Pose3D with One Euro smoothed joints (config: `pipeline.config.SmoothConfig`).
+class _TrackFilters:
+    """The One Euro filters of one track: root-relative pose (17, 3) and root (3,)."""
 
-    The root-relative pose (17, 3) and the root translation (3,) are filtered separately, in
-    metres, and recomposed. No person, or a capture-time gap over RESET_AFTER_GAP_S, resets
-    both filters; a "no person" message passes through unchanged.
+    def __init__(self, cfg) -> None:
+        self.pose = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+        self.root = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+
+
+class SmoothStage(Stage):
+    """Pose3D -> Pose3D with One Euro smoothed joints per track (config:
+    `pipeline.config.SmoothConfig`).
+
+    Per person: the root-relative pose (17, 3) and the root translation (3,) are filtered
+    separately, in metres, and recomposed. A track not seen for RESET_AFTER_GAP_S loses its
+    filters (a track seen again later starts afresh).
     """
 
     name = "smooth"
@@ -144,54 +155,61 @@ class SmoothStage(Stage):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self._pose_filter: OneEuroFilter | None = None
-        self._root_filter: OneEuroFilter | None = None
-        self.resets = 0  # how many times the filter started afresh (person lost, gap)
+        self._filters: dict[int, _TrackFilters] | None = None
+        self.resets = 0  # how many times a track's filters started afresh after a gap
+        self.tracks_started = 0  # track ids that got filters of their own
+        self.tracks_ended = 0  # track ids whose filters were dropped (unseen too long)
 
     def open(self) -> None:
         cfg = self.config
-        self._pose_filter = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
-        self._root_filter = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+        self._filters = {}
         # compile (or load from numba's cache) now, not on the first live frame
         warm = OneEuroFilter()
         warm.filter(np.zeros(3), 0.0)
         warm.filter(np.zeros(3), 0.033)
         logger.info(
-            "smooth: One Euro min_cutoff=%.3g Hz beta=%.3g d_cutoff=%.3g Hz%s",
+            "smooth: One Euro per track, min_cutoff=%.3g Hz beta=%.3g d_cutoff=%.3g Hz%s",
             cfg.min_cutoff, cfg.beta, cfg.d_cutoff, "" if cfg.enabled else " (disabled)",
         )
 
-    def _reset(self, why: str) -> None:
-        if self._pose_filter.initialised:
+    def _smooth_person(self, person: Person3D, t_s: float, frame_id: int) -> Person3D:
+        filters = self._filters.get(person.track_id)
+        if filters is None:
+            filters = self._filters[person.track_id] = _TrackFilters(self.config)
+            self.tracks_started += 1
+        last = filters.pose.last_time_s
+        if last is not None and t_s - last > RESET_AFTER_GAP_S:
+            logger.debug("smooth: track %d reset (gap of %.3f s)", person.track_id, t_s - last)
+            filters.pose.reset()
+            filters.root.reset()
             self.resets += 1
-            logger.debug("smooth: reset (%s)", why)
-        self._pose_filter.reset()
-        self._root_filter.reset()
+        root_m = np.asarray(person.root_m, dtype=np.float64)
+        rel_m = np.asarray(person.joints_3d_m, dtype=np.float64) - root_m  # (17, 3)
+        if not (np.all(np.isfinite(rel_m)) and np.all(np.isfinite(root_m))):
+            logger.warning("smooth: frame %d track %d has non-finite joints; passed on "
+                           "unsmoothed", frame_id, person.track_id)
+            filters.pose.reset()
+            filters.root.reset()
+            return person
+        rel_smooth_m = filters.pose.filter(rel_m, t_s)
+        root_smooth_m = filters.root.filter(root_m, t_s)
+        return dataclasses.replace(
+            person,
+            joints_3d_m=(rel_smooth_m + root_smooth_m).astype(np.float32),
+            root_m=root_smooth_m.astype(np.float32),
+        )
 
     def process(self, msg: Pose3D) -> Pose3D:
-        if self._pose_filter is None:
+        if self._filters is None:
             raise RuntimeError("SmoothStage.process called before open()")
         if not self.config.enabled:
             return msg
-        if not msg.person_present:
-            self._reset("person lost")
-            return msg
         t_s = msg.t_capture_ns * 1e-9
-        last = self._pose_filter.last_time_s
-        if last is not None and t_s - last > RESET_AFTER_GAP_S:
-            self._reset(f"gap of {t_s - last:.3f} s")
-        root_m = np.asarray(msg.root_m, dtype=np.float64)
-        rel_m = np.asarray(msg.joints_3d_m, dtype=np.float64) - root_m  # (17, 3)
-        if not (np.all(np.isfinite(rel_m)) and np.all(np.isfinite(root_m))):
-            logger.warning("smooth: frame %d has non-finite joints; passed on unsmoothed",
-                           msg.frame_id)
-            self._reset("non-finite input")
-            return msg
-        rel_smooth_m = self._pose_filter.filter(rel_m, t_s)
-        root_smooth_m = self._root_filter.filter(root_m, t_s)
-        joints_smooth_m = rel_smooth_m + root_smooth_m
-        return dataclasses.replace(
-            msg,
-            joints_3d_m=joints_smooth_m.astype(np.float32),
-            root_m=root_smooth_m.astype(np.float32),
-        )
+        present = {p.track_id for p in msg.people}
+        for gone in [tid for tid, f in self._filters.items() if tid not in present
+                     and f.pose.last_time_s is not None
+                     and t_s - f.pose.last_time_s > RESET_AFTER_GAP_S]:
+            del self._filters[gone]  # the track ended (or is gone long enough to start afresh)
+            self.tracks_ended += 1
+        people = tuple(self._smooth_person(p, t_s, msg.frame_id) for p in msg.people)
+        return dataclasses.replace(msg, people=people)

@@ -30,6 +30,7 @@ def test_graph_puts_smooth_inside_output():
     g = build_graph(PipelineConfig(topology=TopologyConfig(colocate=("smooth",))))
     assert g.stage_names() == ("capture", "detect", "lift", "output")
     assert [p.name for p in g.spec("output").pre] == ["smooth"]
+    assert [p.name for p in g.spec("lift").pre] == ["track"]  # always: frames are in order there
     assert [e.name for e in g.edges] == ["capture-detect", "detect-lift", "lift-output"]
     with pytest.raises(ValueError, match="colocate"):
         TopologyConfig(colocate=("detect",))
@@ -77,10 +78,10 @@ def test_a_real_run_with_smoothing_in_the_output_process(supervisors, shared_fil
     assert [p.frame_id for p in poses] == list(range(FRAMES))
     for p in poses:
         names = [s[0] for s in p.stamps]
-        assert names == ["capture", "detect", "lift", "smooth", "output"]
-        lift_out, smooth_in, smooth_out, output_in = (p.stamps[2][2], p.stamps[3][1],
-                                                      p.stamps[3][2], p.stamps[4][1])
+        assert names == ["capture", "detect", "track", "lift", "smooth", "output"]
+        lift_out, smooth_in, smooth_out, output_in = (p.stamps[3][2], p.stamps[4][1],
+                                                      p.stamps[4][2], p.stamps[5][1])
         assert lift_out <= smooth_in <= smooth_out <= output_in
-        assert np.isfinite(p.joints_3d_m).all()
+        assert all(np.isfinite(person.joints_3d_m).all() for person in p.people)
     stats = sup.procs["output"].stats
     assert stats["processed"] == FRAMES and stats["rejected"] == {}

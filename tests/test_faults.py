@@ -27,6 +27,8 @@ from pipeline.schema import (
     MAX_HEADER_BYTES,
     Frame,
     Keypoints2D,
+    Person2D,
+    Person3D,
     Pose3D,
     SchemaError,
     Status,
@@ -92,13 +94,13 @@ def _good(kind: type, frame_id: int = 1):
     conf = np.full(NUM_JOINTS, 0.9, np.float32)
     if kind is Keypoints2D:
         return Keypoints2D(frame_id=frame_id, t_capture_ns=now, image_size=(640, 480),
-                           person_present=True, joints_2d_px=pts, confidence=conf)
+                           people=(Person2D(track_id=0, joints_2d_px=pts, confidence=conf),))
     joints = np.zeros((NUM_JOINTS, 3), np.float32)
     joints[:, 2] = 3.0
     return Pose3D(frame_id=frame_id, t_capture_ns=now, image_size=(640, 480),
-                  person_present=True, joints_3d_m=joints, root_m=joints[0].copy(),
-                  joints_2d_px=pts, confidence=conf, reproj_err_px=np.zeros(NUM_JOINTS,
-                                                                            np.float32))
+                  people=(Person3D(track_id=1, joints_3d_m=joints, root_m=joints[0].copy(),
+                                   joints_2d_px=pts, confidence=conf,
+                                   reproj_err_px=np.zeros(NUM_JOINTS, np.float32)),))
 
 
 def _header(msg) -> tuple[dict, list[bytes]]:
@@ -175,13 +177,17 @@ def _weird_but_valid(kind: type):
     arr = lambda n, m=None: st.lists(floats, min_size=n * (m or 1), max_size=n * (m or 1)).map(
         lambda v: np.array(v, np.float32).reshape((n, m) if m else (n,)))
     sizes = st.tuples(st.integers(1, 65535), st.integers(1, 65535))
+    track_ids = st.integers(0, 2**63 - 1)
     if kind is Keypoints2D:
-        return st.builds(Keypoints2D, **common, image_size=sizes, person_present=st.booleans(),
-                         joints_2d_px=arr(NUM_JOINTS, 2), confidence=arr(NUM_JOINTS))
-    return st.builds(Pose3D, **common, image_size=sizes, person_present=st.booleans(),
-                     joints_3d_m=arr(NUM_JOINTS, 3), root_m=arr(3),
-                     joints_2d_px=arr(NUM_JOINTS, 2), confidence=arr(NUM_JOINTS),
-                     reproj_err_px=arr(NUM_JOINTS))
+        person = st.builds(Person2D, track_id=track_ids, joints_2d_px=arr(NUM_JOINTS, 2),
+                           confidence=arr(NUM_JOINTS))
+        return st.builds(Keypoints2D, **common, image_size=sizes,
+                         people=st.lists(person, max_size=4).map(tuple))
+    person = st.builds(Person3D, track_id=track_ids, joints_3d_m=arr(NUM_JOINTS, 3),
+                       root_m=arr(3), joints_2d_px=arr(NUM_JOINTS, 2),
+                       confidence=arr(NUM_JOINTS), reproj_err_px=arr(NUM_JOINTS))
+    return st.builds(Pose3D, **common, image_size=sizes,
+                     people=st.lists(person, max_size=4).map(tuple))
 
 
 @pytest.fixture(scope="module")

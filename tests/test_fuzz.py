@@ -28,6 +28,8 @@ from pipeline.schema import (
     SCHEMA_VERSION,
     Frame,
     Keypoints2D,
+    Person2D,
+    Person3D,
     Pose3D,
     SchemaError,
     Status,
@@ -46,17 +48,19 @@ def _frame() -> Frame:
 
 def _keypoints() -> Keypoints2D:
     return Keypoints2D(frame_id=4, t_capture_ns=5, stamps=(("capture", 1, 2), ("detect", 3, 4)),
-                       image_size=(640, 480), person_present=True,
-                       joints_2d_px=np.ones((NUM_JOINTS, 2), np.float32),
-                       confidence=np.full(NUM_JOINTS, 0.5, np.float32))
+                       image_size=(640, 480), people=(Person2D(
+                           track_id=2, joints_2d_px=np.ones((NUM_JOINTS, 2), np.float32),
+                           confidence=np.full(NUM_JOINTS, 0.5, np.float32)),))
 
 
 def _pose() -> Pose3D:
     z = np.zeros(NUM_JOINTS, np.float32)
-    return Pose3D(frame_id=5, t_capture_ns=6, image_size=(640, 480), person_present=True,
-                  joints_3d_m=np.ones((NUM_JOINTS, 3), np.float32), root_m=np.ones(3, np.float32),
-                  joints_2d_px=np.ones((NUM_JOINTS, 2), np.float32), confidence=z,
-                  reproj_err_px=z, engine_id="0123456789ab")
+    person = Person3D(track_id=1, joints_3d_m=np.ones((NUM_JOINTS, 3), np.float32),
+                      root_m=np.ones(3, np.float32),
+                      joints_2d_px=np.ones((NUM_JOINTS, 2), np.float32), confidence=z,
+                      reproj_err_px=z)
+    return Pose3D(frame_id=5, t_capture_ns=6, image_size=(640, 480), people=(person, person),
+                  engine_id="0123456789ab")
 
 
 def _status() -> Status:
@@ -229,10 +233,23 @@ def test_missing_fields(name, data):
     del header[key]
     required = {"type", "schema_version", "frame_id", "t_capture_ns"} - (
         {"frame_id", "t_capture_ns"} if name == "Status" else set()
-    )
+    ) | ({"image_size", "people"} if name in ("Keypoints2D", "Pose3D") else set())
     msg = _decode_or_schema_error(_pack(header, frames))
     if key in required or (key == "joint_names" and name == "Pose3D"):
         assert msg is None, f"{name} without {key} was accepted"
+
+
+@FUZZ
+@given(st.sampled_from(["Keypoints2D", "Pose3D"]), st.data(), msgpack_values)
+def test_any_person_field_replaced_by_any_value(name, data, value):
+    header, frames = _wire(name)
+    person = header["people"][data.draw(st.integers(0, len(header["people"]) - 1))]
+    key = data.draw(st.sampled_from(sorted(person)))
+    person[key] = value
+    msg = _decode_or_schema_error(_pack(header, frames))
+    if msg is not None:  # only a valid track id can replace a track id
+        assert key == "track_id" and isinstance(value, int) and value >= 0
+        assert value in [p.track_id for p in msg.people]
 
 
 @FUZZ
@@ -257,10 +274,11 @@ ARRAY_FIELDS = [("Keypoints2D", "joints_2d_px"), ("Keypoints2D", "confidence"),
 def test_wrong_array_shapes_and_dtypes_are_rejected(field, shape, dtype):
     name, key = field
     header, frames = _wire(name)
-    right = header[key]
+    person = header["people"][0]
+    right = person[key]
     assume(not (shape == right["shape"] and dtype == right["dtype"]))
     itemsize = np.dtype(dtype).itemsize if dtype not in ("O", "") else 8
-    header[key] = {"dtype": dtype, "shape": shape, "data": b"\0" * (itemsize * math.prod(shape))}
+    person[key] = {"dtype": dtype, "shape": shape, "data": b"\0" * (itemsize * math.prod(shape))}
     with pytest.raises(SchemaError, match=f"{key}|more than {MAX_HEADER_BYTES}"):
         decode(_pack(header, frames))
 

@@ -20,7 +20,7 @@ import pytest
 from engines.runtime.codec import ANKLE_TO_SOLE_M
 from engines.runtime.skeleton import NUM_JOINTS, ROOT
 from pipeline.config import LiftConfig
-from pipeline.schema import Keypoints2D
+from pipeline.schema import Keypoints2D, Person2D
 from engines.runtime.intrinsics import (
     CalibrationError,
     Intrinsics,
@@ -73,15 +73,12 @@ def write_calib_json(path: Path, K: np.ndarray, image_size: tuple[int, int]) -> 
     return path
 
 
-def keypoints(joints_2d_px, image_size, frame_id=0, present=True) -> Keypoints2D:
-    return Keypoints2D(
-        frame_id=frame_id,
-        t_capture_ns=10**9,
-        image_size=tuple(image_size),
-        person_present=present,
-        joints_2d_px=np.asarray(joints_2d_px, np.float32),
-        confidence=np.full(NUM_JOINTS, 1.0 if present else 0.0, np.float32),
-    )
+def keypoints(joints_2d_px, image_size, frame_id=0, present=True, track_id=1) -> Keypoints2D:
+    """One person (track_id) with these 2D joints, confidence 1; or nobody (present False)."""
+    people = (Person2D(track_id=track_id, joints_2d_px=np.asarray(joints_2d_px, np.float32),
+                       confidence=np.ones(NUM_JOINTS, np.float32)),) if present else ()
+    return Keypoints2D(frame_id=frame_id, t_capture_ns=10**9, image_size=tuple(image_size),
+                       people=people)
 
 
 def mpjpe_mm(pred_m: np.ndarray, truth_m: np.ndarray) -> float:
@@ -227,8 +224,10 @@ def test_lift_human36m_ground_truth_2d(frames, lift_with_calib):
     errors, depth_errors = [], []
     for i, frame in enumerate(frames):
         stage = lift_with_calib(frame)  # the pipeline's defaults: --height 1.70
-        pose = stage.process(keypoints(frame["joints_2d_px"], frame["image_size"], i))
-        assert pose.person_present and pose.frame_id == i
+        frame_pose = stage.process(keypoints(frame["joints_2d_px"], frame["image_size"], i))
+        assert len(frame_pose.people) == 1 and frame_pose.frame_id == i
+        pose = frame_pose.people[0]
+        assert pose.track_id == 1
         assert pose.joints_3d_m.shape == (NUM_JOINTS, 3) and pose.joints_3d_m.dtype == np.float32
         np.testing.assert_allclose(pose.joints_3d_m[ROOT], pose.root_m, atol=1e-6)
         errors.append(mpjpe_mm(pose.joints_3d_m.astype(np.float64), frame["joints_3d_m"]))
@@ -251,8 +250,8 @@ def test_subject_height_sets_the_metric_scale(frames, lift_with_calib):
     """--height scales the skeleton; the fitted root depth scales with it (same image)."""
     frame = frames[3]
     kp = keypoints(frame["joints_2d_px"], frame["image_size"])
-    short = lift_with_calib(frame, height_m=1.50).process(kp)
-    tall = lift_with_calib(frame, height_m=1.90).process(kp)
+    short = lift_with_calib(frame, height_m=1.50).process(kp).people[0]
+    tall = lift_with_calib(frame, height_m=1.90).process(kp).people[0]
     ratio = float(tall.root_m[2] / short.root_m[2])
     # stature = head-to-ankle chain + a fixed ankle-to-sole offset (engines/runtime/codec.py)
     sole = ANKLE_TO_SOLE_M
@@ -266,8 +265,7 @@ def test_lift_no_person_and_a_calibration_that_does_not_fit(frames, lift_with_ca
     frame = frames[0]
     stage = lift_with_calib(frame)
     empty = stage.process(keypoints(np.zeros((NUM_JOINTS, 2)), frame["image_size"], 7, False))
-    assert not empty.person_present and empty.frame_id == 7
-    assert np.all(empty.joints_3d_m == 0) and np.all(empty.root_m == 0)
+    assert empty.people == () and empty.frame_id == 7
     # frames of another aspect ratio than the calibration: a clear error, not a wrong pose
     with pytest.raises(CalibrationError, match="aspect ratio"):
         stage.process(keypoints(frame["joints_2d_px"], (640, 480)))
@@ -280,29 +278,59 @@ def test_lift_with_fov_matches_lift_with_calibration(frames, lift_with_calib):
     frame = frames[2]
     width = frame["image_size"][0]
     fov_deg = math.degrees(2 * math.atan(0.5 * width / frame["K"][0, 0]))
-    by_calib = lift_with_calib(frame).process(keypoints(frame["joints_2d_px"], frame["image_size"]))
+    by_calib = lift_with_calib(frame).process(
+        keypoints(frame["joints_2d_px"], frame["image_size"])).people[0]
     stage = LiftStage(LiftConfig(fov_deg=fov_deg))
     stage.open()
     try:
-        by_fov = stage.process(keypoints(frame["joints_2d_px"], frame["image_size"]))
+        by_fov_frame = stage.process(keypoints(frame["joints_2d_px"], frame["image_size"]))
     finally:
         stage.close()
-    assert by_fov.person_present
+    assert len(by_fov_frame.people) == 1
+    by_fov = by_fov_frame.people[0]
     # only the principal point differs (image centre vs calibrated, a few px)
     assert mpjpe_mm(by_fov.joints_3d_m, by_calib.joints_3d_m) < 20.0
     assert abs(by_fov.root_m[2] - by_calib.root_m[2]) < 0.1
 
 
 def test_lift_degenerate_2d_gives_no_person(frames, lift_with_calib):
-    """All joints on one pixel, or no confident joint: no fit, so no person (never NaN)."""
+    """All joints on one pixel, or no confident joint: no fit, so that person is left out
+    (never NaN) and counted; the others in the frame are lifted as usual."""
     frame = frames[0]
     stage = lift_with_calib(frame)
     collapsed = keypoints(np.full((NUM_JOINTS, 2), 500.0), frame["image_size"])
-    pose = stage.process(collapsed)
-    assert not pose.person_present and np.all(pose.joints_3d_m == 0)
-    unsure = Keypoints2D(
-        frame_id=1, t_capture_ns=10**9, image_size=frame["image_size"], person_present=True,
-        joints_2d_px=frame["joints_2d_px"], confidence=np.zeros(NUM_JOINTS, np.float32),
-    )
-    assert not stage.process(unsure).person_present
+    assert stage.process(collapsed).people == ()
+    good = Person2D(track_id=4, joints_2d_px=frame["joints_2d_px"],
+                    confidence=np.ones(NUM_JOINTS, np.float32))
+    unsure = Person2D(track_id=5, joints_2d_px=frame["joints_2d_px"],
+                      confidence=np.zeros(NUM_JOINTS, np.float32))
+    mixed = stage.process(Keypoints2D(frame_id=1, t_capture_ns=10**9,
+                                      image_size=frame["image_size"], people=(unsure, good)))
+    assert [p.track_id for p in mixed.people] == [4]
+    assert np.all(np.isfinite(mixed.people[0].joints_3d_m))
     assert stage.failed_fits == 2
+
+
+def test_all_people_of_a_frame_are_lifted_in_one_call_as_each_alone(frames):
+    """The four Human3.6M subjects' 2D as four people of one frame (batch 4, one engine call):
+    each person's 3D equals lifting them alone (to float32 rounding), track ids and order
+    kept."""
+    from stages.lift import LiftStage
+
+    size = frames[0]["image_size"]
+    stage = LiftStage(LiftConfig(fov_deg=60.0))
+    stage.open()
+    try:
+        people = tuple(Person2D(track_id=10 + i, joints_2d_px=f["joints_2d_px"],
+                                confidence=np.ones(NUM_JOINTS, np.float32))
+                       for i, f in enumerate(frames))
+        together = stage.process(Keypoints2D(frame_id=3, t_capture_ns=10**9, image_size=size,
+                                             people=people))
+        alone = [stage.process(keypoints(f["joints_2d_px"], size, track_id=10 + i)).people[0]
+                 for i, f in enumerate(frames)]
+    finally:
+        stage.close()
+    assert [p.track_id for p in together.people] == [10, 11, 12, 13]
+    for a, b in zip(together.people, alone):
+        np.testing.assert_allclose(a.joints_3d_m, b.joints_3d_m, atol=1e-4)
+        np.testing.assert_allclose(a.reproj_err_px, b.reproj_err_px, atol=1e-2)

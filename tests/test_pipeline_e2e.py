@@ -1,6 +1,7 @@
 """The whole pipeline, as a user runs it: run_pipeline.py on the OpenPose street video
 (real mediapipe, the default lifter engine on ONNX Runtime, numba fit and One Euro), five
-processes joined by ZeroMQ, and a subscriber in this process.
+processes joined by ZeroMQ, and a subscriber in this process. The video shows one woman at
+first and three people from about frame 100 on: several people, each with a track id.
 
 Set POSESTREAM_E2E_ENGINE=PATH to run it with another engine than engines/default.
 """
@@ -25,8 +26,10 @@ from tests.conftest import REPO, children_of, free_port, wait_gone
 
 VIDEO = "data/footage/openpose/examples/media/video.avi"  # 1280x720, 205 frames, 50 fps
 WIDTH, HEIGHT = 1280, 720
-FRAMES = 60
-STAGES = ["capture", "detect", "lift", "smooth", "output"]
+FRAMES = 205  # the whole video
+#: the stamps every pose carries: the five processes, and track (inside the lift process)
+STAMPS = ["capture", "detect", "track", "lift", "smooth", "output"]
+PROCESSES = ["capture", "detect", "lift", "smooth", "output"]
 
 
 def _engine() -> str:
@@ -100,7 +103,7 @@ def test_every_frame_arrives_in_order_with_all_stamps(street_run):
     _, poses, _ = street_run
     assert [p.frame_id for p in poses] == list(range(FRAMES))
     for pose in poses:
-        assert [s[0] for s in pose.stamps] == STAGES
+        assert [s[0] for s in pose.stamps] == STAMPS
         times = [pose.t_capture_ns] + [t for s in pose.stamps for t in s[1:]]
         assert times == sorted(times)
         assert pose.image_size == (WIDTH, HEIGHT)
@@ -108,21 +111,70 @@ def test_every_frame_arrives_in_order_with_all_stamps(street_run):
 
 
 def test_poses_are_plausible_metric_skeletons(street_run):
+    """Every person: finite, in front of the camera, the root on the pelvis, 2D on the image.
+    The people followed for a while (tracks seen in 30+ frames; the short ones are partial or
+    false detections): thighs of a metric skeleton in 95 % of their poses."""
     _, poses, _ = street_run
-    present = [p for p in poses if p.person_present]
-    assert len(present) >= 0.9 * FRAMES  # the woman is in view throughout
+    present = [p for frame in poses for p in frame.people]
+    assert sum(bool(frame.people) for frame in poses) >= 0.9 * FRAMES  # someone throughout
+    seen: dict[int, int] = {}
     for pose in present:
+        seen[pose.track_id] = seen.get(pose.track_id, 0) + 1
         assert pose.joints_3d_m.shape == (NUM_JOINTS, 3)
         assert np.isfinite(pose.joints_3d_m).all() and np.isfinite(pose.root_m).all()
         np.testing.assert_allclose(pose.joints_3d_m[Joint.PELVIS], pose.root_m, atol=1e-4)
         assert 1.0 < pose.root_m[2] < 30.0  # in front of the camera, metres
-        for hip, knee in ((Joint.R_HIP, Joint.R_KNEE), (Joint.L_HIP, Joint.L_KNEE)):
-            thigh_m = np.linalg.norm(pose.joints_3d_m[hip] - pose.joints_3d_m[knee])
-            assert 0.30 <= thigh_m <= 0.55, f"frame {pose.frame_id}: thigh {thigh_m:.3f} m"
-        xy = pose.joints_2d_px
-        assert ((xy[:, 0] >= 0) & (xy[:, 0] < WIDTH) & (xy[:, 1] >= 0)
-                & (xy[:, 1] < HEIGHT)).all(), f"frame {pose.frame_id}: 2D joint off the image"
+        xy = pose.joints_2d_px[pose.confidence > 0.5]  # joints the detector is sure of
+        margin = 40  # px: BlazePose places a joint just past the image edge now and then
+        assert ((xy[:, 0] >= -margin) & (xy[:, 0] < WIDTH + margin) & (xy[:, 1] >= -margin)
+                & (xy[:, 1] < HEIGHT + margin)).all(), f"track {pose.track_id}: 2D joint off"
         assert ((pose.confidence >= 0) & (pose.confidence <= 1)).all()
+    followed = [p for p in present if seen[p.track_id] >= 30]
+    thighs = np.array([np.linalg.norm(p.joints_3d_m[hip] - p.joints_3d_m[knee]) for p in followed
+                       for hip, knee in ((Joint.R_HIP, Joint.R_KNEE), (Joint.L_HIP, Joint.L_KNEE))])
+    inside = float(np.mean((thighs >= 0.30) & (thighs <= 0.55)))
+    print(f"{len(followed)} poses of {sum(n >= 30 for n in seen.values())} followed people: "
+          f"thigh median {np.median(thighs):.3f} m, {inside:.0%} in 0.30-0.55 m")
+    assert len(followed) >= FRAMES
+    assert inside >= 0.95
+
+
+def test_several_people_each_keep_one_track_id(street_run):
+    """From frame 100 on at least 2 people in at least 80 % of frames; at most 6 distinct track
+    ids over the whole video; no id jumps from one person to another: between consecutive
+    frames where an id is seen, its 2D pelvis moves less than half the person's 2D height.
+    In 3D the pelvis moves less than 0.5 m in 90 % of those steps: the rest are the
+    monocular depth of people 5 to 9 m away (seen: up to 1.1 m along Z with the 2D pelvis
+    moving 20 px), not another person."""
+    _, poses, _ = street_run
+    counts = np.array([len(frame.people) for frame in poses])
+    share = float(np.mean(counts[100:] >= 2))
+    ids = sorted({p.track_id for frame in poses for p in frame.people})
+    last: dict[int, tuple[int, object]] = {}
+    steps_2d, steps_3d = [], []
+    for frame in poses:
+        assert len({p.track_id for p in frame.people}) == len(frame.people)  # one id a person
+        for p in frame.people:
+            if p.track_id in last and last[p.track_id][0] == frame.frame_id - 1:
+                prev = last[p.track_id][1]
+                height_px = np.ptp(p.joints_2d_px[p.confidence > 0.3, 1]) if (
+                    p.confidence > 0.3).sum() >= 2 else np.ptp(p.joints_2d_px[:, 1])
+                steps_2d.append(float(np.linalg.norm(p.joints_2d_px[Joint.PELVIS]
+                                                     - prev.joints_2d_px[Joint.PELVIS]))
+                                / max(float(height_px), 1.0))
+                steps_3d.append(float(np.linalg.norm(p.root_m - prev.root_m)))
+            last[p.track_id] = (frame.frame_id, p)
+    steps_2d, steps_3d = np.array(steps_2d), np.array(steps_3d)
+    print(f"street video: people per frame {np.bincount(counts).tolist()}, >= 2 from frame 100 "
+          f"on in {share:.0%} of frames, track ids {ids}; {len(steps_3d)} steps of one id: "
+          f"2D pelvis at most {steps_2d.max():.2f} of the person's height, 3D pelvis median "
+          f"{np.median(steps_3d):.2f} m, {np.mean(steps_3d < 0.5):.0%} under 0.5 m, largest "
+          f"{steps_3d.max():.2f} m")
+    assert share >= 0.8
+    assert 2 <= len(ids) <= 6 and min(ids) >= 1
+    assert len(steps_2d) >= FRAMES
+    assert steps_2d.max() < 0.5
+    assert np.mean(steps_3d < 0.5) >= 0.9
 
 
 def _cmdline(pid: int) -> str:
@@ -156,7 +208,7 @@ def test_sigint_stops_the_real_pipeline_within_3s(shared_dir, reaper, tmp_path):
     reaper.track(children)
     spares = [pid for pid in children if "--standby" in _cmdline(pid)]
     stage_pids = [pid for pid in children if pid not in spares]
-    assert len(stage_pids) == len(STAGES), [_cmdline(pid) for pid in children]
+    assert len(stage_pids) == len(PROCESSES), [_cmdline(pid) for pid in children]
     assert len(spares) <= 1  # the supervisor's warm spare for restarts (SupervisorConfig)
     for pid in [popen.pid, *children]:  # the runtime never loads torch, not even indirectly
         with open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as maps:

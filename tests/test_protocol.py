@@ -23,15 +23,14 @@ class ProtocolError(ValueError):
     pass
 
 
-def read_message(frames: list[bytes]) -> dict[str, Any]:
-    """Wire frames after the topic -> a plain dict, following PROTOCOL.md sections 2 and 3."""
-    header = msgpack.unpackb(frames[0], raw=False)
-    if not isinstance(header, dict):
-        raise ProtocolError("header is not a map")
-    if header.get("schema_version") != 1:
-        raise ProtocolError(f"schema_version {header.get('schema_version')!r}")
+def _read_map(header: dict, frames: list[bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in header.items():
+        if key == "people":  # a list of person maps, each read the same way (section 3)
+            if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+                raise ProtocolError("people is not a list of maps")
+            out[key] = [_read_map(p, frames) for p in value]
+            continue
         if isinstance(value, dict) and "dtype" in value:
             shape = [int(s) for s in value["shape"]]
             if "frame" in value:  # the image: bytes in the frame after the header
@@ -49,6 +48,16 @@ def read_message(frames: list[bytes]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def read_message(frames: list[bytes]) -> dict[str, Any]:
+    """Wire frames after the topic -> a plain dict, following PROTOCOL.md sections 2 and 3."""
+    header = msgpack.unpackb(frames[0], raw=False)
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a map")
+    if header.get("schema_version") != 2:
+        raise ProtocolError(f"schema_version {header.get('schema_version')!r}")
+    return _read_map(header, frames)
 
 
 # --------------------------------------------------------------- what the page says
@@ -73,6 +82,8 @@ def test_the_page_lists_exactly_the_keys_on_the_wire():
         wire_keys = set(msgpack.unpackb(encode(msg)[0], raw=False))
         assert set(_table_keys(title)) == wire_keys, title
         assert len(_table_keys(title)) == len(wire_keys), f"{title}: a key listed twice"
+    person_keys = set(msgpack.unpackb(encode(samples["Pose3D"])[0], raw=False)["people"][0])
+    assert set(_table_keys("Person map")) == person_keys
     common = set(_table_keys("3. The header"))
     assert common == {"type", "schema_version", "frame_id", "t_capture_ns", "stamps"}
     assert {"dtype", "shape", "data"} <= set(_table_keys("Arrays"))
@@ -84,28 +95,36 @@ def test_the_page_lists_exactly_the_keys_on_the_wire():
 RNG = np.random.default_rng(11)
 
 
-def _pose(person: bool = True):
-    from pipeline.schema import Pose3D
+def _person(track_id: int):
+    from pipeline.schema import Person3D
 
-    return Pose3D(
-        frame_id=123456, t_capture_ns=time.monotonic_ns(),
-        stamps=(("capture", 1, 2), ("detect", 3, 4), ("lift", 5, 6), ("output", 7, 2**62)),
-        image_size=(1280, 720), person_present=person,
+    return Person3D(
+        track_id=track_id,
         joints_3d_m=RNG.normal(0, 1, (17, 3)).astype(np.float32),
         root_m=RNG.normal(0, 1, 3).astype(np.float32),
         joints_2d_px=RNG.uniform(0, 1280, (17, 2)).astype(np.float32),
         confidence=RNG.uniform(0, 1, 17).astype(np.float32),
         reproj_err_px=RNG.uniform(0, 4, 17).astype(np.float32),
+    )
+
+
+def _pose(people: int = 2):
+    from pipeline.schema import Pose3D
+
+    return Pose3D(
+        frame_id=123456, t_capture_ns=time.monotonic_ns(),
+        stamps=(("capture", 1, 2), ("detect", 3, 4), ("lift", 5, 6), ("output", 7, 2**62)),
+        image_size=(1280, 720), people=tuple(_person(i * 5 + 1) for i in range(people)),
         engine_id="a1b2c3d4e5f6",
     )
 
 
 def _keypoints():
-    from pipeline.schema import Keypoints2D
+    from pipeline.schema import Keypoints2D, Person2D
 
-    return Keypoints2D(frame_id=3, t_capture_ns=99, image_size=(64, 48), person_present=False,
-                       joints_2d_px=RNG.uniform(0, 64, (17, 2)).astype(np.float32),
-                       confidence=np.zeros(17, np.float32))
+    return Keypoints2D(frame_id=3, t_capture_ns=99, image_size=(64, 48), people=(Person2D(
+        track_id=0, joints_2d_px=RNG.uniform(0, 64, (17, 2)).astype(np.float32),
+        confidence=np.zeros(17, np.float32)),))
 
 
 def _frame():
@@ -119,8 +138,9 @@ def _assert_agrees(doc: dict[str, Any], msg) -> None:
     """The independent decoding equals the dataclass fields of pipeline.schema's message."""
     import dataclasses
 
-    assert doc.pop("type") == type(msg).__name__
-    assert doc.pop("schema_version") == 1
+    if "type" in doc:
+        assert doc.pop("type") == type(msg).__name__
+        assert doc.pop("schema_version") == 2
     names = doc.pop("joint_names", None)
     fields = {f.name for f in dataclasses.fields(msg)}
     assert set(doc) == fields
@@ -129,6 +149,10 @@ def _assert_agrees(doc: dict[str, Any], msg) -> None:
         if isinstance(theirs, np.ndarray):
             assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, name
             np.testing.assert_array_equal(ours, theirs, err_msg=name)
+        elif name == "people":
+            assert len(ours) == len(theirs)
+            for person_doc, person in zip(ours, theirs):
+                _assert_agrees(person_doc, person)
         elif name == "stamps":
             assert [tuple(s) for s in ours] == list(theirs)
         elif name == "image_size":
@@ -141,7 +165,7 @@ def _assert_agrees(doc: dict[str, Any], msg) -> None:
         assert names == list(JOINT_NAMES)
 
 
-@pytest.mark.parametrize("make", [_pose, lambda: _pose(False), _keypoints, _frame])
+@pytest.mark.parametrize("make", [_pose, lambda: _pose(0), lambda: _pose(5), _keypoints, _frame])
 def test_independent_decoder_agrees_with_schema_encode(make):
     from pipeline.schema import decode, encode
 
@@ -177,6 +201,7 @@ def test_joint_table_and_limits_match_the_code():
         assert f"{value:,}" in limits
     assert f"| {schema.MAX_TEXT_CHARS} characters |" in limits
     assert f"| stamps | {schema.MAX_STAMPS} |" in limits
+    assert f"| people in one message | {schema.MAX_PEOPLE} |" in limits
     assert f"schema version {schema.SCHEMA_VERSION})" in PROTOCOL.splitlines()[0]
     assert f"{schema.MAX_MESSAGE_BYTES:,} bytes" in _section("1. Connecting")
 
@@ -203,16 +228,17 @@ def test_the_readme_snippet_reads_a_real_header():
         push.close(linger=0)
         pull.close(linger=0)
         ctx.term()
-    (frame_id, present, head), = printed
-    assert frame_id == pose.frame_id and present is True
-    np.testing.assert_array_equal(head, pose.joints_3d_m[10])
+    assert len(printed) == 2  # one line per person
+    for (frame_id, track_id, head), person in zip(printed, pose.people):
+        assert frame_id == pose.frame_id and track_id == person.track_id
+        np.testing.assert_array_equal(head, person.joints_3d_m[10])
 
 
 # --------------------------------------------------------------- a real publisher
 OUTPUT_STAGE_PUBLISHER = """
 import sys, numpy as np
 from pipeline.config import OutputConfig
-from pipeline.schema import Pose3D, Status
+from pipeline.schema import Person3D, Pose3D, Status
 from stages.output import OutputStage
 endpoint, path = sys.argv[1], sys.argv[2]
 d = np.load(path)
@@ -220,13 +246,15 @@ stage = OutputStage(OutputConfig(publish=endpoint, wait_for_subscribers=1,
                                  wait_for_subscribers_s=30))
 stage.open()
 for i in range(len(d["frame_id"])):
+    people = tuple(Person3D(
+        track_id=int(d["track_id"][i, k]), joints_3d_m=d["joints_3d_m"][i, k],
+        root_m=d["joints_3d_m"][i, k][0], joints_2d_px=d["joints_2d_px"][i, k],
+        confidence=d["confidence"][i, k], reproj_err_px=d["reproj_err_px"][i, k])
+        for k in range(int(d["people"][i])))
     stage.consume(Pose3D(
         frame_id=int(d["frame_id"][i]), t_capture_ns=int(d["t_capture_ns"][i]),
         stamps=(("lift", 1, 2), ("output", 3, 4)), image_size=(640, 480),
-        person_present=bool(d["person_present"][i]), joints_3d_m=d["joints_3d_m"][i],
-        root_m=d["joints_3d_m"][i][0], joints_2d_px=d["joints_2d_px"][i],
-        confidence=d["confidence"][i], reproj_err_px=d["reproj_err_px"][i],
-        engine_id="feedc0ffee00"))
+        people=people, engine_id="feedc0ffee00"))
 stage.publish_status(Status(kind="gap", text="3 frames lost", t_ns=77, frame_id=4))
 stage.close()
 """
@@ -241,11 +269,12 @@ def test_independent_decoder_reads_the_output_stage_over_zeromq(tmp_path):
     data = {
         "frame_id": np.arange(n) * 2,
         "t_capture_ns": np.arange(n) + 10**12,
-        "person_present": np.arange(n) != 3,
-        "joints_3d_m": RNG.normal(0, 1, (n, 17, 3)).astype(np.float32),
-        "joints_2d_px": RNG.uniform(0, 640, (n, 17, 2)).astype(np.float32),
-        "confidence": RNG.uniform(0, 1, (n, 17)).astype(np.float32),
-        "reproj_err_px": RNG.uniform(0, 3, (n, 17)).astype(np.float32),
+        "people": np.array([1, 2, 3, 0, 1, 2]),  # frame 3: nobody
+        "track_id": np.arange(n * 3).reshape(n, 3) + 1,
+        "joints_3d_m": RNG.normal(0, 1, (n, 3, 17, 3)).astype(np.float32),
+        "joints_2d_px": RNG.uniform(0, 640, (n, 3, 17, 2)).astype(np.float32),
+        "confidence": RNG.uniform(0, 1, (n, 3, 17)).astype(np.float32),
+        "reproj_err_px": RNG.uniform(0, 3, (n, 3, 17)).astype(np.float32),
     }
     np.savez(tmp_path / "poses.npz", **data)
     endpoint = f"ipc://{tmp_path}/out.sock"
@@ -274,15 +303,17 @@ def test_independent_decoder_reads_the_output_stage_over_zeromq(tmp_path):
     for i, frames in enumerate(received[:n]):
         assert len(frames) == 2  # topic, header
         msg = read_message(frames[1:])
-        assert (msg["type"], msg["schema_version"]) == ("Pose3D", 1)
+        assert (msg["type"], msg["schema_version"]) == ("Pose3D", 2)
         assert msg["frame_id"] == data["frame_id"][i]
         assert msg["t_capture_ns"] == data["t_capture_ns"][i]
-        assert msg["person_present"] is bool(data["person_present"][i])
+        assert len(msg["people"]) == data["people"][i]
         assert msg["image_size"] == [640, 480] and msg["engine_id"] == "feedc0ffee00"
         assert msg["stamps"][0] == ["lift", 1, 2] and msg["stamps"][1][0] == "output"
-        for key in ("joints_3d_m", "joints_2d_px", "confidence", "reproj_err_px"):
-            np.testing.assert_array_equal(msg[key], data[key][i], err_msg=key)
-        np.testing.assert_array_equal(msg["root_m"], data["joints_3d_m"][i][0])
+        for k, person in enumerate(msg["people"]):
+            assert person["track_id"] == data["track_id"][i, k]
+            for key in ("joints_3d_m", "joints_2d_px", "confidence", "reproj_err_px"):
+                np.testing.assert_array_equal(person[key], data[key][i, k], err_msg=key)
+            np.testing.assert_array_equal(person["root_m"], data["joints_3d_m"][i, k][0])
     status = read_message(received[n][1:])
     assert (status["type"], status["kind"], status["text"], status["t_ns"], status["frame_id"]) == (
         "Status", "gap", "3 frames lost", 77, 4)

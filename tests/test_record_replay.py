@@ -20,23 +20,31 @@ import zmq
 from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 from pipeline.export import csv_columns, export
 from pipeline.record import Recording, RecordingError, RecordingWriter
-from pipeline.schema import Frame, Keypoints2D, Pose3D, Status, decode, encode
+from pipeline.schema import (Frame, Keypoints2D, Person2D, Person3D, Pose3D, Status, decode,
+                             encode)
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(5)
 GAP_S = 0.015  # the publisher's pause between messages
 
 
-def _pose(i: int) -> Pose3D:
-    return Pose3D(
-        frame_id=i, t_capture_ns=1_000_000 * i + 17, stamps=(("capture", 5 * i, 5 * i + 1),),
-        image_size=(640, 480), person_present=i % 7 != 3,
+def _person(track_id: int) -> Person3D:
+    return Person3D(
+        track_id=track_id,
         joints_3d_m=RNG.normal(0, 1, (NUM_JOINTS, 3)).astype(np.float32),
         root_m=RNG.normal(0, 1, 3).astype(np.float32),
         joints_2d_px=RNG.uniform(0, 640, (NUM_JOINTS, 2)).astype(np.float32),
         confidence=RNG.uniform(0, 1, NUM_JOINTS).astype(np.float32),
         reproj_err_px=RNG.uniform(0, 5, NUM_JOINTS).astype(np.float32),
-        engine_id="0123456789ab",
+    )
+
+
+def _pose(i: int) -> Pose3D:
+    """Frame i: 0 to 2 people (nobody when i % 7 == 3), tracks 1 and 2 (2 from frame 4 on)."""
+    people = () if i % 7 == 3 else (_person(1),) + ((_person(2),) if i >= 4 and i % 2 else ())
+    return Pose3D(
+        frame_id=i, t_capture_ns=1_000_000 * i + 17, stamps=(("capture", 5 * i, 5 * i + 1),),
+        image_size=(640, 480), people=people, engine_id="0123456789ab",
     )
 
 
@@ -49,9 +57,9 @@ def _messages() -> list[list[bytes]]:
             image = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)
             frame = Frame(frame_id=i, t_capture_ns=5, image=image, source="test")
             msgs.append([b"frame", *map(bytes, encode(frame))])
-            kp = Keypoints2D(frame_id=i, t_capture_ns=5, image_size=(64, 48), person_present=True,
-                             joints_2d_px=np.ones((NUM_JOINTS, 2), np.float32),
-                             confidence=np.ones(NUM_JOINTS, np.float32))
+            kp = Keypoints2D(frame_id=i, t_capture_ns=5, image_size=(64, 48), people=(Person2D(
+                track_id=0, joints_2d_px=np.ones((NUM_JOINTS, 2), np.float32),
+                confidence=np.ones(NUM_JOINTS, np.float32)),))
             msgs.append([b"keypoints", *map(bytes, encode(kp))])
     msgs.append([b"status", *map(bytes, encode(Status(kind="gap", text="end", t_ns=9)))])
     return msgs
@@ -210,12 +218,25 @@ def test_export_npz_round_trips(pose_recording, tmp_path):
     summary = export(path, out, "npz", progress=False)
     assert (summary.rows, summary.skipped) == (12, 1)
     data = np.load(out)
-    for name in ("joints_3d_m", "root_m", "joints_2d_px", "confidence", "reproj_err_px"):
-        np.testing.assert_array_equal(data[name], np.stack([getattr(p, name) for p in poses]))
+    assert data["present"].shape == (12, 2)  # padded to the most people in a frame
+    np.testing.assert_array_equal(data["present"].sum(axis=1), [len(p.people) for p in poses])
+    for i, pose in enumerate(poses):
+        for k in range(2):
+            if k >= len(pose.people):
+                assert not data["present"][i, k] and data["track_id"][i, k] == 0
+                assert np.all(data["joints_3d_m"][i, k] == 0)
+                continue
+            person = pose.people[k]
+            assert data["track_id"][i, k] == person.track_id
+            for name in ("joints_3d_m", "root_m", "joints_2d_px", "confidence",
+                         "reproj_err_px"):
+                np.testing.assert_array_equal(data[name][i, k], getattr(person, name))
+    # one track, as the module docstring says
+    rows, slots = np.nonzero(data["track_id"] == 2)
+    assert rows.tolist() == [i for i, p in enumerate(poses) if len(p.people) == 2]
     np.testing.assert_array_equal(data["frame_id"], [p.frame_id for p in poses])
     np.testing.assert_array_equal(data["t_capture_ns"], [p.t_capture_ns for p in poses])
     np.testing.assert_array_equal(data["t_recv_ns"], times)
-    np.testing.assert_array_equal(data["person_present"], [p.person_present for p in poses])
     assert data["image_size"].tolist() == [[640, 480]] * 12
     assert data["joint_names"].tolist() == list(JOINT_NAMES)
 
@@ -226,14 +247,15 @@ def test_export_csv_cli_round_trips(pose_recording, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline.export", str(path), "--format", "csv",
                            "-o", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "12 rows" in proc.stdout
+    people = [(pose, person, t) for pose, t in zip(poses, times) for person in pose.people]
+    assert f"{len(people)} rows" in proc.stdout
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == csv_columns()
-    assert len(rows) == 12
-    for row, pose, t in zip(rows, poses, times):
-        assert int(row["frame_id"]) == pose.frame_id and int(row["t_recv_ns"]) == t
-        assert bool(int(row["person_present"])) == pose.person_present
+    assert len(rows) == len(people) == 14  # one row per person; frames with nobody: none
+    for row, (frame, pose, t) in zip(rows, people):
+        assert int(row["frame_id"]) == frame.frame_id and int(row["t_recv_ns"]) == t
+        assert int(row["track_id"]) == pose.track_id
         for j, name in enumerate(JOINT_NAMES):
             xyz = np.array([row[f"{name}_{a}_m"] for a in "xyz"], dtype=np.float32)
             np.testing.assert_array_equal(xyz, pose.joints_3d_m[j])
@@ -255,8 +277,10 @@ def test_export_jsonl_has_every_message(recorded, tmp_path):
         assert line["type"] == type(msg).__name__
         assert line["frame_id"] == msg.frame_id
         if isinstance(msg, Pose3D):
-            np.testing.assert_array_equal(
-                np.array(line["joints_3d_m"], dtype=np.float32), msg.joints_3d_m)
+            assert [p["track_id"] for p in line["people"]] == [p.track_id for p in msg.people]
+            for person_line, person in zip(line["people"], msg.people):
+                np.testing.assert_array_equal(
+                    np.array(person_line["joints_3d_m"], dtype=np.float32), person.joints_3d_m)
             assert line["stamps"] == [list(s) for s in msg.stamps]
         if isinstance(msg, Frame):
             assert line["image"] == {"dtype": "|u1", "shape": [48, 64, 3]}

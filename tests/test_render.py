@@ -21,8 +21,11 @@ from pipeline.render import (
     ViewStats,
     camera_panel_size,
     project_orbit,
+    project_orbit_points,
     render,
+    track_color,
 )
+from pipeline.schema import Person3D
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = (1280, 720)  # (width, height) px
@@ -47,6 +50,15 @@ def _project(joints_3d_m: np.ndarray) -> np.ndarray:
 
 
 JOINTS_2D_PX = _project(JOINTS_3D_M)
+
+
+def person(joints_2d=JOINTS_2D_PX, joints_3d=JOINTS_3D_M, conf=None, track_id=1) -> Person3D:
+    conf = np.ones(NUM_JOINTS) if conf is None else conf
+    return Person3D(track_id=track_id, joints_3d_m=np.asarray(joints_3d, np.float32),
+                    root_m=np.asarray(joints_3d, np.float32)[0].copy(),
+                    joints_2d_px=np.asarray(joints_2d, np.float32),
+                    confidence=np.asarray(conf, np.float32),
+                    reproj_err_px=np.zeros(NUM_JOINTS, np.float32))
 STATS = ViewStats(fps=29.9, latency_ms=42.0, dropped=3, received=100, frame_id=100)
 
 
@@ -63,8 +75,7 @@ def _panel_3d(img: np.ndarray) -> np.ndarray:
 
 
 def test_layout_and_skeleton_pixels_at_the_scaled_2d_joints():
-    img = render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
-                 image_size=IMAGE_SIZE)
+    img = render(None, [person()], STATS, 0.0, image_size=IMAGE_SIZE)
     cam_w, h = camera_panel_size(IMAGE_SIZE, STYLE)
     assert (cam_w, h) == (853, 480)
     assert img.shape == (480, 853 + 480, 3) and img.dtype == np.uint8
@@ -73,10 +84,10 @@ def test_layout_and_skeleton_pixels_at_the_scaled_2d_joints():
     for j in range(NUM_JOINTS):
         x, y = np.round(JOINTS_2D_PX[j] * scale).astype(int)
         assert _is_color(cam[y, x], JOINT_COLORS[j]), f"joint {Joint(j).name} at ({x}, {y})"
-    # a bone's midpoint has its child's colour; a point off the skeleton is background
+    # a bone's midpoint has its track's colour; a point off the skeleton is background
     c, p = BONES[Joint.L_KNEE - 1]
     mid = np.round((JOINTS_2D_PX[c] + JOINTS_2D_PX[p]) / 2 * scale).astype(int)
-    assert _is_color(cam[mid[1], mid[0]], JOINT_COLORS[Joint.L_KNEE])
+    assert _is_color(cam[mid[1], mid[0]], track_color(1))
     assert _is_color(cam[400, 100], COLOR_BLANK_BG, tol=0)
 
 
@@ -85,7 +96,7 @@ def test_unsure_and_non_finite_joints_are_not_drawn():
     conf[Joint.L_WRIST] = 0.1
     joints_2d = JOINTS_2D_PX.copy()
     joints_2d[Joint.R_ANKLE] = np.nan
-    img = render(None, joints_2d, JOINTS_3D_M, conf, STATS, 0.0, image_size=IMAGE_SIZE)
+    img = render(None, [person(joints_2d, conf=conf)], STATS, 0.0, image_size=IMAGE_SIZE)
     cam = _camera_panel(img)
     scale = 480 / IMAGE_SIZE[1]
     for j in (Joint.L_WRIST,):
@@ -103,25 +114,22 @@ def test_unsure_and_non_finite_joints_are_not_drawn():
 
 def _count_skeleton_pixels(panel: np.ndarray) -> int:
     mask = np.zeros(panel.shape[:2], bool)
-    for color in set(JOINT_COLORS):
+    for color in set(JOINT_COLORS) | {track_color(1)}:
         mask |= np.all(np.abs(panel.astype(int) - np.array(color)) <= 12, axis=2)
     return int(mask.sum())
 
 
 def test_no_person_draws_no_skeleton_but_the_text():
-    img = render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
-                 image_size=IMAGE_SIZE, person_present=False)
-    with_person = render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
-                         image_size=IMAGE_SIZE)
+    img = render(None, [], STATS, 0.0, image_size=IMAGE_SIZE)
+    with_person = render(None, [person()], STATS, 0.0, image_size=IMAGE_SIZE)
     assert _count_skeleton_pixels(_camera_panel(with_person)) > 1000
     assert _count_skeleton_pixels(img) == 0
     assert (_camera_panel(img)[:80, :300] > 200).sum() > 100  # white text top left
 
 
 def test_3d_panel_orbits_with_time_and_matches_project_orbit():
-    conf = np.ones(NUM_JOINTS)
-    a = render(None, JOINTS_2D_PX, JOINTS_3D_M, conf, STATS, 0.0, image_size=IMAGE_SIZE)
-    b = render(None, JOINTS_2D_PX, JOINTS_3D_M, conf, STATS, 2.5, image_size=IMAGE_SIZE)
+    a = render(None, [person()], STATS, 0.0, image_size=IMAGE_SIZE)
+    b = render(None, [person()], STATS, 2.5, image_size=IMAGE_SIZE)
     # the camera panel does not depend on time; the 3D panel does
     np.testing.assert_array_equal(_camera_panel(a), _camera_panel(b))
     changed = np.abs(_panel_3d(a).astype(int) - _panel_3d(b).astype(int)).max(axis=2) > 40
@@ -152,7 +160,7 @@ def test_orbit_starts_at_the_camera_view_and_turns_round():
 
 def test_camera_frame_is_scaled_under_the_skeleton_and_png_round_trips(tmp_path):
     frame = np.full((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), (60, 100, 140), np.uint8)
-    img = render(frame, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 1.0)
+    img = render(frame, [person()], STATS, 1.0)
     cam = _camera_panel(img)
     assert tuple(cam[400, 100]) == (60, 100, 140)
     path = tmp_path / "view.png"
@@ -161,18 +169,44 @@ def test_camera_frame_is_scaled_under_the_skeleton_and_png_round_trips(tmp_path)
 
 
 def test_bad_inputs_are_refused():
+    from types import SimpleNamespace
+
     with pytest.raises(ValueError, match="image_size"):
-        render(None, JOINTS_2D_PX, JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0)
+        render(None, [person()], STATS, 0.0)
+    short = SimpleNamespace(track_id=1, joints_2d_px=JOINTS_2D_PX[:5], joints_3d_m=JOINTS_3D_M,
+                            confidence=np.ones(NUM_JOINTS))
     with pytest.raises(ValueError, match=r"\(17, 2\)"):
-        render(None, JOINTS_2D_PX[:5], JOINTS_3D_M, np.ones(NUM_JOINTS), STATS, 0.0,
-               image_size=IMAGE_SIZE)
+        render(None, [short], STATS, 0.0, image_size=IMAGE_SIZE)
+
+
+def test_two_people_each_in_their_track_colour_in_both_panels():
+    """Two people: each one's bones in their own track's colour, at their own place; the 3D
+    panel is centred between them and holds both."""
+    assert track_color(1) != track_color(2)
+    shifted = JOINTS_3D_M + np.array([1.2, 0.0, 0.0], np.float32)
+    people = [person(track_id=1), person(_project(shifted), shifted, track_id=2)]
+    img = render(None, people, STATS, 0.0, image_size=IMAGE_SIZE)
+    cam = _camera_panel(img)
+    scale = 480 / IMAGE_SIZE[1]
+    c, p = BONES[Joint.L_KNEE - 1]
+    for p3d in people:
+        mid = np.round((p3d.joints_2d_px[c] + p3d.joints_2d_px[p]) / 2 * scale).astype(int)
+        assert _is_color(cam[mid[1], mid[0]], track_color(p3d.track_id)), p3d.track_id
+    centre = (JOINTS_3D_M[0] + shifted[0]) / 2
+    spread = float(np.linalg.norm(shifted[0] - centre)) * 2 + 1.2
+    view = RenderStyle(metres_across_panel=max(STYLE.metres_across_panel, spread))
+    panel = _panel_3d(img)
+    for p3d in people:
+        xy, _ = project_orbit_points(p3d.joints_3d_m, centre, 0.0, 480, view)
+        mid = np.round((xy[c] + xy[p]) / 2).astype(int)
+        assert _is_color(panel[mid[1], mid[0]], track_color(p3d.track_id)), p3d.track_id
 
 
 # ------------------------------------------------------------------ the viewer, end to end
 PUBLISHER = textwrap.dedent(
     """
     import sys, numpy as np, zmq
-    from pipeline.schema import Frame, Pose3D, Status, encode
+    from pipeline.schema import Frame, Person3D, Pose3D, Status, encode
     from pipeline.transport import open_socket
     endpoint, n, with_frames = sys.argv[1], int(sys.argv[2]), sys.argv[5] == "frames"
     joints_3d = np.array(sys.argv[3].split(","), dtype=np.float32).reshape(17, 3)
@@ -188,10 +222,10 @@ PUBLISHER = textwrap.dedent(
     for i in ids:
         if with_frames:  # the camera image first, as a pipeline tap would send it
             pub.send_multipart([b"frame", *encode(Frame(frame_id=i, t_capture_ns=0, image=image))])
-        pose = Pose3D(frame_id=i, t_capture_ns=0, image_size=(1280, 720), person_present=True,
-                      joints_3d_m=joints_3d, root_m=joints_3d[0], joints_2d_px=joints_2d,
-                      confidence=np.ones(17, np.float32), reproj_err_px=np.zeros(17, np.float32),
-                      engine_id="0123456789ab")
+        pose = Pose3D(frame_id=i, t_capture_ns=0, image_size=(1280, 720), people=(Person3D(
+            track_id=1, joints_3d_m=joints_3d, root_m=joints_3d[0], joints_2d_px=joints_2d,
+            confidence=np.ones(17, np.float32), reproj_err_px=np.zeros(17, np.float32)),),
+            engine_id="0123456789ab")
         pub.send_multipart([b"pose3d", *encode(pose)])
     pub.close(linger=2000)
     ctx.term()
@@ -301,10 +335,7 @@ def test_stream_stats_fps_latencies_and_drops():
             frame_id=frame_id, t_capture_ns=t_capture_ns,
             stamps=(("capture", t_capture_ns, t_capture_ns + 1_000_000),
                     ("output", t_capture_ns + 30_000_000, t_capture_ns + 31_000_000)),
-            image_size=(640, 480), person_present=True,
-            joints_3d_m=JOINTS_3D_M, root_m=JOINTS_3D_M[0], joints_2d_px=JOINTS_2D_PX,
-            confidence=np.ones(NUM_JOINTS, np.float32),
-            reproj_err_px=np.zeros(NUM_JOINTS, np.float32),
+            image_size=(640, 480), people=(person(),),
         )
 
     stats = StreamStats(window_s=2.0)

@@ -14,9 +14,12 @@ from hypothesis import strategies as st
 from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 from pipeline.schema import (
     MAX_HEADER_BYTES,
+    MAX_PEOPLE,
     SCHEMA_VERSION,
     Frame,
     Keypoints2D,
+    Person2D,
+    Person3D,
     Pose3D,
     SchemaError,
     Status,
@@ -44,9 +47,22 @@ def _keypoints() -> Keypoints2D:
         t_capture_ns=123,
         stamps=(("capture", 1, 2), ("detect", 3, 4)),
         image_size=(64, 48),
-        person_present=True,
-        joints_2d_px=RNG.uniform(0, 64, (NUM_JOINTS, 2)).astype(np.float32),
+        people=tuple(Person2D(
+            track_id=tid,
+            joints_2d_px=RNG.uniform(0, 64, (NUM_JOINTS, 2)).astype(np.float32),
+            confidence=RNG.uniform(0, 1, NUM_JOINTS).astype(np.float32),
+        ) for tid in (0, 0)),
+    )
+
+
+def _person3d(track_id: int = 3) -> Person3D:
+    return Person3D(
+        track_id=track_id,
+        joints_3d_m=RNG.normal(0, 1, (NUM_JOINTS, 3)).astype(np.float32),
+        root_m=np.array([0.1, -0.2, 4.5], np.float32),
+        joints_2d_px=RNG.uniform(0, 720, (NUM_JOINTS, 2)).astype(np.float32),
         confidence=RNG.uniform(0, 1, NUM_JOINTS).astype(np.float32),
+        reproj_err_px=RNG.uniform(0, 5, NUM_JOINTS).astype(np.float32),
     )
 
 
@@ -56,21 +72,20 @@ def _pose() -> Pose3D:
         t_capture_ns=456,
         stamps=(("capture", 1, 2), ("detect", 3, 4), ("lift", 5, 6)),
         image_size=(1280, 720),
-        person_present=True,
-        joints_3d_m=RNG.normal(0, 1, (NUM_JOINTS, 3)).astype(np.float32),
-        root_m=np.array([0.1, -0.2, 4.5], np.float32),
-        joints_2d_px=RNG.uniform(0, 720, (NUM_JOINTS, 2)).astype(np.float32),
-        confidence=RNG.uniform(0, 1, NUM_JOINTS).astype(np.float32),
-        reproj_err_px=RNG.uniform(0, 5, NUM_JOINTS).astype(np.float32),
+        people=(_person3d(3), _person3d(7)),
         engine_id="0123456789ab",
     )
+
+
+def _nobody() -> Pose3D:
+    return Pose3D(frame_id=10, t_capture_ns=457, image_size=(1280, 720), engine_id="0123456789ab")
 
 
 def _status() -> Status:
     return Status(kind="gap", text="frames 10-14 lost: lift restarted", t_ns=99, frame_id=14)
 
 
-ALL = [_frame, _keypoints, _pose, _status]
+ALL = [_frame, _keypoints, _pose, _nobody, _status]
 
 
 def _assert_same(a, b) -> None:
@@ -80,6 +95,10 @@ def _assert_same(a, b) -> None:
         if isinstance(va, np.ndarray):
             assert va.dtype == vb.dtype and va.shape == vb.shape, name
             np.testing.assert_array_equal(va, vb, err_msg=name)
+        elif name == "people":
+            assert len(va) == len(vb), name
+            for pa, pb in zip(va, vb):
+                _assert_same(pa, pb)
         else:
             assert va == vb, name
 
@@ -106,7 +125,8 @@ def test_pose_header_carries_version_and_joint_names():
     assert header["type"] == "Pose3D"
     assert header["schema_version"] == SCHEMA_VERSION
     assert header["joint_names"] == list(JOINT_NAMES)
-    assert header["joints_3d_m"]["shape"] == [NUM_JOINTS, 3]
+    assert [p["track_id"] for p in header["people"]] == [3, 7]
+    assert header["people"][0]["joints_3d_m"]["shape"] == [NUM_JOINTS, 3]
 
 
 def test_with_stamp_appends():
@@ -130,18 +150,52 @@ def test_non_contiguous_image_is_encoded_correctly():
         {"joints_3d_m": np.zeros((16, 3), np.float32)},  # wrong joint count
         {"confidence": np.zeros((17, 1), np.float32)},
         {"joints_2d_px": [[0.0, 0.0]] * 17},  # not an array
+        {"track_id": -1},
+        {"track_id": 1.0},
+        {"track_id": True},
+    ],
+    ids=str,
+)
+def test_person_construction_rejects_bad_fields(change):
+    fields = {n: getattr(_person3d(), n) for n in Person3D.__dataclass_fields__}
+    fields.update(change)
+    with pytest.raises(SchemaError):
+        Person3D(**fields)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
         {"frame_id": -1},
         {"frame_id": 1.5},
         {"image_size": (0, 10)},
-        {"person_present": 1},
+        {"people": [None]},  # a list, not a tuple
+        {"people": (None,)},
+        {"people": ("person",)},
+        {"people": (Person2D(track_id=1, joints_2d_px=np.zeros((17, 2), np.float32),
+                             confidence=np.zeros(17, np.float32)),)},  # a 2D person in a Pose3D
+        {"people": (Person3D(track_id=1, joints_3d_m=np.zeros((17, 3), np.float32),
+                             root_m=np.zeros(3, np.float32),
+                             joints_2d_px=np.zeros((17, 2), np.float32),
+                             confidence=np.zeros(17, np.float32),
+                             reproj_err_px=np.zeros(17, np.float32)),) * (MAX_PEOPLE + 1)},
     ],
-    ids=str,
+    ids=lambda c: f"{list(c)[0]}={str(list(c.values())[0])[:40]}",
 )
 def test_construction_rejects_bad_fields(change):
     fields = {n: getattr(_pose(), n) for n in Pose3D.__dataclass_fields__}
     fields.update(change)
     with pytest.raises(SchemaError):
         Pose3D(**fields)
+
+
+def test_frame_scale_to_original_is_checked_and_travels():
+    image = np.zeros((4, 6, 3), np.uint8)
+    assert decode(encode(Frame(frame_id=0, t_capture_ns=0, image=image,
+                               scale_to_original=4.0))).scale_to_original == 4.0
+    for bad in (0.0, -1.0, float("nan"), True, "2"):
+        with pytest.raises(SchemaError, match="scale_to_original"):
+            Frame(frame_id=0, t_capture_ns=0, image=image, scale_to_original=bad)
 
 
 def test_status_kind_is_checked():
@@ -194,24 +248,56 @@ def test_rejects_truncated_image():
 
 def test_rejects_wrong_shape_and_dtype_on_the_wire():
     h = _header(_pose())
-    h["joints_3d_m"]["shape"] = [16, 3]
+    h["people"][1]["joints_3d_m"]["shape"] = [16, 3]
     with pytest.raises(SchemaError):
         decode([_pack(h)])
     h = _header(_pose())
-    h["confidence"]["dtype"] = "<f8"
+    h["people"][0]["confidence"]["dtype"] = "<f8"
     with pytest.raises(SchemaError, match="dtype"):
         decode([_pack(h)])
 
 
 def test_rejects_missing_and_extra_fields():
     h = _header(_pose())
-    del h["root_m"]
+    del h["people"][0]["root_m"]
     with pytest.raises(SchemaError, match="root_m"):
+        decode([_pack(h)])
+    h = _header(_pose())
+    h["people"][1]["debug"] = 1
+    with pytest.raises(SchemaError, match="unknown fields"):
         decode([_pack(h)])
     h = _header(_pose())
     h["debug"] = 1
     with pytest.raises(SchemaError, match="unknown fields"):
         decode([_pack(h)])
+
+
+@pytest.mark.parametrize("people", [
+    {"track_id": 1}, "people", [[1, 2, 3]], ["x"], [None], [{"track_id": "1"}],
+], ids=str)
+def test_rejects_malformed_people_on_the_wire(people):
+    h = _header(_pose())
+    h["people"] = people
+    with pytest.raises(SchemaError):
+        decode([_pack(h)])
+
+
+def test_rejects_too_many_people_on_the_wire():
+    h = _header(_pose())
+    h["people"] = h["people"][:1] * (MAX_PEOPLE + 1)
+    with pytest.raises(SchemaError, match="at most"):
+        decode([_pack(h)])
+
+
+def test_a_schema_1_pose_fails_with_a_version_error():
+    """What a v1 publisher sends (one person, person_present) is refused by its version first,
+    with a message that says what to do, never decoded into garbage."""
+    z = {"dtype": "<f4", "shape": [17, 3], "data": bytes(17 * 3 * 4)}
+    v1 = {"type": "Pose3D", "schema_version": 1, "frame_id": 1, "t_capture_ns": 2,
+          "stamps": [], "image_size": [640, 480], "person_present": True, "joints_3d_m": z,
+          "engine_id": "x", "joint_names": list(JOINT_NAMES)}
+    with pytest.raises(SchemaError, match="schema_version 1, this side speaks 2: update"):
+        decode([_pack(v1)])
 
 
 def test_rejects_other_joint_names():

@@ -158,7 +158,7 @@ def test_readable_secret_key_is_warned_about(tmp_path, caplog):
 PUBLISHER = r"""
 import sys, time, numpy as np, zmq
 from engines.runtime.skeleton import NUM_JOINTS
-from pipeline.schema import Pose3D, encode
+from pipeline.schema import Person3D, Pose3D, encode
 from pipeline.security import CurvePublisher, apply_options, check_bind_endpoint
 
 endpoint, secret, authorized = sys.argv[1:4]
@@ -174,8 +174,9 @@ z3, z2, z1 = (np.zeros((NUM_JOINTS, 3), np.float32), np.zeros((NUM_JOINTS, 2), n
 try:
     for i in range(10**9):
         pose = Pose3D(frame_id=i, t_capture_ns=time.monotonic_ns(), image_size=(640, 480),
-                      person_present=True, joints_3d_m=z3 + i, root_m=np.zeros(3, np.float32),
-                      joints_2d_px=z2, confidence=z1, reproj_err_px=z1, engine_id="abc")
+                      people=(Person3D(track_id=1, joints_3d_m=z3 + i,
+                                       root_m=np.zeros(3, np.float32), joints_2d_px=z2,
+                                       confidence=z1, reproj_err_px=z1),), engine_id="abc")
         pub.send_multipart([b"pose3d", *encode(pose)])
         time.sleep(0.01)
 finally:

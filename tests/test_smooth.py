@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from engines.runtime.skeleton import NUM_JOINTS, ROOT
-from pipeline.config import DetectConfig, LiftConfig, SmoothConfig
-from pipeline.schema import Frame, Pose3D
+from pipeline.config import DetectConfig, LiftConfig, SmoothConfig, TrackConfig
+from pipeline.schema import Frame, Person3D, Pose3D
 from stages.smooth import RESET_AFTER_GAP_S, OneEuroFilter, SmoothStage
+from stages.track import TrackStage
 
 MIN_CUTOFF, BETA, D_CUTOFF = 0.1, 40.0, 1.0  # MediaPipe world-landmark settings
 
@@ -133,21 +134,24 @@ def test_reset_and_non_increasing_time():
 
 
 # --------------------------------------------------------------------------- the stage
-def make_pose(frame_id, t_ns, rel_m, root_m, present=True) -> Pose3D:
+def make_person(track_id, rel_m, root_m) -> Person3D:
     rel_m = np.asarray(rel_m, np.float32)
     root_m = np.asarray(root_m, np.float32)
-    return Pose3D(
-        frame_id=frame_id,
-        t_capture_ns=int(t_ns),
-        image_size=(640, 480),
-        person_present=present,
-        joints_3d_m=(rel_m + root_m) if present else np.zeros((NUM_JOINTS, 3), np.float32),
-        root_m=root_m if present else np.zeros(3, np.float32),
+    return Person3D(
+        track_id=track_id, joints_3d_m=rel_m + root_m, root_m=root_m,
         joints_2d_px=np.zeros((NUM_JOINTS, 2), np.float32),
-        confidence=np.full(NUM_JOINTS, 0.9 if present else 0.0, np.float32),
+        confidence=np.full(NUM_JOINTS, 0.9, np.float32),
         reproj_err_px=np.zeros(NUM_JOINTS, np.float32),
-        engine_id="abc123def456",
     )
+
+
+def make_pose(frame_id, t_ns, rel_m=None, root_m=None, present=True, track_id=1,
+              people=None) -> Pose3D:
+    """A frame with one person (track_id; nobody when present is False), or `people`."""
+    if people is None:
+        people = (make_person(track_id, rel_m, root_m),) if present else ()
+    return Pose3D(frame_id=frame_id, t_capture_ns=int(t_ns), image_size=(640, 480),
+                  people=tuple(people), engine_id="abc123def456")
 
 
 @pytest.fixture
@@ -168,9 +172,10 @@ def test_stage_smooths_pose_and_root_with_capture_times(stage):
         stage.process(make_pose(i, t0_ns + round(t * 1e9), noisy_rel[i], root[i]))
         for i, t in enumerate(ts)
     ]
-    joints = np.stack([o.joints_3d_m for o in outs]).astype(np.float64)
-    roots = np.stack([o.root_m for o in outs]).astype(np.float64)
-    assert all(o.joints_3d_m.dtype == np.float32 and o.person_present for o in outs)
+    assert all(len(o.people) == 1 and o.people[0].track_id == 1 for o in outs)
+    joints = np.stack([o.people[0].joints_3d_m for o in outs]).astype(np.float64)
+    roots = np.stack([o.people[0].root_m for o in outs]).astype(np.float64)
+    assert all(o.people[0].joints_3d_m.dtype == np.float32 for o in outs)
     # the root joint stays on the root translation
     np.testing.assert_allclose(joints[:, ROOT], roots, atol=1e-5)
     # same numbers as the reference on the stage's own split (relative pose, root)
@@ -183,24 +188,46 @@ def test_stage_smooths_pose_and_root_with_capture_times(stage):
     assert jitter(joints) < 0.6 * jitter(noisy_rel + root[:, None])
 
 
-def test_stage_resets_when_person_lost_and_after_gap(stage):
+def test_stage_filters_each_track_apart_and_starts_new_ids_afresh(stage):
     rel = np.zeros((NUM_JOINTS, 3))
     rel[1:] = 0.3
     t_ns = 10**12
     stage.process(make_pose(0, t_ns, rel, [0, 0, 3.0]))
-    moved = stage.process(make_pose(1, t_ns + 33_000_000, rel, [0, 0, 4.0]))
+    moved = stage.process(make_pose(1, t_ns + 33_000_000, rel, [0, 0, 4.0])).people[0]
     assert 3.0 < moved.root_m[2] < 4.0  # smoothed, not passed through
-    # person lost: passes through, and the next pose starts afresh
-    lost = stage.process(make_pose(2, t_ns + 66_000_000, rel, [0, 0, 0], present=False))
-    assert not lost.person_present and np.all(lost.joints_3d_m == 0)
-    back = stage.process(make_pose(3, t_ns + 99_000_000, rel, [0, 0, 5.0]))
-    assert back.root_m[2] == pytest.approx(5.0, abs=1e-6)
-    assert stage.resets == 1
-    # a long gap in capture time: starts afresh too
+    # nobody for one frame: passes through; the same id right after goes on smoothly
+    assert stage.process(make_pose(2, t_ns + 66_000_000, present=False)).people == ()
+    back = stage.process(make_pose(3, t_ns + 99_000_000, rel, [0, 0, 5.0])).people[0]
+    assert moved.root_m[2] < back.root_m[2] < 5.0
+    # another id (a new person) where track 1 was: its own, fresh filter, never a blend
+    other = stage.process(make_pose(4, t_ns + 132_000_000, rel, [0, 0, 9.0], track_id=2))
+    assert other.people[0].track_id == 2
+    assert other.people[0].root_m[2] == pytest.approx(9.0, abs=1e-6)
+    # two people in one frame: each filter sees only its own track
+    both = stage.process(make_pose(5, t_ns + 165_000_000, people=(
+        make_person(1, rel, [0, 0, 5.0]), make_person(2, rel, [0, 0, 9.0]))))
+    assert [p.track_id for p in both.people] == [1, 2]
+    assert 4.0 < both.people[0].root_m[2] < 5.0
+    assert both.people[1].root_m[2] == pytest.approx(9.0, abs=1e-6)
+    assert stage.tracks_started == 2
+
+
+def test_stage_starts_afresh_after_a_gap_and_drops_ended_tracks(stage):
+    rel = np.zeros((NUM_JOINTS, 3))
+    rel[1:] = 0.3
+    t_ns = 10**12
+    stage.process(make_pose(0, t_ns, rel, [0, 0, 3.0]))
+    stage.process(make_pose(1, t_ns + 33_000_000, rel, [0, 0, 3.5]))
+    # a long gap in capture time: the same id starts afresh
     gap_ns = round((RESET_AFTER_GAP_S + 0.1) * 1e9)
-    after_gap = stage.process(make_pose(4, t_ns + 99_000_000 + gap_ns, rel, [0, 0, 2.0]))
-    assert after_gap.root_m[2] == pytest.approx(2.0, abs=1e-6)
-    assert stage.resets == 2
+    after_gap = stage.process(make_pose(2, t_ns + 33_000_000 + gap_ns, rel, [0, 0, 2.0]))
+    assert after_gap.people[0].root_m[2] == pytest.approx(2.0, abs=1e-6)
+    assert stage.resets == 1
+    # track 1 unseen for longer than the gap while track 3 goes on: track 1's filters go
+    t2 = t_ns + 33_000_000 + gap_ns
+    for k in range(1, 25):
+        stage.process(make_pose(2 + k, t2 + k * 33_000_000, rel, [0, 0, 6.0], track_id=3))
+    assert stage.tracks_ended == 1 and stage.tracks_started == 2
 
 
 def test_stage_disabled_passes_through():
@@ -209,7 +236,7 @@ def test_stage_disabled_passes_through():
     rel = np.ones((NUM_JOINTS, 3)) * 0.2
     s.process(make_pose(0, 10**9, rel, [0, 0, 3.0]))
     out = s.process(make_pose(1, 10**9 + 33_000_000, rel, [0, 0, 4.0]))
-    assert out.root_m[2] == pytest.approx(4.0)
+    assert out.people[0].root_m[2] == pytest.approx(4.0)
     s.close()
 
 
@@ -220,9 +247,8 @@ STREET_VIDEO = SHARED / "data" / "footage" / "openpose" / "examples" / "media" /
 
 def test_stage_on_real_lifted_poses_of_the_street_video():
     """Detect + lift (real mediapipe, real engine) on 100 frames of the street video, then the
-    smoother: frame-to-frame jitter of the root-relative joints goes down while the smoothed
-    pose stays near the raw one. Default engine c50e900, seen: jitter 39 -> 31 mm/frame (x1.28),
-    mean distance to the raw pose 21 mm."""
+    smoother: frame-to-frame jitter of the root-relative joints of the person seen longest
+    (one track id) goes down while the smoothed pose stays near the raw one."""
     import cv2
 
     from stages.detect import DetectStage
@@ -233,26 +259,31 @@ def test_stage_on_real_lifted_poses_of_the_street_video():
     cap = cv2.VideoCapture(str(STREET_VIDEO))
     fps = cap.get(cv2.CAP_PROP_FPS)
     assert fps == pytest.approx(50.0)
-    detect, lift = DetectStage(DetectConfig()), LiftStage(LiftConfig())
+    detect, track, lift = (DetectStage(DetectConfig()), TrackStage(TrackConfig()),
+                           LiftStage(LiftConfig()))
     smooth = SmoothStage(SmoothConfig())
-    raw, smoothed = [], []
+    raw, smoothed = {}, {}
     try:
-        for stage in (detect, lift, smooth):
+        for stage in (detect, track, lift, smooth):
             stage.open()
         for i in range(100):
             ok, image = cap.read()
             assert ok, f"could not read frame {i} of {STREET_VIDEO}"
             frame = Frame(frame_id=i, t_capture_ns=10**9 + round(i / fps * 1e9), image=image)
-            pose = lift.process(detect.process(frame))
+            pose = lift.process(track.process(detect.process(frame)))
             out = smooth.process(pose)
-            if pose.person_present:
-                raw.append(pose.joints_3d_m - pose.root_m)
-                smoothed.append(out.joints_3d_m - out.root_m)
+            assert [p.track_id for p in out.people] == [p.track_id for p in pose.people]
+            for p, o in zip(pose.people, out.people):
+                raw.setdefault(p.track_id, []).append(p.joints_3d_m - p.root_m)
+                smoothed.setdefault(p.track_id, []).append(o.joints_3d_m - o.root_m)
     finally:
         cap.release()
-        for stage in (detect, lift, smooth):
+        for stage in (detect, track, lift, smooth):
             stage.close()
-    assert len(raw) >= 90, f"a person in only {len(raw)} of 100 frames"
+    main = max(raw, key=lambda tid: len(raw[tid]))
+    raw, smoothed = raw[main], smoothed[main]
+    # seen: track 1 in 79 of the 100 frames (PoseLandmarker loses her for a few frames twice)
+    assert len(raw) >= 70, f"the main person (track {main}) in only {len(raw)} of 100 frames"
     raw_m, smooth_m = np.asarray(raw, np.float64), np.asarray(smoothed, np.float64)
     factor = jitter(raw_m) / jitter(smooth_m)
     deviation_mm = float(np.mean(np.linalg.norm(raw_m - smooth_m, axis=-1))) * 1000
@@ -269,7 +300,7 @@ def test_stage_passes_non_finite_poses_on_and_starts_afresh(stage):
     stage.process(make_pose(0, 10**12, rel, [0, 0, 3.0]))
     bad = rel.copy()
     bad[5, 1] = np.nan
-    out = stage.process(make_pose(1, 10**12 + 33_000_000, bad, [0, 0, 3.1]))
+    out = stage.process(make_pose(1, 10**12 + 33_000_000, bad, [0, 0, 3.1])).people[0]
     assert np.isnan(out.joints_3d_m[5, 1])  # not hidden, not smoothed into the state
-    after = stage.process(make_pose(2, 10**12 + 66_000_000, rel, [0, 0, 3.5]))
+    after = stage.process(make_pose(2, 10**12 + 66_000_000, rel, [0, 0, 3.5])).people[0]
     assert after.root_m[2] == pytest.approx(3.5, abs=1e-6)  # a fresh start

@@ -17,7 +17,7 @@ from pipeline.subscribe import subscribe
 PUBLISHER = r"""
 import sys, time
 import numpy as np, zmq
-from pipeline.schema import Pose3D, Status, encode
+from pipeline.schema import Person3D, Pose3D, Status, encode
 from pipeline.transport import open_socket
 subs, count, interval = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 ctx = zmq.Context()
@@ -31,10 +31,11 @@ while seen < subs:
 z = np.zeros((17, 3), np.float32)
 for i in range(count):
     pose = Pose3D(frame_id=i, t_capture_ns=time.monotonic_ns(), image_size=(640, 480),
-                  person_present=True, joints_3d_m=z, root_m=np.zeros(3, np.float32),
-                  joints_2d_px=np.zeros((17, 2), np.float32),
-                  confidence=np.ones(17, np.float32),
-                  reproj_err_px=np.zeros(17, np.float32), engine_id="0123456789ab")
+                  people=(Person3D(track_id=1, joints_3d_m=z, root_m=np.zeros(3, np.float32),
+                                   joints_2d_px=np.zeros((17, 2), np.float32),
+                                   confidence=np.ones(17, np.float32),
+                                   reproj_err_px=np.zeros(17, np.float32)),),
+                  engine_id="0123456789ab")
     pub.send_multipart([b"pose3d", *encode(pose)])
     pub.send_multipart([b"noise", b"not a message"])
     if interval:

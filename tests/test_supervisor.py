@@ -32,7 +32,7 @@ from pipeline.config import (
     TransportConfig,
 )
 from pipeline.graph import Edge, Graph, StageSpec
-from pipeline.schema import Frame, Keypoints2D, Pose3D, Status
+from pipeline.schema import Frame, Keypoints2D, Person2D, Person3D, Pose3D, Status
 from pipeline.stage import EndOfStream, Source, Stage
 from pipeline.subscribe import subscribe
 from pipeline.supervisor import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Supervisor
@@ -89,9 +89,10 @@ class Detect(Stage):
         h, w, _ = msg.image.shape
         return Keypoints2D(
             frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns, image_size=(w, h),
-            person_present=True,
-            joints_2d_px=np.full((NUM_JOINTS, 2), float(msg.image[0, 0, 0]), np.float32),
-            confidence=np.ones(NUM_JOINTS, np.float32),
+            people=(Person2D(
+                track_id=1,
+                joints_2d_px=np.full((NUM_JOINTS, 2), float(msg.image[0, 0, 0]), np.float32),
+                confidence=np.ones(NUM_JOINTS, np.float32)),),
         )
 
 
@@ -107,13 +108,16 @@ class Lift(Stage):
         time.sleep(float(os.environ.get(OPEN_S, "0")))
 
     def process(self, msg: Keypoints2D) -> Pose3D:
+        person = msg.people[0]
         joints = np.zeros((NUM_JOINTS, 3), np.float32)
-        joints[:, 0] = msg.joints_2d_px[:, 0]
+        joints[:, 0] = person.joints_2d_px[:, 0]
         return Pose3D(
             frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns, image_size=msg.image_size,
-            person_present=True, joints_3d_m=joints, root_m=joints[0].copy(),
-            joints_2d_px=msg.joints_2d_px, confidence=msg.confidence,
-            reproj_err_px=np.zeros(NUM_JOINTS, np.float32), engine_id="test",
+            people=(Person3D(track_id=person.track_id, joints_3d_m=joints,
+                             root_m=joints[0].copy(), joints_2d_px=person.joints_2d_px,
+                             confidence=person.confidence,
+                             reproj_err_px=np.zeros(NUM_JOINTS, np.float32)),),
+            engine_id="test",
         )
 
 
@@ -192,7 +196,7 @@ def test_stream_to_the_end_every_frame_with_stamps(supervisors, transport):
         assert [s[0] for s in pose.stamps] == ["capture", "detect", "lift", "output"]
         times = [pose.t_capture_ns] + [t for s in pose.stamps for t in s[1:]]
         assert times == sorted(times)  # one monotonic clock across four processes
-        assert pose.joints_3d_m[0, 0] == pose.frame_id % 256  # the data went the whole way
+        assert pose.people[0].joints_3d_m[0, 0] == pose.frame_id % 256  # data went all the way
     assert sup.eos
     assert all(p.last_beat > 0 for p in sup.procs.values())  # every stage sent heartbeats
     assert all(not pid_alive(pid) for pid in sup.pids().values())
@@ -439,6 +443,8 @@ def test_subscribe_cli_prints_one_json_line_per_pose(supervisors, reaper):
     ids = [d["frame_id"] for d in lines]
     assert ids == sorted(set(ids))
     for d in lines:
-        assert np.array(d["joints_3d_m"]).shape == (NUM_JOINTS, 3)
-        assert d["joints_3d_m"][0][0] == d["frame_id"] % 256
+        (person,) = d["people"]
+        assert person["track_id"] == 1
+        assert np.array(person["joints_3d_m"]).shape == (NUM_JOINTS, 3)
+        assert person["joints_3d_m"][0][0] == d["frame_id"] % 256
         assert [s[0] for s in d["stamps"]] == ["capture", "detect", "lift", "output"]

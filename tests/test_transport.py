@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from engines.runtime.skeleton import NUM_JOINTS
-from pipeline.schema import Keypoints2D, decode, encode
+from pipeline.schema import Keypoints2D, Person2D, decode, encode
 from pipeline.transport import EdgeReceiver, EdgeSender, open_socket, poll_once
 
 SPAWN = mp.get_context("spawn")
@@ -23,8 +23,8 @@ SPAWN = mp.get_context("spawn")
 def _keypoints(frame_id: int) -> Keypoints2D:
     return Keypoints2D(
         frame_id=frame_id, t_capture_ns=time.monotonic_ns(), image_size=(640, 480),
-        person_present=True, joints_2d_px=np.full((NUM_JOINTS, 2), frame_id, np.float32),
-        confidence=np.ones(NUM_JOINTS, np.float32),
+        people=(Person2D(track_id=1, joints_2d_px=np.full((NUM_JOINTS, 2), frame_id, np.float32),
+                         confidence=np.ones(NUM_JOINTS, np.float32)),),
     )
 
 
