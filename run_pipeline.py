@@ -67,9 +67,9 @@ def _tiles(text: str) -> tuple[int, ...]:
         raise ValueError(f"--tiles takes grid sizes such as 2,3 or 'none', got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py",
+        prog=prog,
         description="Stream metric 3D human poses from one camera, video or image set.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -256,8 +256,9 @@ def _edge_endpoints(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "run_pipeline.py") -> int:
+    """Run the pipeline with these flags (`posestream run` calls this with its own prog)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
