@@ -47,6 +47,8 @@ GROUPS: tuple[tuple[str, tuple[Command, ...]], ...] = (
         Command("replay", "pipeline.replay", "publish a .psrec recording again, with its timing"),
         Command("export", "pipeline.export",
                 "convert a .psrec recording to jsonl, csv or npz"),
+        Command("rerun", "pipeline.rerun",
+                "show the stream in the Rerun viewer or save it as .rrd (pip extra [rerun])"),
         Command("keys", "pipeline.keys", "make and authorise CurveZMQ keys for the stream"),
         Command("calibrate", "pipeline.calibrate",
                 "chessboard camera calibration; writes the file --calib reads"),
@@ -98,6 +100,7 @@ def usage() -> str:
         "  posestream run --camera 0 --view",
         "  posestream run --video clip.mp4 --record clip.psrec",
         "  posestream export clip.psrec --format csv",
+        "  posestream rerun --save clip.rrd",
     ]
     return "\n".join(lines) + "\n"
 

@@ -32,7 +32,7 @@ def test_help_lists_every_command_with_a_line_each():
               if line.startswith("  ") and not line.strip().startswith(("-", "posestream"))]
     assert listed == list(COMMANDS)
     assert {"run", "subscribe", "view", "record", "replay", "export", "keys", "calibrate",
-            "train", "evaluate", "export-engine", "make-eval-poses"} <= set(COMMANDS)
+            "rerun", "train", "evaluate", "export-engine", "make-eval-poses"} <= set(COMMANDS)
 
 
 def test_every_command_names_a_module_with_main():
