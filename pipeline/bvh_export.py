@@ -26,8 +26,10 @@ right-handed, the camera at the origin looking down -Z, the person's left at +X 
 the camera. Lengths in metres (Blender's importer then makes them metres at its default scale
 1.0). Rotation channels `Yrotation Xrotation Zrotation` (degrees, R = Ry @ Rx @ Rz), position
 channels on the root only. The frame time is the median interval between the capture times of
-the exported frames; one BVH frame per recorded frame in which the person is present (frames
-without the person are left out, so a gap plays back as a jump).
+the exported frames (`fps` / `--fps` overrides it: a video file processed faster or slower
+than real time has capture times of when its frames were read); one BVH frame per recorded
+frame in which the person is present (frames without the person are left out, so a gap plays
+back as a jump).
 """
 
 from __future__ import annotations
@@ -264,3 +266,86 @@ def write_bvh(path: str | Path, motion: BvhMotionData) -> Path:
 def fk_error_mm(motion: BvhMotionData, joints_m: np.ndarray) -> np.ndarray:
     """(F, 17) distance between the forward-kinematics joints and `joints_m`, millimetres."""
     return np.linalg.norm(motion.fk_m - joints_m, axis=-1) * 1000.0
+
+
+@dataclass(frozen=True)
+class BvhExportSummary:
+    """What `export_recording` wrote: the track, frames, joint count, the frame time, each
+    track's frame count in the recording, and the forward-kinematics error against the
+    recorded joints (millimetres: mean, median, 95th percentile, max over every joint of
+    every frame)."""
+
+    path: str
+    track_id: int
+    frames: int
+    joints: int
+    frame_time_s: float
+    tracks: dict[int, int]
+    fk_error_mm: dict[str, float]
+
+
+def track_poses(poses) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per track id: (joints (F, 17, 3) metres camera frame, t_capture_ns (F,) int64) over the
+    frames in which that person is present, in order. poses: iterable of pipeline.schema
+    Pose3D."""
+    joints: dict[int, list[np.ndarray]] = {}
+    times: dict[int, list[int]] = {}
+    for pose in poses:
+        for person in pose.people:
+            joints.setdefault(person.track_id, []).append(person.joints_3d_m)
+            times.setdefault(person.track_id, []).append(pose.t_capture_ns)
+    return {tid: (np.stack(joints[tid]).astype(np.float64), np.asarray(times[tid], np.int64))
+            for tid in joints}
+
+
+def export_recording(path: str | Path, out: str | Path, track_id: int | None = None,
+                     fps: float | None = None) -> BvhExportSummary:
+    """Write one person of recording `path` (.psrec) as a BVH file at `out`.
+
+    track_id: whose motion (default: the person present in the most frames). fps: the frame
+    rate to write instead of the one the capture times give (a video file processed faster or
+    slower than real time: its capture times are when its frames were read, not its own
+    rate). Messages that are not Pose3D or do not decode are skipped. Raises RecordingError
+    for an unreadable recording, BvhExportError when the recording holds nobody or not that
+    track.
+    """
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise BvhExportError(f"fps must be a positive number, got {fps}")
+    from pipeline.record import Recording
+    from pipeline.schema import Pose3D, SchemaError
+
+    poses = []
+    with Recording(path) as rec:
+        for item in rec:
+            try:
+                msg = item.decode()
+            except SchemaError as exc:
+                log.warning("skipped a message that does not decode: %s", exc)
+                continue
+            if isinstance(msg, Pose3D):
+                poses.append(msg)
+    tracks = track_poses(poses)
+    counts = {tid: len(t) for tid, (_, t) in sorted(tracks.items())}
+    if not tracks:
+        raise BvhExportError(f"{path} holds no person ({len(poses)} poses, all empty): "
+                             "nothing to export")
+    if track_id is None:
+        track_id = max(counts, key=lambda tid: (counts[tid], -tid))
+    elif track_id not in tracks:
+        raise BvhExportError(f"{path} has no track {track_id}; tracks (frames): " + ", ".join(
+            f"{tid} ({n})" for tid, n in counts.items()))
+    joints_cam, t_ns = tracks[track_id]
+    joints = camera_to_y_up(joints_cam)
+    motion = solve_motion(joints, t_ns / 1e9 if fps is None else np.arange(len(joints)) / fps)
+    write_bvh(out, motion)
+    err = fk_error_mm(motion, joints)
+    summary = BvhExportSummary(
+        path=str(out), track_id=int(track_id), frames=len(joints), joints=NUM_JOINTS,
+        frame_time_s=motion.frame_time_s, tracks=counts,
+        fk_error_mm={"mean": float(err.mean()), "median": float(np.median(err)),
+                     "p95": float(np.percentile(err, 95)), "max": float(err.max())})
+    log.info("BVH: track %d, %d frames of %d joints, frame time %.4f s, FK error mean %.1f mm "
+             "(p95 %.1f, max %.1f) -> %s", summary.track_id, summary.frames, summary.joints,
+             summary.frame_time_s, summary.fk_error_mm["mean"], summary.fk_error_mm["p95"],
+             summary.fk_error_mm["max"], out)
+    return summary

@@ -161,3 +161,24 @@ def supervisors() -> Iterator[list]:
             sup.stop()
             for pid in wait_gone(pids, 3.0):
                 os.kill(pid, signal.SIGKILL)
+
+
+STREET_VIDEO = "data/footage/openpose/examples/media/video.avi"  # 1280x720, 205 frames, 50 fps
+STREET_FRAMES = 40
+
+
+@pytest.fixture(scope="session")
+def street_recording(tmp_path_factory, shared_file) -> Path:
+    """A real .psrec of the pipeline on the street video's first STREET_FRAMES frames (every
+    frame, as fast as it goes), recorded until the end-of-stream status; made once per session
+    for the BVH and Rerun tests. About 20 s."""
+    path = tmp_path_factory.mktemp("street") / "street.psrec"
+    result = subprocess.run(
+        [sys.executable, "run_pipeline.py", "--video", str(shared_file(STREET_VIDEO)),
+         "--every-frame", "--as-fast-as-possible", "--max-frames", str(STREET_FRAMES),
+         "--record", str(path), "--publish", f"tcp://127.0.0.1:{free_port()}"],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    if result.returncode != 0 or not path.is_file():
+        pytest.fail(f"the street-video run failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return path

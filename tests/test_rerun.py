@@ -122,3 +122,36 @@ def test_rrd_holds_skeletons_camera_and_scalars_per_track(tmp_path, two_people):
 def test_colours_are_fixed_per_track():
     assert bridge.track_colour(3) == bridge.track_colour(3 + len(bridge.PALETTE))
     assert len({bridge.track_colour(i) for i in range(len(bridge.PALETTE))}) == len(bridge.PALETTE)
+
+
+def test_bridge_of_a_replayed_street_run_ends_at_end_of_stream(tmp_path, street_recording,
+                                                               reaper):
+    """A real recording replayed (pipeline.replay), the bridge as its own process: it stops
+    by itself at the end-of-stream status, and every pose with a person is in the .rrd."""
+    from conftest import free_port
+    from pipeline.record import Recording
+    from pipeline.schema import Pose3D
+
+    with Recording(street_recording) as rec:
+        poses = [m for m in (r.decode() for r in rec) if isinstance(m, Pose3D)]
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    out = tmp_path / "street.rrd"
+    bridge_proc = reaper.python("-m", "pipeline.rerun", endpoint, "--save", str(out),
+                                "--timeout", "60", stderr=subprocess.PIPE, text=True)
+    replay = reaper.python("-m", "pipeline.replay", str(street_recording), "--publish",
+                           endpoint, "--speed", "0", "--wait-subscribers", "2")
+    assert replay.wait(timeout=60) == 0
+    assert bridge_proc.wait(timeout=60) == 0, bridge_proc.stderr.read()[-3000:]
+    logged = bridge_proc.stderr.read()
+    assert f"{len(poses)} poses logged" in logged, logged[-2000:]
+    rows = read_rrd(out)
+    per_track: dict[int, set[int]] = collections.defaultdict(set)
+    for pose in poses:
+        for person in pose.people:
+            per_track[person.track_id].add(pose.frame_id)
+    main = max(per_track, key=lambda t: len(per_track[t]))
+    assert frames_of(rows[f"/world/people/{main}/joints"]) == sorted(per_track[main])
+    assert len(per_track[main]) >= 0.75 * len(poses)  # the woman walking through the view
+    for track, frames in per_track.items():  # everyone else too, each in its own frames
+        assert frames_of(rows[f"/world/people/{track}/joints"]) == sorted(frames)
+    assert frames_of(rows["/metrics/latency_ms/pipeline"]) == sorted(p.frame_id for p in poses)
