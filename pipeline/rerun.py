@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,12 +65,15 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
 PERSON_CLASS_ID = 0
+#: --serve-web: the web viewer's HTTP port (the data itself is served on Rerun's gRPC port 9876)
+WEB_PORT = 9090
 #: a receive latency above this means the publisher's clock is not ours (another host, replay)
 PLAUSIBLE_LATENCY_MS = 60_000.0
 
 
 class RerunMissing(RuntimeError):
-    """rerun-sdk is not installed; the message says how to install it."""
+    """rerun-sdk is not installed, or the viewer asked for cannot run here; the message says
+    what to do instead."""
 
 
 def import_rerun() -> Any:
@@ -236,15 +241,23 @@ def open_recording(save: str | None, spawn: bool, serve_web: bool) -> Any:
     if save:
         sinks.append(rr.FileSink(save))
     if spawn:
-        rec.spawn(connect=False)
+        from pipeline.view import has_display
+
+        if not has_display() and not os.environ.get("WAYLAND_DISPLAY"):
+            raise RerunMissing("no display here for a Rerun viewer window: use --save FILE.rrd "
+                               "(open it later with `rerun FILE.rrd`) or --serve-web")
+        # the viewer that rerun-sdk ships sits beside this interpreter (a venv's bin/), which
+        # need not be on PATH
+        exe = Path(sys.executable).with_name("rerun")
+        rr.spawn(connect=False, executable_path=str(exe) if exe.is_file() else None)
         sinks.append(rr.GrpcSink())
     if sinks:
         rec.set_sinks(*sinks)
     if serve_web:
         url = rec.serve_grpc()
-        rr.serve_web_viewer(connect_to=url, open_browser=False)
-        log.info("Rerun web viewer serving the stream (gRPC %s); open the viewer's address "
-                 "printed above in a browser", url)
+        rr.serve_web_viewer(web_port=WEB_PORT, connect_to=url, open_browser=False)
+        log.info("Rerun web viewer: open http://127.0.0.1:%d/?url=%s in a browser (the data "
+                 "from %s)", WEB_PORT, url, url)
     return rec
 
 
