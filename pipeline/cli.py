@@ -46,7 +46,7 @@ GROUPS: tuple[tuple[str, tuple[Command, ...]], ...] = (
         Command("record", "pipeline.record", "record the stream to a .psrec file"),
         Command("replay", "pipeline.replay", "publish a .psrec recording again, with its timing"),
         Command("export", "pipeline.export",
-                "convert a .psrec recording to jsonl, csv or npz"),
+                "convert a .psrec recording to jsonl, csv, npz or BVH (Blender)"),
         Command("rerun", "pipeline.rerun",
                 "show the stream in the Rerun viewer or save it as .rrd (pip extra [rerun])"),
         Command("keys", "pipeline.keys", "make and authorise CurveZMQ keys for the stream"),
@@ -99,7 +99,7 @@ def usage() -> str:
         "examples:",
         "  posestream run --camera 0 --view",
         "  posestream run --video clip.mp4 --record clip.psrec",
-        "  posestream export clip.psrec --format csv",
+        "  posestream export clip.psrec --format bvh -o clip.bvh",
         "  posestream rerun --save clip.rrd",
     ]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
     python -m pipeline.export run.psrec --format jsonl     # -> run.jsonl, every message
     python -m pipeline.export run.psrec --format csv       # -> run.csv, one row per Pose3D
     python -m pipeline.export run.psrec --format npz -o poses.npz
+    python -m pipeline.export run.psrec --format bvh -o run.bvh [--track ID] [--fps N]
 
 Units and axes are the stream's (docs/PROTOCOL.md): 3D in metres in the camera frame
 (OpenCV: +X right, +Y down, +Z forward), 2D in pixels (x right, y down), times in ns of the
@@ -205,12 +206,34 @@ def main(argv: list[str] | None = None) -> int:
         "people in a frame, with a mask) for analysis tools.",
     )
     parser.add_argument("file", help="recording made by --record or `python -m pipeline.record`")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    parser.add_argument("--format", required=True, choices=(*FORMATS, "bvh"),
+                        help="output format; bvh: one person's motion for Blender and other "
+                             "animation tools (pipeline/bvh_export.py)")
     parser.add_argument("-o", "--out", default=None,
                         help="output file (default: the recording's name with the format's suffix)")
+    parser.add_argument("--track", type=int, default=None, metavar="ID",
+                        help="bvh: whose motion, a track_id (default: the person present in "
+                             "the most frames)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="bvh: frame rate to write (default: from the capture times; give "
+                             "a video's own rate when it was processed faster or slower than "
+                             "real time)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or str(Path(args.file).with_suffix("." + args.format))
+    if args.format == "bvh":
+        from pipeline.bvh_export import BvhExportError, export_recording
+
+        try:
+            bvh = export_recording(args.file, out, args.track, args.fps)
+        except (RecordingError, BvhExportError, OSError) as exc:
+            print(f"export failed: {exc}", file=sys.stderr)
+            return 2
+        print(f"track {bvh.track_id}: {bvh.frames} frames of {bvh.joints} joints -> {bvh.path} "
+              f"(FK error mean {bvh.fk_error_mm['mean']:.1f} mm)")
+        return 0
+    if args.track is not None or args.fps is not None:
+        parser.error("--track and --fps are for --format bvh")
     try:
         summary = export(args.file, out, args.format)
     except (RecordingError, OSError) as exc:
