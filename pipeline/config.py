@@ -83,8 +83,14 @@ class LiftConfig:
     fov_deg: float = 60.0  # horizontal field of view when no calibration (a typical webcam)
     calib_path: str | None = None  # file with an OpenCV 3x3 camera matrix (overrides fov_deg)
     height_m: float | None = 1.70  # subject height for metric scale; None: bone-length prior
+    # temporal engines read each person's history in time: from capture times (None, live
+    # sources), or from frame ids at this period (s; files processed whole, which a slow
+    # machine reads far slower than their own rate)
+    frame_period_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.frame_period_s is not None and not 0.0 < self.frame_period_s <= 10.0:
+            raise ValueError(f"frame_period_s must be in (0, 10] s, got {self.frame_period_s}")
         if self.backend not in ("auto", "tensorrt", "onnxruntime"):
             raise ValueError(
                 f"backend must be auto, tensorrt or onnxruntime, got {self.backend!r}"

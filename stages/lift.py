@@ -15,6 +15,11 @@ Per frame, for all P people at once (17 joints each; one engine call with batch 
 `joints_2d_px` in the output are the detector's pixels as received; `reproj_err_px` is measured
 on the undistorted keypoints (the same when there is no distortion).
 
+Temporal engines (receptive field F > 1): each person's 2D history (per track id,
+engines.runtime.history) is resampled at the engine's rate from capture times (or frame ids x
+LiftConfig.frame_period_s for files processed whole), the current frame last, padded with the
+track's first frame at its start; one engine call with (P, F, 17, 2).
+
 Nobody in the input gives a Pose3D with no people. A person whose fit fails (degenerate 2D, no
 solution in front of the camera) is left out of the frame and counted (`failed_fits`).
 Runtime module: no torch.
@@ -28,6 +33,7 @@ import numpy as np
 
 from engines.runtime.reproject import fit_translation, fit_translation_batch
 from engines.runtime.engine import load_engine
+from engines.runtime.history import Histories
 from engines.runtime.skeleton import NUM_JOINTS
 from pipeline.schema import Keypoints2D, Person3D, Pose3D
 from pipeline.stage import Stage
@@ -40,6 +46,31 @@ from engines.runtime.intrinsics import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+#: the longest history a temporal engine may ask for (s) and the rates a stage can serve
+MAX_HISTORY_S: float = 10.0
+FPS_RANGE: tuple[float, float] = (1.0, 240.0)
+
+
+def check_servable(engine) -> None:
+    """Raise RuntimeError, saying what to do, for an engine this stage cannot serve live: a
+    temporal engine that needs future frames, or whose rate or window is out of reach."""
+    if engine.receptive_field <= 1:
+        return
+    if not engine.causal:
+        raise RuntimeError(
+            f"engine {engine.path} looks at future frames (causal: false): a live stage cannot "
+            "wait for them; export a causal temporal engine, or use a single-frame one")
+    if engine.fps is None or not FPS_RANGE[0] <= engine.fps <= FPS_RANGE[1]:
+        raise RuntimeError(
+            f"engine {engine.path} wants its frames at {engine.fps} fps; this stage resamples "
+            f"each person's history to {FPS_RANGE[0]:g}-{FPS_RANGE[1]:g} fps: re-export it")
+    if (engine.receptive_field - 1) / engine.fps > MAX_HISTORY_S:
+        raise RuntimeError(
+            f"engine {engine.path} needs {engine.receptive_field} frames at {engine.fps:g} fps "
+            f"({(engine.receptive_field - 1) / engine.fps:.1f} s of history), more than the "
+            f"{MAX_HISTORY_S:g} s this stage keeps: use a smaller receptive field")
 
 
 class LiftStage(Stage):
@@ -55,6 +86,7 @@ class LiftStage(Stage):
         self._calibration: Intrinsics | None = None
         self._intrinsics: dict[tuple[int, int], Intrinsics] = {}
         self.failed_fits = 0  # frames with a person whose translation fit failed
+        self._histories: Histories | None = None  # per-track 2D, temporal engines only
 
     def open(self) -> None:
         cfg = self.config
@@ -64,13 +96,20 @@ class LiftStage(Stage):
         else:
             logger.info("lift: no calibration; horizontal FOV %.1f deg", cfg.fov_deg)
         self.engine = load_engine(cfg.engine_path, backend=cfg.backend)
-        if self.engine.receptive_field != 1:
-            raise RuntimeError(
-                f"engine {self.engine.path} needs {self.engine.receptive_field} frames; this "
-                "lift stage runs single-frame engines (receptive_field 1): export one"
-            )
+        check_servable(self.engine)
+        if self.engine.receptive_field > 1:
+            frames, fps = self.engine.receptive_field, self.engine.fps
+            self._histories = Histories(span_s=(frames - 1) / fps + 0.1,
+                                        forget_s=max(1.0, (frames - 1) / fps))
+            logger.info("lift: temporal engine, %d frames at %.1f fps (%.2f s of each person's "
+                        "history), timed by %s", frames, fps, (frames - 1) / fps,
+                        "capture time" if cfg.frame_period_s is None
+                        else f"frame ids at {1 / cfg.frame_period_s:.1f} fps")
         # run every kernel once now (ONNX Runtime allocations, numba compile or cache load)
-        warm = self._lift_rel_m(_T_POSE_PX[None], intrinsics_from_fov(60.0, 640, 480))
+        warm_2d = _T_POSE_PX[None]
+        if self.engine.receptive_field > 1:
+            warm_2d = np.repeat(warm_2d[:, None], self.engine.receptive_field, axis=1)
+        warm = self._lift_rel_m(warm_2d, intrinsics_from_fov(60.0, 640, 480))
         fit_translation(warm[0], _T_POSE_PX, np.ones(NUM_JOINTS), 554.0, 554.0, 320.0, 240.0)
         fit_translation_batch(warm, _T_POSE_PX[None], np.ones((1, NUM_JOINTS)),
                               554.0, 554.0, 320.0, 240.0)
@@ -98,13 +137,39 @@ class LiftStage(Stage):
         return intr
 
     def _lift_rel_m(self, joints_2d_px: np.ndarray, intr: Intrinsics) -> np.ndarray:
-        """(P, 17, 2) undistorted px -> (P, 17, 3) float64 metres, root-relative, camera axes."""
+        """(P, 17, 2) undistorted px -> (P, 17, 3) float64 metres, root-relative, camera axes.
+
+        A temporal engine takes (P, F, 17, 2) windows (oldest first); each frame is encoded on
+        its own and the newest frame's virtual-camera rotation turns the output to the camera.
+        """
         codec = self.engine.codec
-        encoded = codec.encode_full(joints_2d_px, intr.fx, intr.fy, intr.cx, intr.cy)
-        out = self.engine.run({"joints_2d": encoded.joints_2d_norm})["joints_3d"]
-        return np.asarray(codec.to_metric(
-            out, self.config.height_m, rotation_to_camera=encoded.rotation_to_camera
-        ), np.float64)
+        people = joints_2d_px.shape[0]
+        flat = joints_2d_px.reshape(-1, NUM_JOINTS, 2)
+        encoded = codec.encode_full(flat, intr.fx, intr.fy, intr.cx, intr.cy)
+        norm = encoded.joints_2d_norm.reshape(joints_2d_px.shape).astype(np.float32)
+        rotation = encoded.rotation_to_camera
+        if joints_2d_px.ndim == 4:  # windows: the newest frame of each is the one lifted
+            rotation = rotation.reshape(people, -1, 3, 3)[:, -1]
+        out = self.engine.run({"joints_2d": norm})["joints_3d"]
+        return np.asarray(codec.to_metric(out, self.config.height_m, rotation_to_camera=rotation),
+                          np.float64)
+
+    def _time_s(self, msg: Keypoints2D) -> float:
+        period = self.config.frame_period_s
+        return msg.frame_id * period if period is not None else msg.t_capture_ns * 1e-9
+
+    def _windows(self, msg: Keypoints2D, joints_2d_px: np.ndarray,
+                 conf: np.ndarray) -> np.ndarray:
+        """(P, F, 17, 2) px: each person's history, resampled at the engine's rate, the
+        current frame last; a track seen for the first time is its first frame repeated."""
+        t_s = self._time_s(msg)
+        self._histories.forget_before(t_s)
+        frames, fps = self.engine.receptive_field, self.engine.fps
+        out = np.empty((len(msg.people), frames, NUM_JOINTS, 2), np.float64)
+        for i, person in enumerate(msg.people):
+            history = self._histories.add(person.track_id, t_s, joints_2d_px[i], conf[i])
+            out[i] = history.window(t_s, frames, fps)[0]
+        return out
 
     def process(self, msg: Keypoints2D) -> Pose3D:
         if self.engine is None:
@@ -117,7 +182,10 @@ class LiftStage(Stage):
         raw_px = np.stack([p.joints_2d_px for p in msg.people])  # (P, 17, 2) detector px
         conf = np.stack([p.confidence for p in msg.people])  # (P, 17)
         joints_2d_px = undistort_pixels(raw_px.reshape(-1, 2), intr).reshape(raw_px.shape)
-        rel_m = self._lift_rel_m(joints_2d_px, intr)  # (P, 17, 3)
+        if self._histories is None:
+            rel_m = self._lift_rel_m(joints_2d_px, intr)  # (P, 17, 3)
+        else:
+            rel_m = self._lift_rel_m(self._windows(msg, joints_2d_px, conf), intr)
         t_m, err_px = fit_translation_batch(
             rel_m, joints_2d_px, np.asarray(conf, np.float64), intr.fx, intr.fy, intr.cx, intr.cy
         )
