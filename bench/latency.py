@@ -42,6 +42,7 @@ from bench import mediapipe_peer, report, single_process, transport_floor
 from bench.lifter import engine_file
 from bench.mediapipe_peer import parse_fps
 from pipeline.config import (
+    DetectConfig,
     LiftConfig,
     OutputConfig,
     PipelineConfig,
@@ -69,16 +70,19 @@ IDLE_TIMEOUT_S = 10.0
 def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
                     policy: str = "latest", smooth: bool = True,
                     detect_workers: int = 1, shared_memory: bool = True,
-                    colocate_smooth: bool = False) -> PipelineConfig:
+                    colocate_smooth: bool = False, max_people: int | None = None
+                    ) -> PipelineConfig:
     """run_pipeline.py's defaults, with the benchmark's frames and engine, the public stream on
     a free loopback port, and the output holding the start until our subscriber is there.
     policy "lossless" is run_pipeline.py --every-frame (every frame processed: throughput);
     smooth False is --no-smooth (no smooth process); detect_workers is --detect-workers;
     shared_memory False sends frames through the ipc sockets (TransportConfig);
-    colocate_smooth runs smoothing in the output process (--colocate-smooth)."""
+    colocate_smooth runs smoothing in the output process (--colocate-smooth); max_people is
+    --max-people (None: run_pipeline.py's default)."""
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,
+        detect=DetectConfig() if max_people is None else DetectConfig(max_people=max_people),
         lift=LiftConfig(engine_path=str(engine)),
         smooth=SmoothConfig(enabled=smooth),
         output=OutputConfig(publish=f"tcp://127.0.0.1:{port}", wait_for_subscribers=1,
@@ -104,6 +108,7 @@ def run_pipeline(config: PipelineConfig, fps: float | None, warmup: int) -> dict
     sub.setsockopt(zmq.SUBSCRIBE, config.output.topic.encode())
     sup = Supervisor(config)
     records: list[tuple[int, int, tuple, int]] = []
+    people: dict[int, int] = {}  # frame_id -> people in the pose
     rejected = 0
     try:
         sup.start()  # returns once every stage is open and told to go
@@ -122,6 +127,7 @@ def run_pipeline(config: PipelineConfig, fps: float | None, warmup: int) -> dict
                 continue
             if isinstance(pose, Pose3D):
                 records.append((pose.frame_id, pose.t_capture_ns, pose.stamps, t_recv))
+                people[pose.frame_id] = len(pose.people)
                 if pose.frame_id >= n_frames - 1:
                     break
         cpu_percent = cpu.stop()
@@ -146,7 +152,9 @@ def run_pipeline(config: PipelineConfig, fps: float | None, warmup: int) -> dict
         exit_code=code,
         rejected=rejected,
         records=measured,  # raw, for report.merge_stamped
+        people_e2e=[(people[r[0]], (r[3] - r[1]) / 1e6) for r in measured],
     )
+    out["e2e_by_people"] = report.by_people(out["people_e2e"])
     return out
 
 
@@ -161,7 +169,7 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             transport: str = "ipc", rounds: int = 2,
             size: tuple[int, int] | None = None, smooth: bool = True,
             detect_workers: int = 1, shared_memory: bool = True,
-            colocate_smooth: bool = False) -> dict[str, Any]:
+            colocate_smooth: bool = False, max_people: int | None = None) -> dict[str, Any]:
     """The pipeline and every baseline on the same frames, `rounds` times in turn (so a change
     in the machine's load hits all of them alike); the figures of all rounds joined; the ratios
     and targets. size: resize the frames to (width, height) first (None: the video's size).
@@ -189,10 +197,11 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
         wh = image_size(folder)
         paced = bench_frames.capture_config(folder, fps)
         fastest = bench_frames.capture_config(folder, None)
-        config = pipeline_config(paced, eng, transport, smooth=smooth)
+        config = pipeline_config(paced, eng, transport, smooth=smooth, max_people=max_people)
         chain = tuple(c for c in transport_floor.CHAIN
                       if c != "smooth" or (smooth and not colocate_smooth))
         result.update(smooth=smooth, detect_workers=detect_workers,
+                      max_people=config.detect.max_people,
                       colocate_smooth=colocate_smooth,
                       shared_memory=shared_memory and transport == "ipc", frames=n,
                       image_wh=list(wh), engine=str(eng),
@@ -201,12 +210,15 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             ("pipeline", lambda: run_pipeline(
                 pipeline_config(paced, eng, transport, smooth=smooth,
                                 detect_workers=detect_workers, shared_memory=shared_memory,
-                                colocate_smooth=colocate_smooth),
+                                colocate_smooth=colocate_smooth, max_people=max_people),
                 fps, warmup)),
             ("floor", lambda: transport_floor.run_chain(fps or 0.0, n, warmup, wh, transport,
                                                         chain, shared_memory)),
             ("single", lambda: single_process.run(paced, config, warmup)),
             ("mediapipe", lambda: mediapipe_peer.run(paced, config.detect, warmup)),
+            # the several-people peer: PoseLandmarker with the pipeline's --max-people
+            ("mediapipe_tasks", lambda: mediapipe_peer.run_tasks(
+                paced, config.detect.max_people, config.detect, warmup)),
         ]
         if throughput:
             jobs += [
@@ -214,7 +226,7 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
                     pipeline_config(fastest, eng, transport, policy="lossless", smooth=smooth,
                                     detect_workers=detect_workers,
                                     shared_memory=shared_memory,
-                                    colocate_smooth=colocate_smooth),
+                                    colocate_smooth=colocate_smooth, max_people=max_people),
                     None, warmup)),
                 ("single_max", lambda: single_process.run(fastest, config, warmup)),
             ]
@@ -238,6 +250,10 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             result[name]["stale"] = result[name]["stale_by_hop"] = None  # lossless queues
         else:
             result[name] = report.merge_fed(per_round)
+    for name in ("pipeline", "pipeline_max"):
+        if name in runs:
+            result[name]["e2e_by_people"] = report.by_people(
+                [pair for r in runs[name] for pair in r["people_e2e"]])
     for name in ("pipeline", "pipeline_max"):
         if name in result:
             per = result[name]["per_run"]
@@ -333,6 +349,11 @@ def tables(r: dict[str, Any]) -> str:
         report.summary_row("MediaPipe pose (world landmarks)", r["mediapipe"]["e2e"],
                            r["mediapipe"]["throughput_fps"], r["mediapipe"]["cpu_percent"]),
     ]
+    tasks = r.get("mediapipe_tasks")
+    if tasks is not None:
+        rows.append(report.summary_row(
+            f"MediaPipe Tasks PoseLandmarker, num_poses={r.get('max_people', '?')}", tasks["e2e"],
+            tasks["throughput_fps"], tasks["cpu_percent"]))
     if "pipeline_max" in r:
         rows.append(report.summary_row("pipeline, every frame, max rate", r["pipeline_max"]["e2e"],
                                        r["pipeline_max"]["throughput_fps"],
@@ -341,6 +362,14 @@ def tables(r: dict[str, Any]) -> str:
                                        r["single_max"]["throughput_fps"],
                                        r["single_max"]["cpu_percent"]))
     out += [report.table(["run", "n", "p50", "p95", "p99", "fps", "CPU %"], rows), ""]
+    people_rows = []
+    for label, run in (("pipeline", p), ("MediaPipe Tasks", tasks or {})):
+        for n, s in run.get("e2e_by_people", {}).items():
+            people_rows.append(report.summary_row(f"{label}, {n} in view", s))
+    if people_rows:
+        out += [f"End to end by the number of people in view (the pipeline's --max-people "
+                f"{r.get('max_people', '?')}), ms", "",
+                report.table(["run", "n", "p50", "p95", "p99"], people_rows), ""]
     out += [
         f"Frames: {p['frames_captured']} captured, {p['frames_delivered']} delivered, "
         f"{p['frames_dropped']} dropped (latest wins); stale delivered (a newer frame overtook "
@@ -402,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--colocate-smooth", action="store_true",
                         help="smoothing inside the output process (run_pipeline.py "
                              "--colocate-smooth); the floor without a smooth process")
+    parser.add_argument("--max-people", type=int, default=None, metavar="N",
+                        help="the pipeline's --max-people and the MediaPipe Tasks peer's "
+                             "num_poses (default: run_pipeline.py's)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="run everything this many times in turn (default 2)")
     parser.add_argument("--no-throughput", action="store_true",
@@ -428,7 +460,7 @@ def _main(args: argparse.Namespace) -> int:
                 throughput=not args.no_throughput, transport=args.transport,
                 rounds=args.rounds, size=args.size, smooth=not args.no_smooth,
                 detect_workers=args.detect_workers, shared_memory=not args.no_shm,
-                colocate_smooth=args.colocate_smooth)
+                colocate_smooth=args.colocate_smooth, max_people=args.max_people)
     print(tables(r))
     if args.json:
         report.write_json(args.json, r)

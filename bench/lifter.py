@@ -263,7 +263,7 @@ def bench_kernels(calls: int, paced_calls: int, engine_path: Path) -> list[dict[
     lift = LiftStage(LiftConfig(engine_path=str(engine_path), backend="onnxruntime"))
     lift.open()
     try:
-        rel = lift._lift_rel_m(_T_POSE_PX, lift.intrinsics_for((640, 480))).astype(np.float64)
+        rel = lift._lift_rel_m(_T_POSE_PX[None], lift.intrinsics_for((640, 480)))[0]
         w = np.ones(NUM_JOINTS)
         rng = np.random.default_rng(0)
         poses = [rel + rng.normal(0, 0.01, rel.shape) for _ in range(16)]

@@ -66,6 +66,60 @@ def run(capture: CaptureConfig, detect: DetectConfig | None = None,
     return out
 
 
+def run_tasks(capture: CaptureConfig, num_poses: int, detect: DetectConfig | None = None,
+              warmup: int = 30) -> dict[str, Any]:
+    """MediaPipe Tasks PoseLandmarker (VIDEO mode, `num_poses` people) on every frame of
+    `capture`, in this process: what a user who wants several people runs instead of us.
+
+    The same BlazePose models from the same bundle as the detect stage
+    (stages.detect.pose_bundle), per frame BGR -> RGB and `detect_for_video`, world landmarks
+    of every person read out. Returns bench.frames.feed's dict plus "people" (frames by the
+    number of people found: {n: frames}), "people_e2e" ([(people, e2e ms)] per measured
+    frame) and "e2e_by_people" ({n: summary}).
+    """
+    import mediapipe as mp
+    from mediapipe.tasks import python as mp_tasks
+    from mediapipe.tasks.python import vision
+
+    from stages.detect import pose_bundle
+
+    detect = detect or DetectConfig()
+    options = vision.PoseLandmarkerOptions(
+        base_options=mp_tasks.BaseOptions(model_asset_path=str(pose_bundle())),
+        running_mode=vision.RunningMode.VIDEO, num_poses=num_poses,
+        min_pose_detection_confidence=detect.min_detection_confidence,
+        min_pose_presence_confidence=detect.min_presence_confidence,
+        min_tracking_confidence=detect.min_tracking_confidence)
+    landmarker = vision.PoseLandmarker.create_from_options(options)
+    people: dict[int, int] = {}
+    per_frame: dict[int, int] = {}
+    last_ms = [-1]
+
+    def handle(frame: Frame) -> dict[str, float]:
+        t0 = time.perf_counter_ns()
+        image = mp.Image(image_format=mp.ImageFormat.SRGB,
+                         data=cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB))
+        ts_ms = max(frame.t_capture_ns // 1_000_000, last_ms[0] + 1)
+        last_ms[0] = ts_ms
+        result = landmarker.detect_for_video(image, ts_ms)
+        world = [np.array([(m.x, m.y, m.z) for m in person], np.float32)
+                 for person in result.pose_world_landmarks]
+        if frame.frame_id >= warmup:
+            people[len(world)] = people.get(len(world), 0) + 1
+        per_frame[frame.frame_id] = len(world)
+        return {"mediapipe_tasks": (time.perf_counter_ns() - t0) / 1e6}
+
+    try:
+        out = bench_frames.feed(capture, handle, warmup)
+    finally:
+        landmarker.close()
+    out["people"] = dict(sorted(people.items()))
+    out["people_e2e"] = [(per_frame[fid], ms) for fid, ms in
+                         zip(out["series"]["frame_id"], out["series"]["e2e_ms"])]
+    out["e2e_by_people"] = report.by_people(out["people_e2e"])
+    return out
+
+
 def parse_fps(text: str) -> float | None:
     """"30" -> 30.0, "max" -> None (as fast as possible)."""
     if text == "max":

@@ -211,6 +211,15 @@ def merge_stamped(runs: Sequence[dict[str, Any]], frame_interval_ms: float | Non
     return out
 
 
+def by_people(pairs: Sequence[tuple[int, float]]) -> dict[str, Any]:
+    """{people in view (as text): summary of the e2e ms of frames with that many}, from
+    (people, e2e ms) pairs."""
+    groups: dict[int, list[float]] = {}
+    for n, ms in pairs:
+        groups.setdefault(int(n), []).append(float(ms))
+    return {str(n): summarize(v) for n, v in sorted(groups.items())}
+
+
 def merge_fed(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Join runs of an in-process loop (bench.frames.feed results) into one."""
     e2e = [x for r in runs for x in r["raw"]["e2e_ms"]]
@@ -231,6 +240,10 @@ def merge_fed(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key in ("with_person",):
         if all(key in r for r in runs):
             out[key] = sum(r[key] for r in runs)
+    if all("people_e2e" in r for r in runs):
+        out["e2e_by_people"] = by_people([pair for r in runs for pair in r["people_e2e"]])
+    out["per_run"] = [{k: v for k, v in r.items() if k not in ("people_e2e",)}
+                      for r in out["per_run"]]
     return out
 
 

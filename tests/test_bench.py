@@ -134,7 +134,7 @@ def test_in_process_baselines_small_run(video: Path) -> None:
         assert out["frames"] == 8
         sane(out["e2e"], 8)
         assert math.isfinite(out["throughput_fps"]) and out["throughput_fps"] > 0
-    assert set(single["parts"]) == {"detect", "lift", "smooth"}
+    assert set(single["parts"]) == {"detect", "track", "lift", "smooth"}
     assert single["with_person"] > 0 and peer["with_person"] > 0
 
 
@@ -150,12 +150,18 @@ def test_latency_cli_small_run(video: Path, tmp_path: Path, capsys) -> None:
     r = json.loads((tmp_path / "lat.json").read_text())
     p = r["pipeline"]
     assert p["frames_captured"] == 14 and 0 < p["frames_delivered"] <= 14
-    assert set(p["stages"]) == {"capture", "detect", "lift", "smooth", "output"}
+    assert set(p["stages"]) == {"capture", "detect", "track", "lift", "smooth", "output"}
     for key in ("e2e", "overhead"):
         assert p[key]["n"] >= 1 and p[key]["p50"] <= p[key]["p99"]
     assert isinstance(p["stale"], int) and p["stale"] >= 0  # timing-dependent: not asserted
-    for name in ("floor", "single", "mediapipe", "pipeline_max", "single_max"):
+    for name in ("floor", "single", "mediapipe", "mediapipe_tasks", "pipeline_max",
+                 "single_max"):
         assert r[name]["e2e"]["n"] >= 1, name
+    # figures by the number of people in view, for the pipeline and the several-people peer
+    assert sum(s["n"] for s in p["e2e_by_people"].values()) == p["e2e"]["n"]
+    assert sum(s["n"] for s in r["mediapipe_tasks"]["e2e_by_people"].values()) == (
+        r["mediapipe_tasks"]["e2e"]["n"])
+    assert "by the number of people in view" in printed
     assert r["pipeline_max"]["frames_delivered"] == 14  # every frame: lossless
     assert {t["target"] for t in r["targets"]} >= {"overhead p50, ms", "stale frames delivered"}
     assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
