@@ -15,6 +15,7 @@ import logging
 import sys
 
 from pipeline.config import (
+    auto_detect_workers,
     CaptureConfig,
     DetectConfig,
     LiftConfig,
@@ -58,6 +59,19 @@ two hosts (the camera on host A, 10.0.0.5; the rest on host B):
 """
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--detect-workers takes a number or auto, got "
+                                         f"{text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--detect-workers must be at least 1, got {n}")
+    return n
+
+
 def _tiles(text: str) -> tuple[int, ...]:
     if text.strip().lower() in ("", "none", "0"):
         return ()
@@ -65,6 +79,14 @@ def _tiles(text: str) -> tuple[int, ...]:
         return tuple(int(g) for g in text.split(","))
     except ValueError:
         raise ValueError(f"--tiles takes grid sizes such as 2,3 or 'none', got {text!r}") from None
+
+
+def _resolve_workers(value: int | str) -> int:
+    if value != "auto":
+        return int(value)
+    workers, why = auto_detect_workers()
+    logging.getLogger("run_pipeline").info("--detect-workers auto: %s", why)
+    return workers
 
 
 def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
@@ -162,10 +184,11 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
                            "other (repeatable)")
     dist.add_argument("--endpoints", metavar="FILE",
                       help="a JSON file {\"EDGE\": \"ENDPOINT\", ...}; --endpoint wins")
-    dist.add_argument("--detect-workers", type=int, default=1, metavar="N",
+    dist.add_argument("--detect-workers", type=_workers, default="auto", metavar="N|auto",
                       help="N detection processes share the frames (each frame to the first "
                            "free one); lift puts their results back in frame order, waiting "
-                           "at most --reorder-wait for an earlier frame (default %(default)s)")
+                           "at most --reorder-wait for an earlier frame. auto (the default): "
+                           "one per free core, at most 3, the choice logged")
     dist.add_argument("--reorder-wait", type=float, default=TopologyConfig.reorder_wait_s,
                       metavar="S", help="with --detect-workers: longest hold for an earlier "
                       "frame; one later than that is dropped and counted (default %(default)s)")
@@ -224,7 +247,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             only=tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only
             else (),
             endpoints=tuple(_edge_endpoints(args).items()),
-            detect_workers=args.detect_workers,
+            detect_workers=_resolve_workers(args.detect_workers),
             reorder_wait_s=args.reorder_wait,
             allow_remote=args.allow_remote,
             colocate=("smooth",) if args.colocate_smooth else (),

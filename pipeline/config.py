@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -140,6 +142,34 @@ class OutputConfig:
             )
         if not self.topic or len(self.topic) > 64:
             raise ValueError(f"topic must be 1 to 64 characters, got {self.topic!r}")
+
+
+#: the most detection processes `--detect-workers auto` starts
+MAX_AUTO_DETECT_WORKERS: int = 3
+
+
+def auto_detect_workers(cores: int | None = None,
+                        load_1min: float | None = None) -> tuple[int, str]:
+    """(workers, why) for `--detect-workers auto`: one detection process per core that is
+    free now (the cores this process may run on, less the 1-minute load average, to the
+    nearest whole core), at least 1 and at most MAX_AUTO_DETECT_WORKERS. Detection is the one
+    stage that costs per person and per frame (about 16 ms a person at 1280x720 here); the others
+    together use a fraction of a core, so on an idle 2-core machine two workers pay off
+    (docs/BENCHMARKS.md: 1.4-1.5x the frames per second of one)."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    if load_1min is None:
+        try:
+            load_1min = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load_1min = 0.0
+    free = max(0.0, cores - load_1min)
+    workers = int(max(1, min(MAX_AUTO_DETECT_WORKERS, cores, math.floor(free + 0.5))))
+    return workers, (f"{cores} cores, load {load_1min:.2f}: {free:.1f} free -> "
+                     f"{workers} detection process{'es' if workers > 1 else ''}")
 
 
 def is_local_endpoint(endpoint: str) -> bool:

@@ -81,7 +81,7 @@ def run_pipeline_on(image: Path, calib: Path, log_path: Path) -> list[Pose3D]:
     cmd = [
         sys.executable, str(REPO / "run_pipeline.py"), "--images", str(image), "--every-frame",
         "--calib", str(calib), "--publish", endpoint, "--wait-for-subscribers", "1",
-        "--log-level", "INFO",
+        "--log-level", "INFO", "--detect-workers", "1",  # the stamps below name one detect
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,

@@ -78,7 +78,8 @@ def street_run(shared_dir, tmp_path_factory):
         popen = subprocess.Popen(
             [sys.executable, "run_pipeline.py", "--video", str(video), "--as-fast-as-possible",
              "--every-frame", "--max-frames", str(FRAMES), "--engine", engine,
-             "--publish", endpoint, "--wait-for-subscribers", "1"],
+             "--publish", endpoint, "--wait-for-subscribers", "1",
+             "--detect-workers", "1"],  # the stamps name one detect process
             cwd=REPO, stderr=err, stdout=subprocess.DEVNULL,
         )
         try:
@@ -193,7 +194,7 @@ def test_sigint_stops_the_real_pipeline_within_3s(shared_dir, reaper, tmp_path):
     endpoint = f"tcp://127.0.0.1:{port}"
     err = open(tmp_path / "stderr.log", "w")  # a file, not a pipe nobody reads
     popen = reaper.python("run_pipeline.py", "--video", str(shared_dir / VIDEO), "--engine",
-                          engine, "--publish", endpoint, stderr=err)
+                          engine, "--publish", endpoint, "--detect-workers", "1", stderr=err)
     err.close()
     ctx = zmq.Context()
     sub = open_socket(ctx, zmq.SUB, connect=endpoint)
