@@ -263,3 +263,27 @@ def test_cli_compares_a_temporal_and_a_single_frame_engine_in_one_run(tmp_path, 
     assert evaluate_main(["--engine", str(temporal_engine.onnx_path),
                           "--poses", str(tmp_path / "plain.npz")]) == 2
     assert "sequence file" in capsys.readouterr().err
+
+
+def test_bench_lifter_times_the_temporal_engine(temporal_engine):
+    from bench import lifter
+
+    rows = lifter.bench_engines(temporal_engine.onnx_path, None, batch=4, calls=5, paced_calls=1,
+                                backends=["onnxruntime"])
+    timed = [r for r in rows if r["backend"] == "onnxruntime-cpu 1 thread"]
+    assert [r["batch"] for r in timed] == [1, 4] and all(r["frames"] == 9 for r in timed)
+    assert all(r["hot"]["p50"] > 0 and r["max_abs_diff_vs_fp32"] == 0.0 for r in timed)
+
+
+def test_video_jitter_measures_second_differences_within_tracks():
+    from engines.training.video_jitter import runs_of_people, second_difference_mm
+
+    px = np.zeros((8, NUM_JOINTS, 2))
+    px[3] = np.nan                                      # nobody in frame 3: two tracks
+    track = runs_of_people(px)
+    np.testing.assert_array_equal(track, [0, 0, 0, -1, 1, 1, 1, 1])
+    t = np.arange(8, dtype=np.float64)
+    joints = np.zeros((8, NUM_JOINTS, 3))
+    joints[..., 0] = (t ** 2)[:, None]                  # constant acceleration 2 mm/frame^2
+    joints[3] = 1e6                                     # never differenced across the gap
+    assert second_difference_mm(joints, track) == pytest.approx(2.0)
