@@ -69,14 +69,16 @@ def time_calls(fn: Callable[[], Any], calls: int, pace_s: float = 0.0,
     return report.summarize(samples)
 
 
-def pose_inputs(codec: Any, batch: int, seed: int = 0) -> np.ndarray:
+def pose_inputs(codec: Any, batch: int, seed: int = 0, frames: int = 1) -> np.ndarray:
     """(batch, 17, 2) float32 codec-normalised 2D poses: a standing person in a 640x480 image
-    with a few pixels of noise, encoded with the engine's codec."""
+    with a few pixels of noise, encoded with the engine's codec; with frames F > 1 (a temporal
+    engine) (batch, F, 17, 2) windows of such frames, each encoded on its own."""
     from stages.lift import _T_POSE_PX
 
     rng = np.random.default_rng(seed)
-    px = _T_POSE_PX[None] + rng.normal(0, 3.0, (batch, NUM_JOINTS, 2))
-    return codec.encode(px, 554.0, 554.0, 320.0, 240.0).astype(np.float32)
+    px = _T_POSE_PX[None] + rng.normal(0, 3.0, (batch * frames, NUM_JOINTS, 2))
+    enc = codec.encode(px, 554.0, 554.0, 320.0, 240.0).astype(np.float32)
+    return enc if frames == 1 else enc.reshape(batch, frames, NUM_JOINTS, 2)
 
 
 # --------------------------------------------------------------------------- engines
@@ -190,7 +192,8 @@ def bench_engines(engine_path: Path, checkpoint: str | None, batch: int, calls: 
                 candidates.append(("tensorrt", trt))
             else:
                 rows.append({"backend": "tensorrt", "skipped": status["tensorrt"]})
-        check = pose_inputs(base.codec, batch, seed=1)
+        frames = base.receptive_field
+        check = pose_inputs(base.codec, batch, seed=1, frames=frames)
         reference = base.run({runtime.INPUT_NAME: check})[runtime.OUTPUT_NAME]
         for label, make in candidates:
             fn = make()
@@ -204,11 +207,11 @@ def bench_engines(engine_path: Path, checkpoint: str | None, batch: int, calls: 
             diff = float("nan") if fresh else float(
                 np.max(np.abs(np.asarray(got, np.float64) - reference)))
             for b in (1, batch):
-                x = pose_inputs(base.codec, b)
+                x = pose_inputs(base.codec, b, frames=frames)
                 hot = time_calls(lambda: fn(x), calls)
                 paced = time_calls(lambda: fn(x), paced_calls, pace_s=1.0 / PACED_FPS, warmup=3)
-                rows.append({"backend": label, "batch": b, "hot": hot, "paced_30fps": paced,
-                             "us_per_pose_hot": 1000.0 * hot["p50"] / b,
+                rows.append({"backend": label, "batch": b, "frames": frames, "hot": hot,
+                             "paced_30fps": paced, "us_per_pose_hot": 1000.0 * hot["p50"] / b,
                              "max_abs_diff_vs_fp32": diff})
     finally:
         tmp.cleanup()
@@ -309,9 +312,14 @@ def run(engine: str | None = None, checkpoint: str | None = None, batch: int = 6
         out: dict[str, Any] = {
             "engine": {"path": str(path), "engine_id": eng.engine_id,
                        "model_config": eng.metadata.get("model_config"),
+                       "receptive_field": eng.receptive_field, "fps": eng.fps,
                        "size_bytes": path.stat().st_size},
             "engines": bench_engines(path, checkpoint, batch, calls, paced_calls, list(backends)),
-            "kernels": bench_kernels(calls, paced_calls, path),
+            # the lift stage serves single-frame engines only so far: with a temporal engine
+            # the per-frame stage row runs the default engine (named in kernels_engine)
+            "kernels": bench_kernels(calls, paced_calls, kernels_engine := (
+                path if eng.receptive_field == 1 else runtime.DEFAULT_ENGINE_PATH)),
+            "kernels_engine": str(kernels_engine),
         }
     if first_call:
         out["first_call"] = first_call_costs()
@@ -329,7 +337,8 @@ def print_tables(out: dict[str, Any]) -> None:
                      r["paced_30fps"]["p50"], r["paced_30fps"]["p99"], r["us_per_pose_hot"],
                      f"{r['max_abs_diff_vs_fp32']:.1e}"
                      if r["max_abs_diff_vs_fp32"] == r["max_abs_diff_vs_fp32"] else "-"])
-    print(f"lifter engine {out['engine']['engine_id']} ({out['engine']['model_config']}), "
+    print(f"lifter engine {out['engine']['engine_id']} ({out['engine']['model_config']}, "
+          f"{out['engine'].get('receptive_field', 1)} frame(s) per pose), "
           f"load {out['machine']['loadavg']}")
     print(report.table(["backend", "batch", "hot p50 ms", "hot p99 ms", "30 fps p50 ms",
                         "30 fps p99 ms", "us/pose hot", "max diff vs fp32"], rows, 3))
