@@ -39,6 +39,10 @@ track_id (the same person keeps it across frames), joints_3d_m (17, 3) metres in
 frame (+X right, +Y down, +Z forward), root_m, joints_2d_px, confidence, reproj_err_px.
 Watch it with: python -m pipeline.subscribe [ENDPOINT] [--json]
 
+files: --video and --images are processed whole (every frame, as fast as the pipeline goes;
+the run ends with a count of the inputs read, published, skipped and dropped); --realtime
+plays them as a camera would (paced, newest frame wins). A camera is always newest-frame-wins.
+
 exit status: 0 when a video/image set has been streamed to the end, 1 when a stage failed
 for good (its traceback is logged; a stage that dies or hangs is first restarted, see
 --max-restarts), 2 for a bad flag, a source that cannot be opened or a publish endpoint in
@@ -47,8 +51,8 @@ use, 130/143 after Ctrl-C / SIGTERM.
 examples:
   python run_pipeline.py --camera 0
   python run_pipeline.py --video clip.mp4 --fov 70 --height 1.82
-  python run_pipeline.py --video clip.mp4 --as-fast-as-possible --max-frames 300
-  python run_pipeline.py --images 'frames/*.jpg' --every-frame --calib camera.yaml
+  python run_pipeline.py --video clip.mp4 --realtime --max-frames 300
+  python run_pipeline.py --images 'frames/*.jpg' --calib camera.yaml
   python run_pipeline.py --camera 0 --view --record session.psrec
   python run_pipeline.py --camera 0 --detect-workers 2
 two hosts (the camera on host A, 10.0.0.5; the rest on host B):
@@ -99,18 +103,27 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     src = p.add_argument_group("source (pick one; default --camera 0)")
     one = src.add_mutually_exclusive_group()
     one.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index (/dev/videoN)")
-    one.add_argument("--video", metavar="FILE", help="a video file, paced at its own frame rate")
+    one.add_argument("--video", metavar="FILE",
+                     help="a video file: every frame is processed, as fast as the pipeline "
+                          "goes (--realtime: paced at its frame rate, newest frame wins)")
     one.add_argument("--images", metavar="GLOB",
-                     help="image files in sorted order (quote the pattern: 'dir/*.jpg'); the "
-                          "person detector runs on every image (add --no-smooth when the images "
-                          "are unrelated)")
+                     help="image files in sorted order (quote the pattern: 'dir/*.jpg'), "
+                          "each one processed; the person detector runs on every image (add "
+                          "--no-smooth when the images are unrelated)")
     src.add_argument("--loop", action="store_true",
                      help="--video/--images: start again at the end (demos, soak tests)")
+    src.add_argument("--realtime", action="store_true",
+                     help="--video/--images: play the file as a camera would, paced at its "
+                          "frame rate (images: 30 per second) with the newest frame winning: "
+                          "frames the pipeline cannot keep up with are dropped and counted "
+                          "(demos, latency benchmarks). A camera is always played so")
     src.add_argument("--as-fast-as-possible", action="store_true",
-                     help="don't pace --video/--images at their frame rate (benchmarks)")
+                     help="don't pace --video/--images (the default for files; with "
+                          "--realtime: newest frame wins, as fast as frames can be read)")
     src.add_argument("--every-frame", action="store_true",
-                     help="process every frame instead of always the newest (offline files; "
-                          "stages wait for each other instead of dropping frames)")
+                     help="process every frame, stages waiting for each other instead of "
+                          "dropping (the default for --video and --images; with --camera: "
+                          "no frame is dropped after capture)")
     src.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     src.add_argument("--width", type=int, help="camera: requested frame width, px")
     src.add_argument("--height-px", type=int, dest="height_px",
@@ -209,12 +222,24 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Flags -> PipelineConfig. Raises ValueError for inconsistent values."""
+    """Flags -> PipelineConfig. Raises ValueError for inconsistent values.
+
+    A file (--video, --images) is processed whole: every frame (edge policy "lossless"),
+    unpaced. --realtime plays it as a camera: paced, newest frame wins ("latest"), as a
+    camera always is; --every-frame asks for "lossless" with any source."""
+    is_file = args.video is not None or args.images is not None
+    if args.realtime and not is_file:
+        raise ValueError("--realtime plays a --video or --images file as a camera would; a "
+                         "camera is always played in real time")
+    if args.realtime and args.every_frame:
+        raise ValueError("--realtime (newest frame wins, drops counted) and --every-frame "
+                         "(every frame processed) contradict each other: pick one")
+    whole = args.every_frame or (is_file and not args.realtime)
     capture = CaptureConfig(
         camera=args.camera,
         video=args.video,
         images=args.images,
-        as_fast_as_possible=args.as_fast_as_possible,
+        as_fast_as_possible=args.as_fast_as_possible or (is_file and not args.realtime),
         max_frames=args.max_frames,
         loop=args.loop,
         camera_width=args.width,
@@ -240,7 +265,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             curve_authorized_dir=args.curve_authorized,
         ),
         transport=TransportConfig(
-            kind=args.transport, policy="lossless" if args.every_frame else "latest"
+            kind=args.transport, policy="lossless" if whole else "latest"
         ),
         supervisor=SupervisorConfig(log_level=args.log_level, max_restarts=args.max_restarts),
         topology=TopologyConfig(

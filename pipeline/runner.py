@@ -10,7 +10,9 @@ the supervisor with its traceback and the process exits 1.
 Control messages are msgpack maps. Child -> supervisor: {"event": "hello"|"ready"|"beat"|
 "error"|"eos"|"bye", "stage": name, ...} ("beat" every HEARTBEAT_INTERVAL_S from the main
 loop, with `busy_s`: how long a source's produce() call has been running, and `last`: a
-source's newest (frame id, t_capture_ns), from which a restart goes on); supervisor -> child:
+source's frame (frame id, t_capture_ns) a restart goes on after, and `stats`: the counters
+of `StageRunner.stats()`, so those of a stage killed by -9 are known up to its last beat);
+supervisor -> child:
 {"cmd": "go"|"stop"} or {"cmd": "status", "kind", "text", "frame_id"} (published by a stage
 with `publish_status`).
 """
@@ -36,7 +38,7 @@ import msgpack
 import zmq
 
 from pipeline.config import PipelineConfig
-from pipeline.graph import stage_class
+from pipeline.graph import REPLICA_SEP, stage_class
 from pipeline.health import HEARTBEAT_INTERVAL_S, RejectCounter
 from pipeline.quiet import quiet_third_party
 from pipeline.reorder import Reorder
@@ -165,9 +167,17 @@ class StageRunner:
         self._last_beat = 0.0
         self._produce_started = 0.0  # monotonic s when the running produce() began, else 0
         self._last_produced: tuple[int, int] | None = None  # a source: (frame id, t_capture_ns)
+        self._last_offered: tuple[int, int] | None = None  # a source: its newest frame sent on
         self.processed = 0
         self._last_frame_id = 0
         self.reorder: Reorder | None = None  # with several input edges (workers): the merge
+        # a lossless run whose source restarted re-sends the frames it could not know were
+        # delivered: a stage with one input drops an id it has had (a replica of a fan-out
+        # does not: its ids have gaps, and the merge after it drops repeats)
+        self._lossless = plan.config.transport.policy == "lossless"
+        self._drop_repeats = self._lossless and REPLICA_SEP not in plan.stage
+        self._last_in_id = -1
+        self.repeated = 0
 
     # ------------------------------------------------------------------ control
     def _tell(self, event: str, **fields: Any) -> None:
@@ -216,12 +226,26 @@ class StageRunner:
         if now - self._last_beat >= HEARTBEAT_INTERVAL_S:
             started = self._produce_started
             self._tell("beat", busy_s=now - started if started else 0.0,
-                       last=self._last_produced)
+                       last=self._resume_point(), stats=self.stats())
             self._last_beat = now
         if os.getppid() != self.plan.parent_pid:
             log.error("supervisor (pid %d) is gone: stopping", self.plan.parent_pid)
             self.stop_requested = True
         return self.stop_requested
+
+    def _resume_point(self) -> tuple[int, int] | None:
+        """A source's (frame id, t_capture_ns) a restart goes on after (heartbeat "last").
+
+        Newest frame wins: the newest frame made (the restart skips the frames due while it
+        was down). Lossless: the frame before the first one not known delivered (queued, or
+        sent without the consumer's next credit yet), so a restart sends it again and
+        nothing is lost; a consumer drops a repeat (`_drop_repeats`)."""
+        if not self._lossless:
+            return self._last_produced
+        firsts = [f for s in self.senders if (f := s.first_undelivered()) is not None]
+        if firsts and self._last_offered is not None:
+            return (min(firsts) - 1, self._last_offered[1])
+        return self._last_offered
 
     # ------------------------------------------------------------------ life
     def run(self) -> int:
@@ -236,7 +260,7 @@ class StageRunner:
             self.stage = cls(getattr(self.plan.config, self.plan.config_key, None))
             opened = True  # close() runs even when open() fails half way
             if self.plan.resume_after is not None and isinstance(self.stage, Source):
-                self.stage.resume(*self.plan.resume_after)
+                self.stage.resume(*self.plan.resume_after, lossless=self._lossless)
             for name, module, config_key in self.plan.pre:
                 pre = stage_class(name, module)(getattr(self.plan.config, config_key, None))
                 self.pre_stages.append(pre)
@@ -297,6 +321,8 @@ class StageRunner:
             "dropped_out": sum(s.dropped for s in self.senders),
             "rejected": self.rejects.as_dict(),
             **({} if self.reorder is None else {"dropped_late": self.reorder.dropped_late}),
+            **({"repeated_in": self.repeated} if self._drop_repeats else {}),
+            **({"source": self.stage.counters()} if isinstance(self.stage, Source) else {}),
         }
 
     def _startup_poller(self) -> zmq.Poller:
@@ -467,6 +493,11 @@ class StageRunner:
         except SchemaError as exc:
             self.rejects.reject("schema", str(exc))
             return
+        if self._drop_repeats:
+            if msg.frame_id <= self._last_in_id:
+                self.repeated += 1  # sent again by a restarted source; had it already
+                return
+            self._last_in_id = msg.frame_id
         self._handle_message(msg, t_in_ns, is_sink)
 
     def _handle_message(self, msg: Any, t_in_ns: int, is_sink: bool) -> None:
@@ -543,8 +574,9 @@ class StageRunner:
                     if msg is None:
                         continue
                     msg = with_stamp(msg, self.name, msg.t_capture_ns, now_ns())
-                    handoff.append(encode(msg))
-                    self._last_produced = (msg.frame_id, msg.t_capture_ns)
+                    made = (msg.frame_id, msg.t_capture_ns)
+                    handoff.append((encode(msg), made))
+                    self._last_produced = made
                     if lossless:
                         room.clear()
                     os.write(wake_w, b"m")
@@ -574,10 +606,11 @@ class StageRunner:
                 if wake_r in ready:
                     os.read(wake_r, 4096)
                 while handoff:
-                    frames = handoff.popleft()
+                    frames, made = handoff.popleft()
                     self.processed += 1
                     for s in self.senders:
-                        s.offer(frames)
+                        s.offer(frames, made[0])
+                    self._last_offered = made
                 for s in self.senders:
                     if s.socket in ready:
                         s.on_readable()

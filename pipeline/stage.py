@@ -51,11 +51,20 @@ class Source(Stage):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement produce()")
 
-    def resume(self, after_frame_id: int, after_t_capture_ns: int) -> None:
+    def resume(self, after_frame_id: int, after_t_capture_ns: int, *,
+               lossless: bool = False) -> None:
         """Called before open() when this process replaces one that died after producing
         frame `after_frame_id` (captured at `after_t_capture_ns`, CLOCK_MONOTONIC): go on
-        from there, so frame ids keep increasing and the frames missed while it was down
-        show as a gap. Default: nothing (ids start again from whatever produce() makes)."""
+        from there, so frame ids keep increasing. Newest frame wins (`lossless` False): the
+        frames missed while it was down are skipped and show as a gap. Lossless (every
+        frame asked for): `after_frame_id` is the last frame known delivered; go on with
+        the very next one, skipping nothing. Default: nothing (ids start again from
+        whatever produce() makes)."""
+
+    def counters(self) -> dict[str, Any]:
+        """Counts for the end-of-run report (msgpack-able; in the heartbeat and the
+        stage's stats as "source"); see stages/capture.py. Default: none."""
+        return {}
 
 
 class Sink(Stage):

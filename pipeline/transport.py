@@ -116,18 +116,27 @@ class EdgeSender:
     Counters: `sent`, `dropped` (replaced before sending), `sent_shm` (of `sent`, through
     the ring). ring: a pipeline.shm.FrameRing for large parts (both ends on this host, in
     this run); the edge owns it and removes its file on close().
+    `first_undelivered()`: the lowest frame id (as given to `offer`) not known to have
+    reached a consumer: queued, or sent and not yet followed by that consumer's next credit
+    (a restarted lossless source goes on from there; pipeline.runner).
+    options: socket options set before bind (CurveZMQ server keys, pipeline.security).
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, policy: str = "latest",
-                 ring: FrameRing | None = None) -> None:
+                 ring: FrameRing | None = None,
+                 options: dict[int, int | bytes] | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"edge policy must be one of {POLICIES}, got {policy!r}")
         self.endpoint = endpoint
         self.policy = policy
         self.ring = ring
-        self.socket = open_socket(ctx, zmq.ROUTER, bind=endpoint, rcvhwm=64, sndhwm=8)
-        # queued messages: (ring slot they hold or None, edge message parts)
-        self._queue: collections.deque[tuple[int | None, list[Any]]] = collections.deque()
+        self.socket = open_socket(ctx, zmq.ROUTER, bind=endpoint, rcvhwm=64, sndhwm=8,
+                                  options=options)
+        # queued messages: (ring slot they hold or None, frame id or None, edge message parts)
+        self._queue: collections.deque[tuple[int | None, int | None, list[Any]]] = (
+            collections.deque())
+        # frame id of the last message sent to each consumer, until its next credit
+        self._unconfirmed: dict[bytes, int] = {}
         self._ended = False
         self._end_sent = False
         # consumers holding an unanswered credit -> its token, oldest first: several
@@ -163,15 +172,26 @@ class EdgeSender:
                 self._end_sent = True
         return self._end_sent
 
-    def offer(self, frames: Sequence[Any]) -> None:
-        """Queue one encoded message; with policy "latest" it replaces an unsent one."""
+    def first_undelivered(self) -> int | None:
+        """The lowest frame id queued, or sent to a consumer that has not asked again since
+        (it may have been lost with that consumer or on the way); None when every message
+        offered is known delivered. A consumer silent for END_WAIT_S is taken as gone."""
+        now = time.monotonic()
+        ids = [fid for _, fid, _ in self._queue if fid is not None]
+        ids += [fid for peer, fid in self._unconfirmed.items()
+                if now - self._last_seen.get(peer, now) <= END_WAIT_S]
+        return min(ids) if ids else None
+
+    def offer(self, frames: Sequence[Any], frame_id: int | None = None) -> None:
+        """Queue one encoded message (of frame `frame_id`, for `first_undelivered`); with
+        policy "latest" it replaces an unsent one."""
         if self._ended:
             raise RuntimeError(f"edge {self.endpoint}: offer() after end()")
         if self.policy == "latest" and self._queue:
             self._queue.clear()
             self.dropped += 1
         if self.ring is not None:
-            busy = {slot for slot, _ in self._queue if slot is not None}
+            busy = {slot for slot, _, _ in self._queue if slot is not None}
             now = time.monotonic()
             # a consumer silent for END_WAIT_S has gone (restarted under a new identity)
             busy.update(slot for peer, slot in self._lent.items()
@@ -179,10 +199,10 @@ class EdgeSender:
             put = self.ring.put(frames, busy)
             if put is not None:
                 descriptor, slot, parts = put
-                self._queue.append((slot, [SHM, descriptor, *parts]))
+                self._queue.append((slot, frame_id, [SHM, descriptor, *parts]))
                 self._pump()
                 return
-        self._queue.append((None, [DATA, *frames]))
+        self._queue.append((None, frame_id, [DATA, *frames]))
         self._pump()
 
     def end(self) -> None:
@@ -207,12 +227,13 @@ class EdgeSender:
             if self._served.get(peer) != token:
                 self._waiting[peer] = token
                 self._lent.pop(peer, None)  # a new credit: done with the last message
+                self._unconfirmed.pop(peer, None)  # ... which it has, then, received
         self._pump()
 
     def _pump(self) -> None:
         while self._queue and self._waiting:
             peer, token = next(iter(self._waiting.items()))
-            slot, parts = self._queue[0]
+            slot, frame_id, parts = self._queue[0]
             sent = self._send(peer, parts)
             if sent is None:
                 return  # the consumer's pipe is full: keep the credit, try on the next event
@@ -221,6 +242,8 @@ class EdgeSender:
                 self._served[peer] = token
                 self._queue.popleft()
                 self.sent += 1
+                if frame_id is not None:
+                    self._unconfirmed[peer] = frame_id
                 if slot is not None:
                     self.sent_shm += 1
                     self._lent[peer] = slot
@@ -250,6 +273,7 @@ class EdgeSender:
             log.info("edge %s: a consumer went away; waiting for a new one", self.endpoint)
             self._peers.discard(peer)
             self._lent.pop(peer, None)
+            self._unconfirmed.pop(peer, None)
             return False
         return True
 
@@ -273,12 +297,14 @@ class EdgeReceiver:
 
     def __init__(self, ctx: zmq.Context, endpoint: str,
                  on_malformed: Callable[[str], None] | None = None,
-                 ring_dir: str | None = None, zero_copy: bool = True) -> None:
+                 ring_dir: str | None = None, zero_copy: bool = True,
+                 options: dict[int, int | bytes] | None = None) -> None:
         """on_malformed(why) is called for each message that is not a valid edge message
         (it still answers our credit); default: log a warning. ring_dir: the run's shared
         memory directory; ring ("S") messages are accepted only with it, and only for
         ring files inside it. zero_copy: a ring message's large parts are read-only views
-        of the ring, valid until the next request() (else copied out on arrival)."""
+        of the ring, valid until the next request() (else copied out on arrival).
+        options: socket options set before connect (CurveZMQ client keys)."""
         self.endpoint = endpoint
         self._rings = RingReader(ring_dir) if ring_dir else None
         self._zero_copy = zero_copy
@@ -289,6 +315,8 @@ class EdgeReceiver:
         self.socket = ctx.socket(zmq.DEALER)
         try:
             _configure(self.socket, sndhwm=8, rcvhwm=8, max_message_bytes=MAX_MESSAGE_BYTES)
+            for option, value in (options or {}).items():
+                self.socket.setsockopt(option, value)
             self._monitor: zmq.Socket | None = self.socket.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED
             )

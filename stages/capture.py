@@ -1,11 +1,19 @@
 """Capture: frames from a camera, a video file or a set of images, as raw BGR `Frame`s.
 
-Each frame gets a sequential `frame_id` and `t_capture_ns = time.monotonic_ns()` taken the
-moment the frame was grabbed. A video is paced at its own frame rate (as a camera would
-deliver it) unless `as_fast_as_possible`; images at `images_fps`. No JPEG round trip.
-A capture stage restarted after a crash (`resume`) goes on from its predecessor's last frame:
-ids keep increasing, the frames that passed while it was down are skipped (a video or image
-set is wound forward to where it would be by now), so subscribers see a gap, not a rewind.
+Each frame gets a `frame_id` and `t_capture_ns = time.monotonic_ns()` taken the moment the
+frame was grabbed. For a video or an image set the id is the input's position (frame n of
+the file, image n of the sorted list; a loop goes on counting), so an input that could not
+be used (an unreadable image) leaves a gap in the ids and is counted in `counters()`. A
+video is paced at its own frame rate (as a camera would deliver it) unless
+`as_fast_as_possible`; images at `images_fps`. No JPEG round trip.
+
+A capture stage restarted after a crash (`resume`) goes on from its predecessor: ids keep
+increasing. Newest frame wins (live sources, --realtime): the frames that passed while it
+was down are skipped (a video or image set is wound forward to where it would be by now),
+so subscribers see a gap, not a rewind. Lossless (files processed whole): it goes on with
+the first frame not known delivered, skipping nothing.
+
+A video that ends before the frame count its header announces is reported as truncated.
 `CaptureStage.preflight(config)` opens the source once before the pipeline starts, so a
 missing camera or unreadable file fails in about a second with a message that says what to do.
 """
@@ -33,6 +41,13 @@ log = logging.getLogger(__name__)
 CAMERA_MAX_FAILED_READS = 30
 #: the longest produce() sleeps before returning None (so stop requests are seen)
 MAX_SLEEP_S = 0.05
+#: unusable inputs named one by one in the log (the rest are counted, see counters())
+MAX_LOGGED_SKIPS = 20
+#: skipped inputs whose ids counters() lists (per reason; the count goes on beyond)
+MAX_LISTED_SKIPS = 1000
+#: why an input was not delivered: an image OpenCV cannot read; a frame over the hard
+#: size limit (pipeline.schema.MAX_IMAGE_BYTES)
+SKIP_REASONS: tuple[str, ...] = ("unreadable", "too_large")
 
 
 class SourceError(RuntimeError):
@@ -131,10 +146,42 @@ class CaptureStage(Source):
         self._period_s = 0.0  # pacing; 0: as fast as possible / camera's own rate
         self._t_start = 0.0
         self._failed_reads = 0
-        self._resume: tuple[int, int] | None = None
+        self._resume: tuple[int, int, bool] | None = None
+        self._skipped: dict[str, list[int]] = {r: [] for r in SKIP_REASONS}
+        self._skip_counts: dict[str, int] = {r: 0 for r in SKIP_REASONS}
+        self._skipped_restart = 0
+        self._truncated: tuple[int, int] | None = None  # (frames decoded, frames announced)
+        self._announced = 0  # a video's frame count from its header (0: not given)
 
-    def resume(self, after_frame_id: int, after_t_capture_ns: int) -> None:
-        self._resume = (after_frame_id, after_t_capture_ns)
+    def resume(self, after_frame_id: int, after_t_capture_ns: int, *,
+               lossless: bool = False) -> None:
+        self._resume = (after_frame_id, after_t_capture_ns, lossless)
+
+    def counters(self) -> dict:
+        """What this capture process has done, for the end-of-run report:
+        `next_id` (inputs passed: the next frame id), `skipped` {reason: count},
+        `skipped_ids` {reason: [frame id, ...]} (at most MAX_LISTED_SKIPS each),
+        `skipped_restart` (frames passed over when it resumed after a restart, newest frame
+        wins only), `truncated` [decoded, announced] or None."""
+        return {
+            "next_id": self._next_id,
+            "skipped": dict(self._skip_counts),
+            "skipped_ids": {r: list(ids) for r, ids in self._skipped.items()},
+            "skipped_restart": self._skipped_restart,
+            "truncated": None if self._truncated is None else list(self._truncated),
+        }
+
+    def _skip(self, reason: str, what: str) -> None:
+        """Input `self._next_id` cannot be delivered: count it, name it in the log."""
+        self._skip_counts[reason] += 1
+        if len(self._skipped[reason]) < MAX_LISTED_SKIPS:
+            self._skipped[reason].append(self._next_id)
+        total = sum(self._skip_counts.values())
+        if total <= MAX_LOGGED_SKIPS:
+            log.warning("capture: skipped frame %d (%s): %s", self._next_id, what, reason)
+            if total == MAX_LOGGED_SKIPS:
+                log.warning("capture: further skipped inputs are counted, not logged")
+        self._next_id += 1
 
     @staticmethod
     def preflight(config: CaptureConfig) -> None:
@@ -182,17 +229,22 @@ class CaptureStage(Source):
         self._t_start = 0.0
         if self._resume is not None:
             self._go_on_from(*self._resume)
+        if kind == "video":
+            count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            self._announced = count if count > 0 else 0
 
-    def _go_on_from(self, last_id: int, last_t_capture_ns: int) -> None:
-        """After a restart: the next id is the frame that is due now (the last one + the
-        frame intervals that passed); a file source is positioned at that frame."""
+    def _go_on_from(self, last_id: int, last_t_capture_ns: int, lossless: bool) -> None:
+        """After a restart: newest frame wins: the next id is the frame that is due now (the
+        last one + the frame intervals that passed); lossless: the one after `last_id`. A
+        file source is positioned at that frame."""
         kind = self.config.source_kind()
         period_s = self._period_s
         if kind == "camera":
             fps = self._cap.get(cv2.CAP_PROP_FPS)
             period_s = 1.0 / fps if math.isfinite(fps) and fps > 0 else 1.0 / 30
         elapsed_s = max(0.0, (time.monotonic_ns() - last_t_capture_ns) / 1e9)
-        skipped = int(elapsed_s / period_s) if period_s else 0
+        skipped = int(elapsed_s / period_s) if period_s and not lossless else 0
+        self._skipped_restart += skipped
         self._next_id = last_id + 1 + skipped
         if kind != "camera":
             count = len(self._paths) if kind == "images" else int(
@@ -208,8 +260,13 @@ class CaptureStage(Source):
                 self._cap.set(cv2.CAP_PROP_POS_FRAMES, count)  # past the end: stream ends
         if self._period_s:
             self._t_start = time.monotonic() - self._next_id * self._period_s
-        log.info("capture: resuming after frame %d, %.2f s later: next frame %d (%d skipped)",
-                 last_id, elapsed_s, self._next_id, skipped)
+        if lossless:
+            log.info("capture: resuming after frame %d, the last one known delivered: next "
+                     "frame %d (nothing skipped: every frame was asked for)", last_id,
+                     self._next_id)
+        else:
+            log.info("capture: resuming after frame %d, %.2f s later: next frame %d "
+                     "(%d skipped)", last_id, elapsed_s, self._next_id, skipped)
 
     def produce(self) -> Frame | None:
         """The next frame, None when it is not due yet; EndOfStream when done."""
@@ -248,23 +305,16 @@ class CaptureStage(Source):
             self._path_index += 1
             t_capture_ns = time.monotonic_ns()
             image = cv2.imread(path, cv2.IMREAD_COLOR)
-            if image is None:
-                self._failed_reads += 1
-                if self._failed_reads >= CAMERA_MAX_FAILED_READS:
-                    raise SourceError(
-                        f"{self._failed_reads} images in a row could not be read (last "
-                        f"{path}): were the files removed? check --images"
-                    )
-                if self._failed_reads == 1:
-                    log.warning("capture: skipped %s: not a readable image", path)
+            if image is None:  # its id stays unused: a gap, counted and named
+                self._skip("unreadable", f"{path} is not an image OpenCV can read")
                 return None, 0
-            self._failed_reads = 0
             return image, t_capture_ns
         if not self._cap.grab():
             if self.config.source_kind() == "video":
                 if self.config.loop and self._next_id > 0:
                     self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # play it again; ids go on
                     return None, 0
+                self._check_complete()
                 raise EndOfStream
             self._failed_reads += 1
             if self._failed_reads >= CAMERA_MAX_FAILED_READS:
@@ -282,6 +332,16 @@ class CaptureStage(Source):
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         return image, t_capture_ns
+
+    def _check_complete(self) -> None:
+        """At the end of a video: fewer frames than its header announces means the file is
+        truncated or damaged; say so (and counters() reports it)."""
+        if self._announced and self._next_id < self._announced and not self.config.loop:
+            self._truncated = (self._next_id, self._announced)
+            log.warning("capture: video %s ended after %d of the %d frames its header "
+                        "announces: the file is truncated or damaged (%d frames could not "
+                        "be read)", self.config.video, self._next_id, self._announced,
+                        self._announced - self._next_id)
 
     def close(self) -> None:
         if self._cap is not None:

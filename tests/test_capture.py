@@ -127,6 +127,68 @@ def test_a_restarted_image_capture_wraps_around_when_looping(shared_file, shared
     assert [f.source.rsplit("/", 1)[-1].split("_")[0] for f in frames] == ["S7", "S8", "S1"]
 
 
+def test_an_unreadable_image_is_skipped_counted_and_leaves_its_id_unused(shared_dir, tmp_path):
+    import shutil
+
+    images = sorted(shared_dir.glob(H36M_GLOB))
+    shutil.copy(images[0], tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes(b"not a jpeg at all" * 20)
+    shutil.copy(images[1], tmp_path / "c.jpg")
+    stage = CaptureStage(CaptureConfig(images=str(tmp_path / "*.jpg"),
+                                       as_fast_as_possible=True))
+    stage.open()
+    try:
+        frames = _drain(stage)
+    finally:
+        stage.close()
+    assert [f.frame_id for f in frames] == [0, 2]  # the id is the image's position
+    assert [f.source.rsplit("/", 1)[-1] for f in frames] == ["a.jpg", "c.jpg"]
+    counters = stage.counters()
+    assert counters["next_id"] == 3
+    assert counters["skipped"] == {"unreadable": 1, "too_large": 0}
+    assert counters["skipped_ids"]["unreadable"] == [1]
+
+
+def test_a_lossless_restart_goes_on_with_the_next_frame_whatever_the_time(shared_file):
+    """Paced at 50 fps, resumed after frame 40 captured 2 s ago: newest frame wins would skip
+    100 frames; lossless goes on with frame 41, which is frame 41 of the file."""
+    video = str(shared_file(VIDEO))
+    reference = CaptureStage(CaptureConfig(video=video, as_fast_as_possible=True,
+                                           max_frames=42))
+    reference.open()
+    try:
+        expected = _drain(reference)[41].image
+    finally:
+        reference.close()
+    stage = CaptureStage(CaptureConfig(video=video))
+    stage.resume(40, time.monotonic_ns() - 2_000_000_000, lossless=True)
+    stage.open()
+    try:
+        frame = None
+        while frame is None:
+            frame = stage.produce()
+    finally:
+        stage.close()
+    assert frame.frame_id == 41
+    np.testing.assert_array_equal(frame.image, expected)
+    assert stage.counters()["skipped_restart"] == 0
+
+
+def test_a_truncated_video_is_named_as_such(shared_file, tmp_path, caplog):
+    data = shared_file(VIDEO).read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])  # the header still announces 205 frames
+    stage = CaptureStage(CaptureConfig(video=str(cut), as_fast_as_possible=True))
+    stage.open()
+    try:
+        frames = _drain(stage)
+    finally:
+        stage.close()
+    decoded, announced = stage.counters()["truncated"]
+    assert announced == 205 and decoded == len(frames) < 205
+    assert "truncated" in caplog.text and f"after {decoded} of the 205 frames" in caplog.text
+
+
 def test_preflight_errors_say_what_to_do(tmp_path):
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"this is not a video" * 10)
@@ -207,17 +269,37 @@ def test_flags_become_the_config():
     assert config.lift.engine_path == "e.onnx" and config.lift.backend == "onnxruntime"
     video = config_from_args(build_parser().parse_args(["--video", "v.mp4"]))
     assert not video.detect.static_image_mode and video.smooth.enabled
-    assert video.transport.policy == "latest" and video.lift.height_m == 1.70
+    assert video.lift.height_m == 1.70
+    # files are processed whole by default: every frame, unpaced
+    assert video.transport.policy == "lossless" and video.capture.as_fast_as_possible
+    images = config_from_args(build_parser().parse_args(["--images", "x/*.jpg"]))
+    assert images.transport.policy == "lossless" and images.capture.as_fast_as_possible
+    # --realtime: played as a camera would, paced, newest frame wins
+    for source in (["--video", "v.mp4"], ["--images", "x/*.jpg"]):
+        live = config_from_args(build_parser().parse_args([*source, "--realtime"]))
+        assert live.transport.policy == "latest" and not live.capture.as_fast_as_possible
+        fast = config_from_args(build_parser().parse_args(
+            [*source, "--realtime", "--as-fast-as-possible"]))
+        assert fast.transport.policy == "latest" and fast.capture.as_fast_as_possible
     camera = config_from_args(build_parser().parse_args([]))
     assert camera.capture.source_kind() == "camera"
+    assert camera.transport.policy == "latest" and not camera.capture.as_fast_as_possible
     assert camera.output.publish == "tcp://127.0.0.1:5556" and camera.output.topic == "pose3d"
+    assert config_from_args(build_parser().parse_args(
+        ["--camera", "0", "--every-frame"])).transport.policy == "lossless"
+    for contradiction, message in ((["--camera", "0", "--realtime"], "a camera is always"),
+                                   (["--video", "v.mp4", "--realtime", "--every-frame"],
+                                    "contradict")):
+        with pytest.raises(ValueError, match=message):
+            config_from_args(build_parser().parse_args(contradiction))
 
 
 def test_run_pipeline_help_explains_the_flags():
     proc = subprocess.run([sys.executable, "run_pipeline.py", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for flag in ("--camera", "--video", "--images", "--as-fast-as-possible", "--engine",
+    for flag in ("--camera", "--video", "--images", "--as-fast-as-possible", "--realtime",
+                 "--every-frame", "--engine",
                  "--backend", "--calib", "--fov", "--height", "--publish", "--max-frames",
                  "--log-level", "pose3d"):
         assert flag in proc.stdout
