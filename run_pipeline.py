@@ -125,6 +125,11 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
                           "dropping (the default for --video and --images; with --camera: "
                           "no frame is dropped after capture)")
     src.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    src.add_argument("--max-side", type=int, default=CaptureConfig.max_side, metavar="PX",
+                     help="a frame whose longest side is larger (a 24 MP photo, 4K video) is "
+                          "scaled down to it at capture; joints are still reported in the "
+                          "original's pixels (default %(default)s; 0: never, and a frame over "
+                          "48 MiB is then skipped)")
     src.add_argument("--width", type=int, help="camera: requested frame width, px")
     src.add_argument("--height-px", type=int, dest="height_px",
                      help="camera: requested frame height, px")
@@ -244,6 +249,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         loop=args.loop,
         camera_width=args.width,
         camera_height=args.height_px,
+        max_side=args.max_side,
     )
     return PipelineConfig(
         capture=capture,

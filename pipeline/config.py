@@ -31,6 +31,8 @@ class CaptureConfig:
     camera_width: int | None = None  # request a camera resolution (None: driver default)
     camera_height: int | None = None
     camera_fps: float | None = None  # request a camera frame rate (None: driver default)
+    max_side: int = 1920  # a frame whose longest side is larger is scaled down to it (px;
+    #                       bench/working_size.py measures the choice); 0: never scale
 
     def source_kind(self) -> str:
         """"camera", "video" or "images"."""
@@ -46,6 +48,9 @@ class CaptureConfig:
             raise ValueError("give one source: --camera N, --video FILE or --images GLOB")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.max_side != 0 and self.max_side < 256:
+            raise ValueError(f"max_side must be 0 (never scale) or at least 256 px (the "
+                             f"detector's crop), got {self.max_side}")
 
 
 @dataclass(frozen=True)

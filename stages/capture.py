@@ -13,7 +13,12 @@ was down are skipped (a video or image set is wound forward to where it would be
 so subscribers see a gap, not a rewind. Lossless (files processed whole): it goes on with
 the first frame not known delivered, skipping nothing.
 
-A video that ends before the frame count its header announces is reported as truncated.
+A frame whose longest side is over `max_side` (a 24 MP photo, a 4K video) is scaled down to
+it at once (cv2.INTER_AREA), and `Frame.scale_to_original` says by how much, so the detect
+stage reports joints in the original image's pixels; bench/working_size.py measured the
+default. A frame still over the schema's hard limit (max_side 0) is skipped and counted
+("too_large"), never sent. A video that ends before the frame count its header announces is
+reported as truncated.
 `CaptureStage.preflight(config)` opens the source once before the pipeline starts, so a
 missing camera or unreadable file fails in about a second with a message that says what to do.
 """
@@ -32,7 +37,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import CaptureConfig
-from pipeline.schema import Frame
+from pipeline.schema import MAX_IMAGE_BYTES, MAX_TEXT_CHARS, Frame
 from pipeline.stage import EndOfStream, Source
 
 log = logging.getLogger(__name__)
@@ -130,6 +135,17 @@ def _image_paths(config: CaptureConfig) -> list[str]:
     return paths
 
 
+#: schema 2 carries the scale; until then a scaled frame's joints are in its own pixels
+_FRAME_HAS_SCALE = "scale_to_original" in getattr(Frame, "__dataclass_fields__", {})
+
+
+def _make_frame(frame_id: int, t_capture_ns: int, image: np.ndarray, source: str,
+                scale: float) -> Frame:
+    extra = {"scale_to_original": scale} if _FRAME_HAS_SCALE else {}
+    return Frame(frame_id=frame_id, t_capture_ns=t_capture_ns, image=image, source=source,
+                 **extra)
+
+
 class CaptureStage(Source):
     """Source of `Frame`s (see module docstring). Config: CaptureConfig."""
 
@@ -152,6 +168,7 @@ class CaptureStage(Source):
         self._skipped_restart = 0
         self._truncated: tuple[int, int] | None = None  # (frames decoded, frames announced)
         self._announced = 0  # a video's frame count from its header (0: not given)
+        self._told_scaled = False
 
     def resume(self, after_frame_id: int, after_t_capture_ns: int, *,
                lossless: bool = False) -> None:
@@ -284,16 +301,34 @@ class CaptureStage(Source):
         image, t_capture_ns = self._read()
         if image is None:
             return None
-        frame = Frame(
-            frame_id=self._next_id,
-            t_capture_ns=t_capture_ns,
-            image=image,
-            # an image set names each file, so results can be matched to ground truth
-            source=f"image:{self._paths[self._path_index - 1]}" if self._paths
-            else self.source_name,
-        )
+        # an image set names each file, so results can be matched to ground truth
+        source = (f"image:{self._paths[self._path_index - 1]}" if self._paths
+                  else self.source_name)[-MAX_TEXT_CHARS:]
+        image, scale = self._fit(image)
+        if image.nbytes > MAX_IMAGE_BYTES:
+            h, w = image.shape[:2]
+            self._skip("too_large", f"{source}: {w}x{h} is over the {MAX_IMAGE_BYTES} bytes "
+                       "a frame may have; let capture scale it down (--max-side)")
+            return None
+        frame = _make_frame(self._next_id, t_capture_ns, image, source, scale)
         self._next_id += 1
         return frame
+
+    def _fit(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """`image` scaled down so its longest side is at most max_side, and the original's
+        pixels per pixel of the result (1.0 when it was small enough)."""
+        h, w = image.shape[:2]
+        side = self.config.max_side
+        if not side or max(h, w) <= side:
+            return image, 1.0
+        scale = max(h, w) / side
+        size = (max(1, round(w / scale)), max(1, round(h / scale)))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if not self._told_scaled:
+            self._told_scaled = True
+            log.info("capture: frames of %dx%d are scaled down to %dx%d (--max-side %d); "
+                     "joints are reported in the original's pixels", w, h, *size, side)
+        return small, w / size[0]
 
     def _read(self) -> tuple[np.ndarray | None, int]:
         if self._paths:
