@@ -2,6 +2,7 @@
 
     sup = Supervisor(config)          # PipelineConfig; the graph comes from build_graph
     code = sup.run()                  # blocks; 0 at end of stream, 1 if a stage failed,
+                                      # 3 if a file processed whole lost inputs,
                                       # 130 / 143 after SIGINT / SIGTERM
 
 or, to drive a run from a test or a benchmark: `sup.start()` (returns once every stage has
@@ -39,6 +40,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from pipeline.accounting import InputReport, account
 from pipeline.config import PipelineConfig
 from pipeline.graph import Graph, build_graph, stage_class
 from pipeline.health import HEARTBEAT_INTERVAL_S, Liveness, RestartBudget
@@ -51,6 +53,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: libraries the stages import in open(), imported ahead by the warm spare
 SPARE_PRELOAD: tuple[str, ...] = ("cv2", "numba", "onnxruntime", "mediapipe")
 EXIT_OK, EXIT_FAILED, EXIT_PREFLIGHT = 0, 1, 2
+#: the stream ended, but a run asked to process a file whole lost inputs (pipeline.accounting)
+EXIT_INPUTS_LOST = 3
 EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143
 
 
@@ -109,7 +113,8 @@ class StageProcess:
     restarts: int = 0
     error: str | None = None  # "Type: message" from the child
     traceback: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # this process's, from its beats/bye
+    past_stats: list[dict[str, Any]] = field(default_factory=list)  # earlier processes' (restarts)
     last_beat: float = 0.0  # time.monotonic() of its last heartbeat (0: none yet)
     busy_s: float = 0.0  # from that heartbeat: how long its current call had been running
     last_produced: tuple[int, int] | None = None  # a source: (frame id, t_capture_ns) of
@@ -129,6 +134,7 @@ class Supervisor:
         self.procs: dict[str, StageProcess] = {}
         self.failure: str | None = None  # why the run failed, for people
         self.eos = False  # the sink saw the end of the stream
+        self.report: InputReport | None = None  # what became of the inputs (end of stream)
         self.running = False  # every stage has been told to go
         sup = config.supervisor
         self.liveness = (
@@ -235,8 +241,8 @@ class Supervisor:
     def watch(self, timeout_s: float | None = None) -> int:
         """Watch the stages until all have ended, one failed or a signal arrived.
 
-        Returns the exit code (0 end of stream, 1 failure, 130/143 signal), or -1 when
-        timeout_s passed with the pipeline still running.
+        Returns the exit code (0 end of stream, 1 failure, 3 inputs lost, 130/143 signal),
+        or -1 when timeout_s passed with the pipeline still running.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -250,7 +256,7 @@ class Supervisor:
                 if self._check_children(starting=False):
                     self._log_summary()
                     log.info("stream ended; all stages exited cleanly")
-                    return EXIT_OK
+                    return self._report_inputs()
             except PipelineError as exc:
                 log.error("%s", exc)
                 # the output stage handles this before the stop command that follows
@@ -419,6 +425,8 @@ class Supervisor:
             budget = RestartBudget(max_restarts=sup.max_restarts, window_s=sup.restart_window_s)
             self.procs[plan.stage] = StageProcess(plan.stage, popen, plan, budget)
         else:  # a restart: same plan, same budget
+            old.past_stats.append(old.stats)  # the dead process's, as of its last beat
+            old.stats = {}
             old.popen, old.ready, old.restart_at = popen, False, None
             old.error = old.traceback = None
             old.restarts += 1
@@ -480,6 +488,8 @@ class Supervisor:
                 if (isinstance(last, (list, tuple)) and len(last) == 2
                         and all(isinstance(v, int) for v in last)):
                     proc.last_produced = (last[0], last[1])
+                if isinstance(event.get("stats"), dict):
+                    proc.stats = event["stats"]
                 if self.liveness is not None and proc.ready:
                     self.liveness.beat(proc.name, proc.last_beat, proc.busy_s)
             elif kind == "eos":
@@ -552,6 +562,36 @@ class Supervisor:
         for p in self.procs.values():
             if p.stats:
                 log.info("stage %s: %s", p.name, p.stats)
+
+    def _report_inputs(self) -> int:
+        """At the end of the stream: log what became of every input (pipeline.accounting),
+        the verdict last; EXIT_INPUTS_LOST when a file asked to be processed whole lost
+        some, else EXIT_OK. Needs the source and the sink in this run (else: their part)."""
+        sources = [s.name for s in self.graph.stages if not self.graph.inputs_of(s.name)]
+        sinks = [s.name for s in self.graph.stages if not self.graph.outputs_of(s.name)]
+        if not sources or not sinks:
+            return EXIT_OK  # the other host's run has the other end of the count
+
+        def runs(name: str) -> list[dict[str, Any]]:
+            p = self.procs[name]
+            return [*p.past_stats, p.stats]
+
+        capture = self.config.capture
+        kind = capture.source_kind()
+        source = {"video": f"video {capture.video}", "images": f"images {capture.images}"}.get(
+            kind, f"camera {capture.camera or 0}")
+        whole = self.config.transport.policy == "lossless" and kind != "camera"
+        self.report = account(source, whole, [s for n in sources for s in runs(n)],
+                              [s for n in sinks for s in runs(n)],
+                              [s for n in self.procs for s in runs(n)])
+        lines = self.report.lines()
+        for line in lines[:-1]:
+            log.info("%s", line)
+        if self.report.inputs_lost:
+            log.error("%s", lines[-1])
+            return EXIT_INPUTS_LOST
+        log.info("%s", lines[-1])
+        return EXIT_OK
 
     def _install_signal_handlers(self):
         if threading.current_thread() is not threading.main_thread():

@@ -11,15 +11,28 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
+import numpy as np
 import pytest
 
+from pipeline.accounting import account
 from pipeline.config import CaptureConfig
-from pipeline.schema import MAX_IMAGE_BYTES, Frame
+from pipeline.record import Recording
+from pipeline.schema import MAX_IMAGE_BYTES, Frame, Pose3D
 from stages.capture import CaptureStage
+from tests.conftest import REPO, free_port
+from tests.stage_harness import lifter_engine
 
 H36M_GLOB = "data/footage/mmpose/tests/data/h36m/*/*/*.jpg"  # 4 frames, 1000x1000
 PHOTO = "data/footage/mmpose/tests/data/coco/000000000785.jpg"  # 640x425, one person
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return str(lifter_engine(tmp_path_factory.mktemp("engine")))
 
 
 def make_photo(shared_file, path) -> None:
@@ -62,3 +75,89 @@ def test_a_frame_over_the_hard_limit_is_a_counted_skip_not_a_crash(shared_file, 
     assert frame is None
     assert counters["skipped"]["too_large"] == 1 and counters["skipped_ids"]["too_large"] == [0]
     assert counters["next_id"] == 1  # its id stays unused: the next image is frame 1
+
+
+def _stats(next_id=0, skipped=None, ids=None, truncated=None, **counts):
+    source = {"next_id": next_id, "skipped": skipped or {}, "skipped_ids": ids or {},
+              "skipped_restart": counts.pop("skipped_restart", 0), "truncated": truncated}
+    return {"processed": counts.pop("processed", 0), "source": source, **counts}
+
+
+def test_accounting_of_a_whole_run():
+    # 10 images, one unreadable, 9 poses: lost (exit 3), the skip named with its id
+    capture = _stats(next_id=10, skipped={"unreadable": 1}, ids={"unreadable": [4]})
+    output = {"processed": 9}
+    r = account("images x/*.jpg", True, [capture], [output], [capture, output])
+    assert (r.inputs, r.published, r.missing, r.lost, r.inputs_lost) == (10, 9, 1, 0, True)
+    assert "skipped: 1 unreadable" in "\n".join(r.lines()) and "frame ids 4" in r.lines()[1]
+    assert r.lines()[-1].startswith("INPUTS LOST: 1 of the 10 inputs")
+    # a capture restarted (lossless) read image 4 twice: counted once
+    again = _stats(next_id=10, skipped={"unreadable": 1}, ids={"unreadable": [4]})
+    first = _stats(next_id=6, skipped={"unreadable": 1}, ids={"unreadable": [4]})
+    r = account("images x/*.jpg", True, [first, again], [output], [first, again, output])
+    assert r.skipped == {"unreadable": 1} and r.missing == 1
+    # every frame back: exit 0, said last
+    capture = _stats(next_id=90)
+    r = account("video v.avi", True, [capture], [{"processed": 90}], [capture])
+    assert not r.inputs_lost and r.lines()[-1] == "all 90 inputs of video v.avi came back as poses"
+    # a truncated video: 107 of 205 frames read and published; 98 beyond the end
+    capture = _stats(next_id=107, truncated=[107, 205])
+    r = account("video cut.avi", True, [capture], [{"processed": 107}], [capture])
+    assert r.skipped == {"truncated": 98} and r.inputs_lost and r.expected == 205
+    # a frame in a killed stage: missing, explained by no counter
+    capture, detect = _stats(next_id=50), {"processed": 49}
+    r = account("video v.avi", True, [capture], [{"processed": 49}], [capture, detect])
+    assert r.lost == 1 and r.inputs_lost
+
+
+def test_accounting_of_a_newest_frame_wins_run_reports_drops_and_never_fails():
+    capture = _stats(next_id=300, skipped_restart=12, dropped_out=40)
+    detect = {"processed": 248, "dropped_in": 0}
+    r = account("video v.avi", False, [capture], [{"processed": 248}], [capture, detect])
+    assert r.dropped == 40 and r.skipped == {"restart": 12} and not r.inputs_lost
+    assert r.lines()[-1] == "248 of 300 inputs published"
+
+
+def _run_images(tmp_path, engine, pattern) -> tuple[subprocess.CompletedProcess, list[Pose3D]]:
+    out = tmp_path / "run.psrec"
+    proc = subprocess.run(
+        [sys.executable, "run_pipeline.py", "--images", pattern, "--engine", engine,
+         "--publish", f"tcp://127.0.0.1:{free_port()}", "--record", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    with Recording(out) as rec:
+        poses = [m for m in (r.decode() for r in rec) if isinstance(m, Pose3D)]
+    return proc, poses
+
+
+def _found(pose: Pose3D) -> bool:
+    people = getattr(pose, "people", None)
+    return bool(people) if people is not None else pose.person_present
+
+
+def test_four_images_one_a_6000x4000_photo_all_come_back(shared_dir, shared_file, tmp_path,
+                                                         engine):
+    import shutil
+
+    images = sorted(shared_dir.glob(H36M_GLOB))[:3]
+    for i, image in enumerate(images):
+        shutil.copy(image, tmp_path / f"{i}.jpg")
+    make_photo(shared_file, tmp_path / "3.jpg")
+    proc, poses = _run_images(tmp_path, engine, str(tmp_path / "*.jpg"))
+    sys.stderr.write(proc.stderr[-1500:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.frame_id for p in poses] == [0, 1, 2, 3]  # 4 of 4 images came back
+    assert _found(poses[3]), "the person in the 6000x4000 photo, found in its smaller copy"
+    if hasattr(poses[3], "people"):  # schema 2: in the original image's pixels
+        assert tuple(poses[3].image_size) == (6000, 4000)
+        assert np.ptp(poses[3].people[0].joints_2d_px[:, 0]) > 1920 / 4
+    assert "Traceback" not in proc.stderr and "SchemaError" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("came back as poses")
+
+    # an unreadable file among them: named as skipped, the run says inputs were lost
+    (tmp_path / "2b.jpg").write_bytes(b"this is no jpeg" * 100)
+    proc, poses = _run_images(tmp_path, engine, str(tmp_path / "*.jpg"))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert [p.frame_id for p in poses] == [0, 1, 2, 4]  # 2b.jpg was frame 3
+    assert "skipped: 1 unreadable" in proc.stderr and "2b.jpg" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "INPUTS LOST: 1 of the 5 inputs" in last and "exit status 3" in last
