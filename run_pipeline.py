@@ -57,11 +57,15 @@ examples:
   python run_pipeline.py --images 'frames/*.jpg' --calib camera.yaml
   python run_pipeline.py --camera 0 --view --record session.psrec
   python run_pipeline.py --camera 0 --detect-workers 2
-two hosts (the camera on host A, 10.0.0.5; the rest on host B):
+two hosts (the camera on host A, 10.0.0.5; the rest on host B), the edge encrypted and
+only B admitted (keys: python -m pipeline.keys new A --dir keys/A, new B --dir keys/B on
+each host; authorize keys/B/B.key --dir keys/edge-authorized on A; copy A.key to B):
   A: python run_pipeline.py --camera 0 --only capture --allow-remote \
-       --endpoint capture-detect=tcp://0.0.0.0:5560
+       --endpoint capture-detect=tcp://0.0.0.0:5560 \
+       --edge-secret keys/A/A.key_secret --edge-authorized keys/edge-authorized
   B: python run_pipeline.py --only detect,lift,smooth,output \
-       --endpoint capture-detect=tcp://10.0.0.5:5560
+       --endpoint capture-detect=tcp://10.0.0.5:5560 \
+       --edge-secret keys/B/B.key_secret --edge-server-key A.key
 """
 
 
@@ -212,6 +216,21 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     dist.add_argument("--reorder-wait", type=float, default=TopologyConfig.reorder_wait_s,
                       metavar="S", help="with --detect-workers: longest hold for an earlier "
                       "frame; one later than that is dropped and counted (default %(default)s)")
+    dist.add_argument("--edge-secret", metavar="FILE",
+                      help="CurveZMQ for edges to other hosts (any --endpoint off loopback, "
+                           "which needs keys or --insecure-edges): this host's secret key "
+                           "(python -m pipeline.keys new HOST --dir keys/HOST)")
+    dist.add_argument("--edge-authorized", metavar="DIR",
+                      help="the run that binds such an edge: folder of the public keys of the "
+                           "hosts allowed to connect (python -m pipeline.keys authorize "
+                           "OTHER.key --dir DIR)")
+    dist.add_argument("--edge-server-key", metavar="FILE",
+                      help="the run that connects to such an edge: the public key (.key) of "
+                           "the host that binds it")
+    dist.add_argument("--insecure-edges", action="store_true",
+                      help="send edges to other hosts in the clear, without keys: anyone who "
+                           "reaches the port can watch the frames or feed a stage (a trusted, "
+                           "closed network only; both runs must say it)")
     dist.add_argument("--colocate-smooth", action="store_true",
                       help="run the One Euro smoothing inside the output process instead of "
                            "its own: one process and one hop less (about 0.4 ms); a crash of "
@@ -284,6 +303,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             reorder_wait_s=args.reorder_wait,
             allow_remote=args.allow_remote,
             colocate=("smooth",) if args.colocate_smooth else (),
+            edge_curve_secret=args.edge_secret,
+            edge_curve_authorized=args.edge_authorized,
+            edge_curve_server=args.edge_server_key,
+            insecure_edges=args.insecure_edges,
         ),
     )
 

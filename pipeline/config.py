@@ -241,6 +241,13 @@ class TopologyConfig:
     allow_remote: bool = False  # binding an edge on a non-loopback address must be asked for
     colocate: tuple[str, ...] = ()  # stages run inside the process of the stage they feed
     #                                 (only "smooth": in the output process; one hop less)
+    # CurveZMQ on edges to other hosts (a non-loopback endpoint; pipeline.security): this
+    # host's secret key file, the folder of public keys allowed to connect to the edges this
+    # run binds, and the public key of the host whose edges this run connects to
+    edge_curve_secret: str | None = None
+    edge_curve_authorized: str | None = None
+    edge_curve_server: str | None = None
+    insecure_edges: bool = False  # such edges in the clear, no keys (a trusted network only)
 
     def __post_init__(self) -> None:
         # JSON gives lists back: keep the dataclass hashable and comparable

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from pipeline.config import PipelineConfig
 from pipeline.schema import Frame, Keypoints2D, Pose3D
-from pipeline.security import check_bind_endpoint
+from pipeline.security import check_bind_endpoint, check_edge_keys
 from pipeline.stage import Stage
 
 
@@ -150,7 +150,9 @@ def build_graph(config: PipelineConfig) -> Graph:
 
     Raises ValueError, saying what to do, for an unknown stage or edge name, an edge to a
     stage outside the run without an endpoint, or a non-loopback endpoint this run would
-    bind without `topology.allow_remote` (with it: one warning per endpoint).
+    bind without `topology.allow_remote` (with it: one warning per endpoint), or an edge to
+    another host (a non-loopback endpoint, bound or connected) without CurveZMQ keys
+    (`topology.edge_curve_*`) or `topology.insecure_edges` (pipeline.security.check_edge_keys).
     """
     policy = config.transport.policy
     topo = config.topology
@@ -194,6 +196,15 @@ def build_graph(config: PipelineConfig) -> Graph:
         raise ValueError(
             f"no edge {unknown[0]!r} in this run; its edges are {', '.join(edge_names)}"
         )
+    for name in edge_names:  # an edge to another host is encrypted, or refused
+        if name in fixed:
+            edge = next(e for e in edges if e.name == name)
+            if edge.src_stage in local:  # this run binds it: --allow-remote first
+                check_bind_endpoint(fixed[name], topo.allow_remote)
+            check_edge_keys(name, fixed[name], edge.src_stage in local,
+                            secret=topo.edge_curve_secret,
+                            authorized=topo.edge_curve_authorized,
+                            server=topo.edge_curve_server, insecure=topo.insecure_edges)
     for e in edges:
         cut = (e.src_stage in local) != (e.dst_stage in local)
         if cut and e.name not in fixed:

@@ -43,6 +43,7 @@ from pipeline.health import HEARTBEAT_INTERVAL_S, RejectCounter
 from pipeline.quiet import quiet_third_party
 from pipeline.reorder import Reorder
 from pipeline.schema import SchemaError, Status, decode, encode, with_stamp
+from pipeline.security import edge_socket_options, is_loopback_endpoint, start_authenticator
 from pipeline.shm import FrameRing
 from pipeline.stage import EndOfStream, Sink, Source, Stage
 from pipeline.transport import (
@@ -171,6 +172,7 @@ class StageRunner:
         self.processed = 0
         self._last_frame_id = 0
         self.reorder: Reorder | None = None  # with several input edges (workers): the merge
+        self._zap = None  # the ZAP authenticator of CURVE edges this process binds
         # a lossless run whose source restarted re-sends the frames it could not know were
         # delivered: a stage with one input drops an id it has had (a replica of a fan-out
         # does not: its ids have gaps, and the merge after it drops repeats)
@@ -274,12 +276,14 @@ class StageRunner:
                 ring = None
                 if self.plan.private_edge(endpoint):
                     ring = FrameRing(self.plan.shm_dir, prefix=self.name.replace("#", "_"))
-                self.senders.append(EdgeSender(self.ctx, endpoint, policy, ring=ring))
+                self.senders.append(EdgeSender(self.ctx, endpoint, policy, ring=ring,
+                                               options=self._edge_options(endpoint, True)))
             for endpoint in self.plan.inputs:
                 self.receivers.append(EdgeReceiver(
                     self.ctx, endpoint,
                     on_malformed=lambda why: self.rejects.reject("transport", why),
                     ring_dir=self.plan.shm_dir if self.plan.private_edge(endpoint) else None,
+                    options=self._edge_options(endpoint, False),
                 ))
             if not self._connect_inputs():
                 return 0
@@ -306,8 +310,20 @@ class StageRunner:
                 edge.close()
             if self.control is not None:
                 self.control.close(linger=200)  # let "bye" out
+            if self._zap is not None:
+                self._zap.stop()
             self.ctx.term()
         return code
+
+    def _edge_options(self, endpoint: str, binds: bool) -> dict[int, int | bytes] | None:
+        """CurveZMQ options for an edge to another host (pipeline.security; build_graph has
+        checked the keys); None for ipc and loopback edges and with insecure_edges."""
+        topo = self.plan.config.topology
+        if is_loopback_endpoint(endpoint) or topo.insecure_edges:
+            return None
+        if binds and self._zap is None:
+            self._zap = start_authenticator(self.ctx, topo.edge_curve_authorized)
+        return edge_socket_options(binds, topo.edge_curve_secret, topo.edge_curve_server)
 
     def stats(self) -> dict[str, Any]:
         """Counters for the supervisor's summary (and for benchmarks)."""

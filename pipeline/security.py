@@ -23,6 +23,13 @@ Two guards, both off the hot path:
    (see `python -m pipeline.keys --help` and docs/RELIABILITY.md). Secret key files are
    written with mode 0600; loading one that others can read logs a warning.
 
+3. **Internal edges between hosts** (`--endpoint EDGE=tcp://...` off loopback) are CURVE too:
+   `check_edge_keys` refuses such an edge without keys (unless the run says
+   `insecure_edges`), and `edge_socket_options` gives the producer's ROUTER its server keys
+   (with a ZAP authenticator admitting only the public keys in `edge_authorized`) and the
+   consumer's DEALER its client keys and the producer host's public key. ipc and loopback
+   edges stay plain: nothing leaves the host.
+
 Sockets get their CURVE options *before* bind/connect (libzmq applies security options
 per connection, at connect/accept time): use `curve_server_options` / `curve_client_options`
 with `pipeline.transport.open_socket(..., options=...)`, or `apply_options` by hand.
@@ -146,6 +153,57 @@ def check_bind_endpoint(endpoint: str, allow_remote: bool) -> str:
             "" if endpoint.startswith("ipc") else "; use CurveZMQ keys to limit who can read",
         )
     return endpoint
+
+
+# --------------------------------------------------------------------------- internal edges
+EDGE_KEYS_HOWTO = (
+    "make a key pair per host and authorise the connecting host's public key on the binding "
+    "host: python -m pipeline.keys new camhost --dir keys/camhost; python -m pipeline.keys "
+    "new gpuhost --dir keys/gpuhost; python -m pipeline.keys authorize keys/gpuhost/gpuhost.key "
+    "--dir keys/edge-authorized; then the run that binds the edge takes --edge-secret "
+    "keys/camhost/camhost.key_secret --edge-authorized keys/edge-authorized, the run that "
+    "connects --edge-secret keys/gpuhost/gpuhost.key_secret --edge-server-key "
+    "keys/camhost/camhost.key. Or pass --insecure-edges to both runs to send it in the clear "
+    "(a trusted network only)"
+)
+
+
+def check_edge_keys(edge: str, endpoint: str, binds: bool, *, secret: str | None,
+                    authorized: str | None, server: str | None, insecure: bool) -> bool:
+    """Whether the internal edge `edge` at `endpoint` is to use CurveZMQ (True for a
+    non-loopback endpoint unless `insecure`); raises InsecureEndpointError (a ValueError)
+    saying how to make keys when it needs them and they are not given, and KeyFileError
+    when a key file or folder is missing or wrong. `binds`: this run binds it (the producer,
+    a CURVE server needing `secret` and `authorized`), else connects (`secret`, `server`)."""
+    if is_loopback_endpoint(endpoint) or insecure:
+        return False
+    need = {"--edge-secret": secret}
+    need.update({"--edge-authorized": authorized} if binds else {"--edge-server-key": server})
+    missing = [flag for flag, value in need.items() if not value]
+    if missing:
+        what = "bind" if binds else "connect to"
+        raise InsecureEndpointError(
+            f"refusing to {what} edge {edge} on {endpoint} in the clear: anyone who can reach "
+            f"it could watch its frames or feed the stage. It needs {' and '.join(missing)}: "
+            f"{EDGE_KEYS_HOWTO}"
+        )
+    load_keypair(secret)
+    if binds:
+        authorized_keys(authorized)
+    else:
+        load_public_key(server)
+    return True
+
+
+def edge_socket_options(binds: bool, secret: str, server: str | None = None
+                        ) -> dict[int, int | bytes]:
+    """CURVE options for an internal edge's socket: the producer's ROUTER (binds) is a server
+    with this host's keys; the consumer's DEALER a client of the producer host's public key
+    `server`. The binding process also needs `start_authenticator(ctx, authorized_dir)`."""
+    keys = load_keypair(secret)
+    if binds:
+        return curve_server_options(keys)
+    return curve_client_options(keys, load_public_key(server))
 
 
 # --------------------------------------------------------------------------- key files

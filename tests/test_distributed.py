@@ -75,13 +75,17 @@ def test_only_needs_an_endpoint_for_each_cut_edge_and_refuses_a_silent_remote_bi
         _graph(only=("capture",))
     with pytest.raises(ValueError, match="--allow-remote"):
         _graph(only=("capture",), endpoints=(("capture-detect", "tcp://0.0.0.0:5560"),))
-    g = _graph(only=("capture",), endpoints=(("capture-detect", "tcp://0.0.0.0:5560"),),
+    # off loopback an edge is encrypted (tests/test_edge_security.py) or explicitly in clear
+    with pytest.raises(ValueError, match="in the clear.*python -m pipeline.keys new"):
+        _graph(only=("capture",), endpoints=(("capture-detect", "tcp://0.0.0.0:5560"),),
                allow_remote=True)
+    g = _graph(only=("capture",), endpoints=(("capture-detect", "tcp://0.0.0.0:5560"),),
+               allow_remote=True, insecure_edges=True)
     assert g.stage_names() == ("capture",)
     assert g.endpoints("ipc", "/tmp/run")["capture-detect"] == "tcp://0.0.0.0:5560"
-    # the consumer side connects to a remote host: no bind, no flag needed
+    # the consumer side connects to a remote host: no bind, so no --allow-remote
     g = _graph(only=("detect", "lift", "smooth", "output"),
-               endpoints=(("capture-detect", "tcp://10.0.0.5:5560"),))
+               endpoints=(("capture-detect", "tcp://10.0.0.5:5560"),), insecure_edges=True)
     assert g.stage_names() == ("detect", "lift", "smooth", "output")
     with pytest.raises(ValueError, match="no edge 'capture-lift'"):
         _graph(endpoints=(("capture-lift", "tcp://127.0.0.1:5560"),))
@@ -150,7 +154,7 @@ def test_two_runs_joined_over_tcp_deliver_poses(shared_dir, reaper, subscriber, 
         host_a = reaper.python(
             "run_pipeline.py", "--only", "capture", "--video", _video(shared_dir),
             "--as-fast-as-possible", "--every-frame", "--max-frames", str(frames),
-            "--allow-remote", "--endpoint", edge, stderr=err)
+            "--allow-remote", "--insecure-edges", "--endpoint", edge, stderr=err)
     poses = _collect(sub, [host_a, host_b])
     host_b.wait(timeout=30)
     host_a.wait(timeout=30)
