@@ -240,6 +240,9 @@ class Recording:
             raise RecordingError(f"{self.path}: the index is damaged ({exc})") from exc
         if len(offsets) != n or len(times) != n:
             raise RecordingError(f"{self.path}: the index lists {n} records inconsistently")
+        if n and not (offsets.min() >= self._first_record and offsets.max() < offset):
+            raise RecordingError(f"{self.path}: the index points outside the records "
+                                 f"(offsets {offsets.min()} to {offsets.max()})")
         return offsets, times
 
     def _scan(self) -> tuple[np.ndarray, np.ndarray]:

@@ -180,7 +180,7 @@ class RingReader:
         if name == self._name and self._map is not None:
             return self._map
         if (not isinstance(name, str) or not name.endswith(".ring") or "/" in name
-                or name.startswith(".")):
+                or "\0" in name or name.startswith(".")):
             raise RingError(f"not a ring file name: {name!r}")
         path = os.path.join(self.directory, name)
         try:

@@ -228,7 +228,19 @@ def _image_size_from_mapping(data: dict, source: str) -> tuple[int, int] | None:
 
 
 def intrinsics_from_mapping(data: Any, source: str = "calibration") -> Intrinsics:
-    """Parsed JSON/YAML content -> Intrinsics (see the module docstring for the keys)."""
+    """Parsed JSON/YAML content -> Intrinsics (see the module docstring for the keys).
+    Raises CalibrationError naming `source` for anything it cannot use."""
+    try:
+        return _intrinsics_from_mapping(data, source)
+    except CalibrationError:
+        raise
+    except (TypeError, ValueError, OverflowError, AttributeError) as err:
+        # a value of the wrong kind deep inside (text where numbers belong, ...)
+        raise CalibrationError(f"{source}: a value is not what a calibration holds ({err})"
+                               ) from err
+
+
+def _intrinsics_from_mapping(data: Any, source: str) -> Intrinsics:
     if not isinstance(data, dict):
         raise CalibrationError(
             f"{source}: expected a map with a camera_matrix (or fx, fy, cx, cy), "
@@ -250,9 +262,43 @@ def intrinsics_from_mapping(data: Any, source: str = "calibration") -> Intrinsic
     )
 
 
+def _read_opencv_yaml(text: str, path: Path) -> Intrinsics:
+    """What cv::FileStorage writes as YAML (`%YAML:1.0`, `!!opencv-matrix` maps), read with
+    PyYAML: OpenCV's own parser corrupts its heap on some malformed files (found by
+    bench/fuzz.py: "free(): invalid next size", the process aborts), so it never reads one."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def matrix(loader: yaml.SafeLoader, node: yaml.Node) -> dict:
+        if not isinstance(node, yaml.MappingNode):
+            raise CalibrationError(f"{path}: an !!opencv-matrix must be a map")
+        return loader.construct_mapping(node, deep=True)
+
+    Loader.add_constructor("tag:yaml.org,2002:opencv-matrix", matrix)
+    lines = text.lstrip().splitlines()
+    if lines and lines[0].startswith("%YAML"):  # "%YAML:1.0" is OpenCV's, not YAML's
+        lines = lines[1:]
+    try:
+        data = yaml.load("\n".join(lines), Loader=Loader)  # noqa: S506 (a SafeLoader)
+    except (yaml.YAMLError, ValueError, TypeError) as err:
+        raise CalibrationError(f"calibration file {path} is not valid OpenCV YAML: {err}") from err
+    return intrinsics_from_mapping(data, str(path))
+
+
 def _read_opencv_filestorage(path: Path) -> Intrinsics:
     import cv2
 
+    try:
+        return _read_filestorage(cv2, path)
+    except (cv2.error, SystemError) as exc:  # its parser asserts on malformed files
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CalibrationError(f"{path}: OpenCV could not read it as a calibration file "
+                               f"({first})") from exc
+
+
+def _read_filestorage(cv2, path: Path) -> Intrinsics:
     fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
     try:
         if not fs.isOpened():
@@ -292,14 +338,10 @@ def load_calibration(path: str | Path) -> Intrinsics:
         raise CalibrationError(f"calibration file {path} does not exist; check --calib")
     text = path.read_text(errors="replace")
     head = text.lstrip()[:200]
-    if (
-        head.startswith("%YAML")
-        or head.startswith("<?xml")
-        or "!!opencv-matrix" in text
-        or "opencv_storage" in head
-        or '"type_id": "opencv-matrix"' in text
-    ):
+    if head.startswith("<?xml") or "opencv_storage" in head:  # JSON ones json reads below
         return _read_opencv_filestorage(path)
+    if head.startswith("%YAML") or "!!opencv-matrix" in text:
+        return _read_opencv_yaml(text, path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
