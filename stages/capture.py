@@ -135,17 +135,6 @@ def _image_paths(config: CaptureConfig) -> list[str]:
     return paths
 
 
-#: schema 2 carries the scale; until then a scaled frame's joints are in its own pixels
-_FRAME_HAS_SCALE = "scale_to_original" in getattr(Frame, "__dataclass_fields__", {})
-
-
-def _make_frame(frame_id: int, t_capture_ns: int, image: np.ndarray, source: str,
-                scale: float) -> Frame:
-    extra = {"scale_to_original": scale} if _FRAME_HAS_SCALE else {}
-    return Frame(frame_id=frame_id, t_capture_ns=t_capture_ns, image=image, source=source,
-                 **extra)
-
-
 class CaptureStage(Source):
     """Source of `Frame`s (see module docstring). Config: CaptureConfig."""
 
@@ -310,7 +299,8 @@ class CaptureStage(Source):
             self._skip("too_large", f"{source}: {w}x{h} is over the {MAX_IMAGE_BYTES} bytes "
                        "a frame may have; let capture scale it down (--max-side)")
             return None
-        frame = _make_frame(self._next_id, t_capture_ns, image, source, scale)
+        frame = Frame(frame_id=self._next_id, t_capture_ns=t_capture_ns, image=image,
+                      source=source, scale_to_original=scale)
         self._next_id += 1
         return frame
 

@@ -59,13 +59,12 @@ def test_capture_scales_a_large_photo_down_and_says_by_how_much(shared_file, tmp
     make_photo(shared_file, tmp_path / "photo.jpg")
     frame, counters = _one_frame(CaptureConfig(images=str(tmp_path / "*.jpg")))
     assert frame.image.shape == (1280, 1920, 3)  # the default max_side, aspect kept
-    if hasattr(frame, "scale_to_original"):  # schema 2
-        assert frame.scale_to_original == pytest.approx(6000 / 1920)
+    assert frame.scale_to_original == pytest.approx(6000 / 1920)
     assert counters["skipped"] == {"unreadable": 0, "too_large": 0}
     # a frame that fits is left alone
     small, _ = _one_frame(CaptureConfig(images=str(shared_file(PHOTO))))
     assert small.image.shape == (425, 640, 3)
-    assert getattr(small, "scale_to_original", 1.0) == 1.0
+    assert small.scale_to_original == 1.0
 
 
 def test_a_frame_over_the_hard_limit_is_a_counted_skip_not_a_crash(shared_file, tmp_path):
@@ -129,11 +128,6 @@ def _run_images(tmp_path, engine, pattern) -> tuple[subprocess.CompletedProcess,
     return proc, poses
 
 
-def _found(pose: Pose3D) -> bool:
-    people = getattr(pose, "people", None)
-    return bool(people) if people is not None else pose.person_present
-
-
 def test_four_images_one_a_6000x4000_photo_all_come_back(shared_dir, shared_file, tmp_path,
                                                          engine):
     import shutil
@@ -146,10 +140,13 @@ def test_four_images_one_a_6000x4000_photo_all_come_back(shared_dir, shared_file
     sys.stderr.write(proc.stderr[-1500:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.frame_id for p in poses] == [0, 1, 2, 3]  # 4 of 4 images came back
-    assert _found(poses[3]), "the person in the 6000x4000 photo, found in its smaller copy"
-    if hasattr(poses[3], "people"):  # schema 2: in the original image's pixels
-        assert tuple(poses[3].image_size) == (6000, 4000)
-        assert np.ptp(poses[3].people[0].joints_2d_px[:, 0]) > 1920 / 4
+    photo = poses[3]
+    assert photo.people, "the person in the 6000x4000 photo, found in its smaller copy"
+    # reported in the original photo's pixels: its size, and joints spread over it
+    assert tuple(photo.image_size) == (6000, 4000)
+    joints = photo.people[0].joints_2d_px
+    assert np.ptp(joints[:, 1]) > 1280  # taller than the whole 1920x1280 working copy
+    assert 0 <= joints[:, 0].mean() <= 6000 and 0 <= joints[:, 1].mean() <= 4000
     assert "Traceback" not in proc.stderr and "SchemaError" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("came back as poses")
 
