@@ -240,7 +240,7 @@ def _split(data: bytes, most: int) -> list[bytes]:
 
 
 # --------------------------------------------------------------------------- running
-def run_one(name: str, runs: int, max_len: int) -> None:
+def run_one(name: str, runs: int, max_len: int, max_seconds: int = 0) -> None:
     """Fuzz one target in this process with atheris (exits when done)."""
     import atheris
 
@@ -258,12 +258,14 @@ def run_one(name: str, runs: int, max_len: int) -> None:
     for i, seed in enumerate(targets.seeds(name)):
         with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
             f.write(seed)
-    atheris.Setup([sys.argv[0], f"-runs={runs}", f"-max_len={max_len}", "-timeout=10",
+    limit = [f"-max_total_time={max_seconds}"] if max_seconds else []
+    atheris.Setup([sys.argv[0], f"-runs={runs}", *limit, f"-max_len={max_len}", "-timeout=10",
                    "-rss_limit_mb=4096", corpus], targets.one(name))
     atheris.Fuzz()
 
 
-def run_all(names: list[str], runs: int, max_len: int, timeout_s: float) -> int:
+def run_all(names: list[str], runs: int, max_len: int, timeout_s: float,
+            max_seconds: int = 0) -> int:
     """Each target in its own process; prints runs, seconds, coverage and crashes."""
     print(f"| target | inputs | seconds | inputs/s | coverage (edges) | crashes |")
     print("|---|---|---|---|---|---|")
@@ -272,7 +274,8 @@ def run_all(names: list[str], runs: int, max_len: int, timeout_s: float) -> int:
         t0 = time.monotonic()
         try:
             proc = subprocess.run([sys.executable, "-m", "bench.fuzz", name, "--runs", str(runs),
-                                   "--max-len", str(max_len)], capture_output=True, text=True,
+                                   "--max-len", str(max_len), "--max-seconds",
+                                   str(max_seconds)], capture_output=True, text=True,
                                   timeout=timeout_s)
             out, code = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
@@ -297,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=1_000_000, help="inputs per target")
     p.add_argument("--max-len", type=int, default=4096, help="longest input, bytes")
     p.add_argument("--timeout", type=float, default=3600.0, help="per target, seconds")
+    p.add_argument("--max-seconds", type=int, default=0,
+                   help="stop each target after this long even before --runs (0: no limit)")
     args = p.parse_args(argv)
     if args.target == "list":
         print("\n".join(TARGETS))
@@ -306,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"no fuzz target {unknown[0]!r}; targets: {', '.join(TARGETS)}")
     if args.target == "all" or len(names) > 1:
-        return run_all(names, args.runs, args.max_len, args.timeout)
-    run_one(names[0], args.runs, args.max_len)
+        return run_all(names, args.runs, args.max_len, args.timeout, args.max_seconds)
+    run_one(names[0], args.runs, args.max_len, args.max_seconds)
     return 0
 
 

@@ -114,7 +114,7 @@ class EdgeSender:
     message; register `socket` for POLLIN in your poller and call `on_readable()` when it
     fires; call `end()` once at end of stream and keep polling until `finished`.
     Counters: `sent`, `dropped` (replaced before sending), `sent_shm` (of `sent`, through
-    the ring). ring: a pipeline.shm.FrameRing for large parts (both ends on this host, in
+    the ring), `malformed_credits` (logged once). ring: a pipeline.shm.FrameRing for large parts (both ends on this host, in
     this run); the edge owns it and removes its file on close().
     `first_undelivered()`: the lowest frame id (as given to `offer`) not known to have
     reached a consumer: queued, or sent and not yet followed by that consumer's next credit
@@ -152,6 +152,7 @@ class EdgeSender:
         self.sent = 0
         self.sent_shm = 0
         self.dropped = 0
+        self.malformed_credits = 0
 
     @property
     def backlog(self) -> int:
@@ -218,8 +219,11 @@ class EdgeSender:
             except zmq.Again:
                 break
             if len(parts) != 3 or parts[1] != CREDIT or len(parts[2]) > 16:
-                log.warning("edge %s: ignored a malformed credit (%d frames)", self.endpoint,
-                            len(parts))
+                self.malformed_credits += 1
+                if self.malformed_credits == 1:  # once: a peer sending nothing else must
+                    # not flood the log (bench/fuzz.py did); the count is kept
+                    log.warning("edge %s: ignored a malformed credit (%d frames); further "
+                                "ones are counted, not logged", self.endpoint, len(parts))
                 continue
             peer, token = parts[0], parts[2]
             self._peers.add(peer)

@@ -118,3 +118,29 @@ def test_every_fuzz_target_runs_clean_for_a_short_while():
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert rows == {t: str(SMOKE_RUNS) for t in
                     ("schema", "edge", "shm", "psrec", "calib", "engine")}, proc.stdout
+
+
+def test_a_flood_of_malformed_credits_is_counted_and_logged_once(caplog):
+    """bench/fuzz.py's edge target made EdgeSender log every malformed credit: a peer
+    could fill the log. Now the first is logged, all are counted."""
+    from pipeline.transport import EdgeSender
+
+    ctx = zmq.Context()
+    tx = EdgeSender(ctx, "inproc://flood", "latest")
+    peer = ctx.socket(zmq.DEALER)
+    peer.connect("inproc://flood")
+    try:
+        for i in range(50):
+            peer.send_multipart([b"C"] if i % 2 else [b"X", b"1", b"2"])
+        deadline = 50
+        while tx.malformed_credits < 50 and deadline:
+            if tx.socket.poll(100, zmq.POLLIN):
+                tx.on_readable()
+            else:
+                deadline -= 1
+    finally:
+        peer.close(0)
+        tx.close()
+        ctx.term()
+    assert tx.malformed_credits == 50
+    assert caplog.text.count("ignored a malformed credit") == 1
