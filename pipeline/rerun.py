@@ -65,8 +65,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
 PERSON_CLASS_ID = 0
-#: --serve-web: the web viewer's HTTP port (the data itself is served on Rerun's gRPC port 9876)
+#: --serve-web: the web viewer's HTTP port, and the gRPC port the data is served on (loopback)
 WEB_PORT = 9090
+GRPC_PORT = 9876
 #: a receive latency above this means the publisher's clock is not ours (another host, replay)
 PLAUSIBLE_LATENCY_MS = 60_000.0
 
@@ -251,13 +252,17 @@ def open_recording(save: str | None, spawn: bool, serve_web: bool) -> Any:
         exe = Path(sys.executable).with_name("rerun")
         rr.spawn(connect=False, executable_path=str(exe) if exe.is_file() else None)
         sinks.append(rr.GrpcSink())
+    server = None
+    if serve_web:  # a gRPC server in this process, beside the file sink (not instead of it)
+        server = rr.GrpcServerSink(bind_ip="127.0.0.1", port=GRPC_PORT)
+        sinks.append(server)
     if sinks:
         rec.set_sinks(*sinks)
-    if serve_web:
-        url = rec.serve_grpc()
-        rr.serve_web_viewer(web_port=WEB_PORT, connect_to=url, open_browser=False)
-        log.info("Rerun web viewer: open http://127.0.0.1:%d/?url=%s in a browser (the data "
-                 "from %s)", WEB_PORT, url, url)
+    if server is not None:
+        rr.serve_web_viewer(web_port=WEB_PORT, connect_to=server.uri, open_browser=False)
+        log.info("Rerun web viewer: open http://127.0.0.1:%d/?url=%s in a browser (on this "
+                 "host, or through ssh -L %d:127.0.0.1:%d -L %d:127.0.0.1:%d)", WEB_PORT,
+                 server.uri, WEB_PORT, WEB_PORT, GRPC_PORT, GRPC_PORT)
     return rec
 
 
