@@ -233,9 +233,10 @@ def bridge(messages: Iterable[Any], logger: RerunLogger, *, max_poses: int | Non
     return n
 
 
-def open_recording(save: str | None, spawn: bool, serve_web: bool) -> Any:
+def open_recording(save: str | None, spawn: bool, serve_web: bool, *,
+                   web_port: int = WEB_PORT, grpc_port: int = GRPC_PORT) -> Any:
     """A Rerun recording stream with the sinks asked for (a file, a spawned viewer, a web
-    viewer). Raises RerunMissing."""
+    viewer on web_port fed from a loopback gRPC server on grpc_port). Raises RerunMissing."""
     rr = import_rerun()
     rec = rr.RecordingStream("posestream")
     sinks = []
@@ -254,15 +255,15 @@ def open_recording(save: str | None, spawn: bool, serve_web: bool) -> Any:
         sinks.append(rr.GrpcSink())
     server = None
     if serve_web:  # a gRPC server in this process, beside the file sink (not instead of it)
-        server = rr.GrpcServerSink(bind_ip="127.0.0.1", port=GRPC_PORT)
+        server = rr.GrpcServerSink(bind_ip="127.0.0.1", port=grpc_port)
         sinks.append(server)
     if sinks:
         rec.set_sinks(*sinks)
     if server is not None:
-        rr.serve_web_viewer(web_port=WEB_PORT, connect_to=server.uri, open_browser=False)
+        rr.serve_web_viewer(web_port=web_port, connect_to=server.uri, open_browser=False)
         log.info("Rerun web viewer: open http://127.0.0.1:%d/?url=%s in a browser (on this "
-                 "host, or through ssh -L %d:127.0.0.1:%d -L %d:127.0.0.1:%d)", WEB_PORT,
-                 server.uri, WEB_PORT, WEB_PORT, GRPC_PORT, GRPC_PORT)
+                 "host, or through ssh -L %d:127.0.0.1:%d -L %d:127.0.0.1:%d)", web_port,
+                 server.uri, web_port, web_port, grpc_port, grpc_port)
     return rec
 
 

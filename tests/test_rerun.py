@@ -119,6 +119,25 @@ def test_rrd_holds_skeletons_camera_and_scalars_per_track(tmp_path, two_people):
     assert verified.returncode == 0, verified.stderr[-2000:]
 
 
+def test_save_and_serve_web_together_keep_the_whole_file(tmp_path, two_people):
+    """--save with --serve-web: the web viewer answers and the file still gets every frame."""
+    import urllib.request
+
+    from conftest import free_port
+
+    path, web_port = tmp_path / "served.rrd", free_port()
+    rec = bridge.open_recording(str(path), spawn=False, serve_web=True, web_port=web_port,
+                                grpc_port=free_port())
+    logger = bridge.RerunLogger(rec)
+    for f, people in enumerate(two_people[:10]):
+        logger.log_frame(f, f * 33_333_333, (WIDTH, HEIGHT), people)
+    rec.flush()
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as page:
+        assert page.status == 200
+    rec.disconnect()
+    assert frames_of(read_rrd(path)["/world/people/3/joints"]) == list(range(10))
+
+
 def test_colours_are_fixed_per_track():
     assert bridge.track_colour(3) == bridge.track_colour(3 + len(bridge.PALETTE))
     assert len({bridge.track_colour(i) for i in range(len(bridge.PALETTE))}) == len(bridge.PALETTE)
