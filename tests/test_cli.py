@@ -124,3 +124,14 @@ def test_pip_install_gives_a_working_command(tmp_path, shared_file):
     assert "published 5 poses" in run.stderr, run.stderr[-4000:]
     assert "GetPrototype" not in run.stderr  # mediapipe's protobuf noise (pipeline/quiet.py)
     assert f"lifter engine {site / 'engines' / 'default' / 'lifter.onnx'}" in run.stderr
+
+
+def test_rerun_without_rerun_sdk_says_how_to_install(tmp_path):
+    """rerun-sdk is optional: without it, `posestream rerun` exits 2 with the install command."""
+    code = ("import sys; sys.modules['rerun'] = None  # as if rerun-sdk were not installed\n"
+            "from pipeline.cli import main; sys.exit(main(['rerun', '--save', 'x.rrd']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr
+    assert 'pip install -e ".[rerun]"' in result.stderr
+    assert not (tmp_path / "x.rrd").exists()
