@@ -7,15 +7,15 @@ method) on 1 - OKS:
     OKS(d, t) = sum_j c_j exp(-|d_j - p_j|^2 / (2 s^2 k_j^2)) / sum_j c_j
 
 (COCO's object keypoint similarity: `p_j` the track's joints predicted at this frame by its
-constant-velocity motion, `s^2` the track's 2D box area, `k_j` COCO's per-joint
-constants widened TRACK_SIGMA_SCALE times, `c_j` the smaller of the two confidences). COCO's
-constants measure how far annotators disagree on one image; between frames a person moves and
-the detector jitters far more: with them, the shared street video (3 people) got 19 track ids,
-widened 5x 6 ids, but one of them slid from one person onto her neighbour when the detector
-did; a gate on the box centre (CENTRE_GATE) keeps that from happening. A match needs OKS >= `min_oks`. An
-unmatched detection starts a new track with the next id (ids start at 1 and are never reused
-in a run); a track not seen for `max_age_s` (about a second) ends, so a person hidden for half
-a second keeps their id.
+constant-velocity motion, `s^2` the track's 2D box area, `k_j` COCO's per-joint constants
+widened TRACK_SIGMA_SCALE times, `c_j` the smaller of the two confidences). COCO's constants
+measure how far annotators disagree on one image; between frames a person moves and the
+detector jitters far more: with them, the shared street video (3 people) got 19 track ids;
+widened 5x, 6 ids, but one of them slid from one person onto her neighbour when the detector
+did; a gate on the box centre (CENTRE_GATE) keeps that from happening (6 ids, none sliding).
+A match needs OKS >= `min_oks` inside the gate. An unmatched detection starts a new track with
+the next id (ids start at 1 and are never reused in a run); a track not seen for `max_age_s`
+(about a second) ends, so a person hidden for half a second keeps their id.
 
 Motion and age are counted in frames (frame ids, which count every captured frame, dropped
 or not) as well as in capture time: a track ends only when it has been unseen for both
