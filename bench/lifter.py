@@ -266,7 +266,9 @@ def bench_kernels(calls: int, paced_calls: int, engine_path: Path) -> list[dict[
     lift = LiftStage(LiftConfig(engine_path=str(engine_path), backend="onnxruntime"))
     lift.open()
     try:
-        rel = lift._lift_rel_m(_T_POSE_PX[None], lift.intrinsics_for((640, 480)))[0]
+        frames = lift.engine.receptive_field   # a temporal engine: the T pose held F frames
+        pose = _T_POSE_PX[None] if frames == 1 else np.repeat(_T_POSE_PX[None, None], frames, 1)
+        rel = lift._lift_rel_m(pose, lift.intrinsics_for((640, 480)))[0]
         w = np.ones(NUM_JOINTS)
         rng = np.random.default_rng(0)
         poses = [rel + rng.normal(0, 0.01, rel.shape) for _ in range(16)]
@@ -287,13 +289,19 @@ def bench_kernels(calls: int, paced_calls: int, engine_path: Path) -> list[dict[
         def euro_kernel() -> None:
             one_euro_step(x, 1 / 30, state[0], state[1], state[2], 0.1, 40.0, 1.0)
 
-        kp = Keypoints2D(frame_id=0, t_capture_ns=1, image_size=(640, 480), people=(Person2D(
-            track_id=1, joints_2d_px=_T_POSE_PX.astype(np.float32),
-            confidence=np.full(NUM_JOINTS, 0.9, np.float32)),))
+        person = (Person2D(track_id=1, joints_2d_px=_T_POSE_PX.astype(np.float32),
+                           confidence=np.full(NUM_JOINTS, 0.9, np.float32)),)
+        frame = [0]
+
+        def lift_one() -> Any:
+            # a new frame 1/30 s after the last (a temporal engine's history moves on)
+            frame[0] += 1
+            return lift.process(Keypoints2D(frame_id=frame[0], t_capture_ns=frame[0] * 33_333_333,
+                                            image_size=(640, 480), people=person))
         for label, fn in (("reproject.fit_translation", fit),
                           ("OneEuroFilter.filter (17x3)", euro),
                           ("smooth.one_euro_step kernel (51)", euro_kernel),
-                          ("LiftStage.process (codec+engine+fit)", lambda: lift.process(kp))):
+                          ("LiftStage.process (codec+engine+fit)", lift_one)):
             rows.append({"kernel": label, "hot": time_calls(fn, calls),
                          "paced_30fps": time_calls(fn, paced_calls, 1.0 / PACED_FPS, warmup=3)})
     finally:
@@ -315,11 +323,7 @@ def run(engine: str | None = None, checkpoint: str | None = None, batch: int = 6
                        "receptive_field": eng.receptive_field, "fps": eng.fps,
                        "size_bytes": path.stat().st_size},
             "engines": bench_engines(path, checkpoint, batch, calls, paced_calls, list(backends)),
-            # the lift stage serves single-frame engines only so far: with a temporal engine
-            # the per-frame stage row runs the default engine (named in kernels_engine)
-            "kernels": bench_kernels(calls, paced_calls, kernels_engine := (
-                path if eng.receptive_field == 1 else runtime.DEFAULT_ENGINE_PATH)),
-            "kernels_engine": str(kernels_engine),
+            "kernels": bench_kernels(calls, paced_calls, path),
         }
     if first_call:
         out["first_call"] = first_call_costs()
