@@ -247,6 +247,23 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     return p
 
 
+def _file_period_s(capture: CaptureConfig) -> float | None:
+    """A file processed whole is read as fast as the pipeline goes, so capture times say
+    nothing about the motion between its frames: the file's own frame period does (temporal
+    engines time each person's history by it). None when unknown (an unreadable file: the
+    capture preflight reports it)."""
+    if capture.images is not None:
+        return 1.0 / capture.images_fps
+    import cv2
+
+    cap = cv2.VideoCapture(capture.video)
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return 1.0 / fps if fps and 1.0 <= fps <= 1000.0 else None
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Flags -> PipelineConfig. Raises ValueError for inconsistent values.
 
@@ -272,6 +289,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         camera_height=args.height_px,
         max_side=args.max_side,
     )
+    # a file processed whole is timed by its own frame rate, not by when it was read
+    period = _file_period_s(capture) if whole and is_file else None
     return PipelineConfig(
         capture=capture,
         detect=DetectConfig(static_image_mode=capture.source_kind() == "images",
@@ -282,8 +301,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             fov_deg=args.fov,
             calib_path=args.calib,
             height_m=args.height if args.height else None,
+            frame_period_s=period,
         ),
-        smooth=SmoothConfig(enabled=not args.no_smooth),
+        smooth=SmoothConfig(enabled=not args.no_smooth, frame_period_s=period),
         output=OutputConfig(
             publish=args.publish,
             allow_remote=args.allow_remote,

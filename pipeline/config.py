@@ -116,6 +116,9 @@ class SmoothConfig:
     min_cutoff: float = 0.1  # Hz; lower: steadier when still, more lag
     beta: float = 40.0  # speed coefficient; higher: less lag when moving fast
     d_cutoff: float = 1.0  # Hz, cutoff of the derivative filter
+    # time between frames: capture times (None, live sources) or frame ids at this period (s;
+    # files processed whole, read as fast as the pipeline goes)
+    frame_period_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ value, as in the authors' reference code and MediaPipe's `OneEuroFilter`. Settin
 MediaPipe's world-landmark smoothing (min_cutoff 0.1 Hz, beta 40, d_cutoff 1 Hz, metres).
 
 `dt` comes from the capture timestamps (`t_capture_ns`), never from an assumed frame rate, so
-dropped frames and uneven cameras are handled. The stage filters the root-relative pose and the
+dropped frames and uneven cameras are handled; for a file processed whole (read as fast as the
+pipeline goes, far from its own rate on a slow machine) from its frame ids at the file's
+frame period (`SmoothConfig.frame_period_s`). The stage filters the root-relative pose and the
 root translation separately and recomposes them, so a pose whose `joints_3d_m[ROOT] == root_m` keeps
 that property. Each person (`track_id`) has filters of their own: a new id starts afresh, the
 filters of an id not seen for more than `RESET_AFTER_GAP_S` are dropped, so a person seen again
@@ -204,7 +206,8 @@ class SmoothStage(Stage):
             raise RuntimeError("SmoothStage.process called before open()")
         if not self.config.enabled:
             return msg
-        t_s = msg.t_capture_ns * 1e-9
+        period = self.config.frame_period_s
+        t_s = msg.frame_id * period if period is not None else msg.t_capture_ns * 1e-9
         present = {p.track_id for p in msg.people}
         for gone in [tid for tid, f in self._filters.items() if tid not in present
                      and f.pose.last_time_s is not None
