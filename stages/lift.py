@@ -35,7 +35,7 @@ from engines.runtime.reproject import fit_translation, fit_translation_batch
 from engines.runtime.engine import load_engine
 from engines.runtime.history import Histories
 from engines.runtime.skeleton import NUM_JOINTS
-from pipeline.schema import Keypoints2D, Person3D, Pose3D
+from pipeline.schema import UNTRACKED, Keypoints2D, Person3D, Pose3D
 from pipeline.stage import Stage
 from engines.runtime.intrinsics import (
     Intrinsics,
@@ -167,6 +167,9 @@ class LiftStage(Stage):
         frames, fps = self.engine.receptive_field, self.engine.fps
         out = np.empty((len(msg.people), frames, NUM_JOINTS, 2), np.float64)
         for i, person in enumerate(msg.people):
+            if person.track_id == UNTRACKED:  # nobody said who this is: no history to share
+                out[i] = joints_2d_px[i]
+                continue
             history = self._histories.add(person.track_id, t_s, joints_2d_px[i], conf[i])
             out[i] = history.window(t_s, frames, fps)[0]
         return out
