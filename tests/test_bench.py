@@ -195,3 +195,25 @@ def test_stalled_subscriber_short_run(video: Path, tmp_path: Path) -> None:
         assert 0 < r[cond]["p50_ms"] <= r[cond]["p99_ms"] < 10_000
     assert [(p["condition"], p["round"]) for p in r["per_phase"]] == [("A", 0), ("B", 0)]
     assert math.isfinite(r["p99_ratio_b_over_a"])
+
+
+def test_bounds_quick_figures(tmp_path: Path, capsys) -> None:
+    """bench.bounds, its four quick figures twice each: every figure measured and printed with
+    its target (met or not is the bench's verdict, not this test's). resume and workers run
+    the whole pipeline for minutes and are left to the bench itself."""
+    from bench import bounds
+
+    code = bounds.main(["capture-resume", "fail-fast", "mocap-cache", "curve", "--trials", "2",
+                        "--curve-rounds", "1", "--out", str(tmp_path / "bounds.json")])
+    r = json.loads((tmp_path / "bounds.json").read_text())
+    assert code == (0 if all(r[f]["met"] for f in bounds.FIGURES if f in r) else 1)
+    assert sum(r["capture-resume"]["frame_ids"].values()) == 2
+    assert all(int(k) >= 66 for k in r["capture-resume"]["frame_ids"])  # skipped ahead
+    sane(r["capture-resume"]["wait_s"], 2)
+    sane(r["fail-fast"]["exit_s"], 1)
+    sane(r["mocap-cache"]["cached_load_s"], 2)
+    assert r["mocap-cache"]["first_load_s"] > 0
+    assert r["curve"]["curve_poses"]["n"] == r["curve"]["plain_poses"]["n"] == 1
+    assert r["curve"]["curve_poses"]["p50"] > 0 and r["curve"]["plain_poses"]["p50"] > 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("capture resume", "fail-fast", "mocap cached", "curve"))

@@ -81,18 +81,20 @@ def test_images_in_sorted_order(shared_file, shared_dir):
 
 def test_a_restarted_video_capture_goes_on_where_the_last_one_was(shared_file):
     """resume(after frame 40, captured 0.5 s ago) on the 50 fps video: the next frame is
-    40 + 1 + 25 = 66, and it is frame 66 of the file, due at once."""
+    40 + 1 + the frame intervals that passed by the time open() positions the file (at
+    least 25), it is that frame of the file, and it is due at once, not after a pause.
+
+    The exact id depends on how long open() took on this machine, so it is checked against
+    the clock read around open(); `python -m bench.bounds capture-resume` prints the spread
+    of the id and of the wait over many resumes."""
     video = str(shared_file(VIDEO))
-    reference = CaptureStage(CaptureConfig(video=video, as_fast_as_possible=True,
-                                           max_frames=70))
-    reference.open()
-    try:
-        expected = _drain(reference)[66].image
-    finally:
-        reference.close()
+    period_ns = 1e9 / 50
     stage = CaptureStage(CaptureConfig(video=video))  # paced at the file's 50 fps
-    stage.resume(40, time.monotonic_ns() - 500_000_000)
+    t_last = time.monotonic_ns() - 500_000_000
+    stage.resume(40, t_last)
+    t_open0 = time.monotonic_ns()
     stage.open()
+    t_open1 = time.monotonic_ns()
     try:
         t0 = time.monotonic()
         frame = None
@@ -104,12 +106,22 @@ def test_a_restarted_video_capture_goes_on_where_the_last_one_was(shared_file):
             second = stage.produce()
     finally:
         stage.close()
-    assert frame.frame_id in (66, 67)  # 0.5 s, give or take the time open() took
-    expected_id = frame.frame_id
-    if expected_id == 66:
-        np.testing.assert_array_equal(frame.image, expected)
-    assert waited_s < 0.1  # due now, not after a pause
+    lowest = 41 + int((t_open0 - t_last) // period_ns)
+    highest = 41 + int((t_open1 - t_last) // period_ns)
+    assert 66 <= lowest <= frame.frame_id <= highest, (lowest, frame.frame_id, highest)
+    reference = CaptureStage(CaptureConfig(video=video, as_fast_as_possible=True,
+                                           max_frames=frame.frame_id + 2))
+    reference.open()
+    try:
+        expected = _drain(reference)[-2:]  # frames frame_id and frame_id + 1 of the file
+    finally:
+        reference.close()
+    np.testing.assert_array_equal(frame.image, expected[0].image)
+    np.testing.assert_array_equal(second.image, expected[1].image)
     assert second.frame_id == frame.frame_id + 1
+    # a capture whose pacing clock started at the first produce() would wait frame_id
+    # intervals (over 1.3 s) for the new id to fall due; half of that is generous
+    assert waited_s < 0.5 * frame.frame_id * period_ns / 1e9, waited_s
 
 
 def test_a_restarted_image_capture_wraps_around_when_looping(shared_file, shared_dir):
@@ -215,16 +227,16 @@ def test_run_pipeline_fails_fast_on_a_bad_source(tmp_path, flags, message):
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"\x00garbage" * 100)
     flags = [str(bad) if f == "BAD" else f for f in flags]
-    t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "run_pipeline.py", *flags], cwd=REPO, capture_output=True, text=True,
-        timeout=60,
+        [sys.executable, "run_pipeline.py", *flags, "--log-level", "DEBUG"], cwd=REPO,
+        capture_output=True, text=True, timeout=120,
     )
-    elapsed = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert elapsed < 5.0  # no stage process was started (the target is under 2-3 s)
+    # no stage process was started (the supervisor logs each start at DEBUG); how fast it
+    # fails is a speed figure: `python -m bench.bounds fail-fast` (target under 3 s)
+    assert "started stage" not in proc.stderr and "warm spare" not in proc.stderr, proc.stderr
 
 
 def test_run_pipeline_fails_fast_when_the_publish_port_is_taken(shared_file):

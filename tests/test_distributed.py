@@ -196,12 +196,13 @@ def test_two_detect_workers_keep_frame_order(shared_dir, reaper, subscriber, tmp
 
     late = counter("lift", "dropped_late")
     workers = [counter("detect#0", "processed"), counter("detect#1", "processed")]
-    # plausible: each worker did part of the work; what lift received it either passed on
-    # in order or counted as late; a good share of the 3 s of video came through
-    assert min(workers) >= 5, workers
+    # each worker did part of the work (how evenly is a speed figure: `python -m
+    # bench.bounds workers`); what lift received it either passed on in order or counted
+    # as late; some of the 3 s of video came through
+    assert min(workers) >= 1, workers
     assert counter("lift", "processed") + late == counter("lift", "received"), stats["lift"]
     assert counter("lift", "received") <= sum(workers)
-    assert frames // 10 <= len(ids) <= frames
+    assert 2 <= len(ids) <= frames
     assert {s[0] for p in poses for s in p.stamps} >= {"detect#0", "detect#1"}
     sys.stderr.write(f"2 workers: {len(ids)} of {frames} frames published, detect "
                      f"{workers[0]}+{workers[1]}, {late} late\n")

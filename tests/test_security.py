@@ -34,7 +34,9 @@ from pipeline.security import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-LISTEN_S = 3.0  # how long every subscriber listens; the authorised one needs a few poses
+LISTEN_S = 3.0  # every subscriber listens at least this long
+LISTEN_LIMIT_S = 30.0  # ... and at most this long, for the authorised one's MIN_POSES
+MIN_POSES = 20
 
 # --------------------------------------------------------------------------- bind check
 LOCAL = [
@@ -252,8 +254,13 @@ def test_only_the_authorised_curve_subscriber_receives(keys, curve_publisher):
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
     try:
-        deadline = time.monotonic() + LISTEN_S
-        while time.monotonic() < deadline:
+        # listen at least LISTEN_S (the refused ones have time to be refused), and until the
+        # authorised one has MIN_POSES poses or the generous limit: a count, not a rate (the
+        # rate through CURVE against plain tcp is `python -m bench.bounds curve`)
+        start = time.monotonic()
+        while time.monotonic() - start < LISTEN_S or (
+                len(received["authorised"]) < MIN_POSES
+                and time.monotonic() - start < LISTEN_LIMIT_S):
             ready = dict(poller.poll(100))
             for name, (sock, monitor) in socks.items():
                 if monitor in ready:
@@ -272,7 +279,8 @@ def test_only_the_authorised_curve_subscriber_receives(keys, curve_publisher):
         ctx.term()
 
     good = received["authorised"]
-    assert len(good) >= 20, f"authorised subscriber got only {len(good)} poses in {LISTEN_S} s"
+    assert len(good) >= MIN_POSES, \
+        f"authorised subscriber got only {len(good)} poses in {LISTEN_LIMIT_S} s"
     assert all(isinstance(m, Pose3D) for m in good)
     assert zmq.EVENT_HANDSHAKE_SUCCEEDED in events["authorised"]
     for name in ("no keys", "unknown client key", "wrong server key"):
