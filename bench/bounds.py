@@ -48,7 +48,6 @@ from bench import report
 from bench.transport_floor import free_tcp_ports
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("capture", "detect", "lift", "smooth", "output")
 log = logging.getLogger("bench.bounds")
 
 
@@ -126,14 +125,15 @@ def bench_resume(rounds: int, video: str, engine: str | None) -> dict[str, Any]:
     poses = _PoseTimes(config.output.publish)
     poses.start()
     sup = Supervisor(config)
-    resumes: dict[str, list[float]] = {s: [] for s in STAGES}
+    resumes: dict[str, list[float]] = {}
     try:
         sup.start()
+        resumes = {name: [] for name in sup.pids()}  # every stage process of the graph
         if not _pump(sup, lambda: len(poses.items) >= 10, 60.0):
             raise RuntimeError("no poses within 60 s of the start")
         steady = lambda: bool(poses.items) and time.monotonic_ns() - poses.items[-1][0] < 300e6
         for _ in range(rounds):
-            for stage in STAGES:
+            for stage in resumes:
                 _pump(sup, steady, 20.0)
                 _pump(sup, sup.spare_ready, 60.0)  # each kill meets a warm spare, as in a run
                 _pump(sup, steady, 20.0)
