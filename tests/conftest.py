@@ -7,6 +7,7 @@ mediapipe) so every test file starts fast.
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -46,6 +47,37 @@ def shared_file(shared_dir: Path) -> Callable[[str], Path]:
         return path
 
     return get
+
+
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA GPU's device node is here (/dev/nvidia0, ...): what the machine says, not
+    what the code under test concludes."""
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def expected_backends() -> dict[str, bool]:
+    """{backend: usable here}, derived from the environment alone (a GPU's device node, the
+    packages installed, ONNX Runtime's own provider list), to check engines.runtime.engine's
+    answers against: tensorrt needs a GPU, the tensorrt module and cuda-python; ONNX
+    Runtime's CUDA provider needs a GPU and an onnxruntime build that has it."""
+    from importlib.util import find_spec
+
+    import onnxruntime
+
+    gpu = nvidia_gpu_present()
+    return {
+        "tensorrt": gpu and find_spec("tensorrt") is not None and find_spec("cuda") is not None,
+        "onnxruntime-cuda": gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+        "onnxruntime-cpu": True,
+    }
+
+
+def expected_auto_backend() -> str:
+    """The backend `load_engine(backend="auto")` must pick here: the first usable one in
+    the order tensorrt, onnxruntime-cuda, onnxruntime-cpu."""
+    usable = expected_backends()
+    return next(name for name in ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+                if usable[name])
 
 
 def pid_alive(pid: int) -> bool:

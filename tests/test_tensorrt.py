@@ -20,11 +20,16 @@ from engines.training.models import build_lifter
 from engines.runtime.engine import EngineError, load_engine
 from engines.runtime.skeleton import NUM_JOINTS
 from engines.runtime.tensorrt_backend import TensorRTError, plan_cache_key, plan_path
+from tests.conftest import expected_auto_backend, expected_backends, nvidia_gpu_present
 
 SHA = hashlib.sha256(b"lifter").hexdigest()
 BONES_M = (0.13, 0.45, 0.45, 0.13, 0.45, 0.45, 0.24, 0.25, 0.12, 0.11, 0.15, 0.28, 0.25, 0.15, 0.28, 0.25)
-TRT_REASON = tensorrt_backend.unavailable_reason()
-needs_gpu = pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT backend unavailable: {TRT_REASON}")
+#: from the machine (a GPU's device node, tensorrt and cuda-python installed), not from the
+#: code under test; test_unavailable_reason_matches_this_machine checks the code agrees
+TRT_USABLE = expected_backends()["tensorrt"]
+needs_gpu = pytest.mark.skipif(
+    not TRT_USABLE, reason="needs an NVIDIA GPU, tensorrt and cuda-python "
+    f"(GPU device node: {nvidia_gpu_present()}; here: {tensorrt_backend.unavailable_reason()})")
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +127,9 @@ def test_forcing_tensorrt_without_it_is_a_clear_error(no_tensorrt, engine_path):
 
 def test_auto_choice_matches_this_machine(engine_path, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a plan built here stays out of ~/.cache
+    assert (tensorrt_backend.unavailable_reason() is None) == TRT_USABLE
     engine = load_engine(engine_path)
-    if TRT_REASON is None:
-        assert engine.backend == "tensorrt"
-    else:
-        assert engine.backend != "tensorrt"
+    assert engine.backend == expected_auto_backend()
 
 
 # --- on an NVIDIA GPU with TensorRT ----------------------------------------------------------------
