@@ -46,7 +46,9 @@ plays them as a camera would (paced, newest frame wins). A camera is always newe
 exit status: 0 when a video/image set has been streamed to the end (processed whole: every
 input came back as a pose), 1 when a stage failed for good (its traceback is logged; a stage
 that dies or hangs is first restarted, see --max-restarts), 2 for a bad flag, a source that
-cannot be opened or a publish endpoint in use, 3 when a file processed whole lost inputs
+cannot be opened, a --calib file that is missing, unparsable or made for another aspect ratio
+than the source's frames, or a publish endpoint in use (all checked before any stage starts),
+3 when a file processed whole lost inputs
 (unreadable images, a truncated video, a frame inside a stage that was killed: the last line
 says how many, the lines before it why), 130/143 after Ctrl-C / SIGTERM.
 

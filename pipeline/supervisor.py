@@ -15,7 +15,8 @@ are ready does the supervisor send "go", so the source's first frame finds every
 listening. Stop: a "stop" command, then SIGTERM, then SIGKILL, all within
 `config.supervisor.stop_timeout_s`; children also die with the supervisor (PDEATHSIG and a
 parent check). Sources are checked before anything starts (`Stage.preflight`), so a
-missing camera fails in about a second.
+missing camera fails in about a second; then the lift's `--calib` file (read, and fitted to
+the frame size the source's check read), then sinks (exit 2 for any of them).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import zmq
 
 from pipeline.accounting import InputReport, account
 from pipeline.config import PipelineConfig
-from pipeline.graph import Graph, build_graph, stage_class
+from pipeline.graph import Graph, build_graph, stage_class, stage_kind
 from pipeline.health import HEARTBEAT_INTERVAL_S, Liveness, RestartBudget
 from pipeline.runner import Plan
 from pipeline.transport import open_socket
@@ -328,21 +329,43 @@ class Supervisor:
         return path
 
     def _preflight(self) -> None:
-        # sources first (a missing camera must fail in about a second), then sinks; the
-        # stages in between load models, which is too slow for a check
-        ends = [s for s in self.graph.stages if not self.graph.inputs_of(s.name)] + [
-            s for s in self.graph.stages
-            if self.graph.inputs_of(s.name) and not self.graph.outputs_of(s.name)
-        ]
-        for spec in ends:
-            cls = stage_class(spec.name, spec.module_name)
-            check = getattr(cls, "preflight", None)
-            if check is not None:
-                try:
-                    check(getattr(self.config, spec.config_section, None))
-                except Exception as exc:
-                    self.failure = str(exc)
-                    raise PreflightError(str(exc)) from exc
+        # sources first (a missing camera must fail in about a second), then the lift's
+        # calibration file, then sinks; the stages in between are not imported here (they
+        # load mediapipe, numba and models: too slow for a check)
+        sources = [s for s in self.graph.stages if not self.graph.inputs_of(s.name)]
+        sinks = [s for s in self.graph.stages
+                 if self.graph.inputs_of(s.name) and not self.graph.outputs_of(s.name)]
+        frame_size = None
+        for spec in sources:
+            found = self._check(spec)
+            if found is not None:
+                frame_size = tuple(found)
+        lift = next((s for s in self.graph.stages if stage_kind(s.name) == "lift"), None)
+        calib = getattr(getattr(self.config, lift.config_section, None), "calib_path", None) \
+            if lift is not None else None
+        if calib is not None:
+            from engines.runtime.intrinsics import check_calibration_file
+
+            try:  # frame_size: what the source's preflight read (None without a source here)
+                check_calibration_file(calib, frame_size)
+            except Exception as exc:
+                self.failure = f"--calib {calib}: {exc}" if str(calib) not in str(exc) \
+                    else str(exc)
+                raise PreflightError(self.failure) from exc
+        for spec in sinks:
+            self._check(spec)
+
+    def _check(self, spec) -> Any:
+        """A source's or sink's static preflight(config) (None without one): a source's
+        returns its frame size (width, height) when it read a frame."""
+        check = getattr(stage_class(spec.name, spec.module_name), "preflight", None)
+        if check is None:
+            return None
+        try:
+            return check(getattr(self.config, spec.config_section, None))
+        except Exception as exc:
+            self.failure = str(exc)
+            raise PreflightError(str(exc)) from exc
 
     def _popen_runner(self, args: list[str], **kwargs: Any) -> subprocess.Popen:
         env = dict(os.environ)

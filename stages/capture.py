@@ -190,14 +190,17 @@ class CaptureStage(Source):
         self._next_id += 1
 
     @staticmethod
-    def preflight(config: CaptureConfig) -> None:
-        """Open the source and read one frame; raise SourceError with advice if that fails."""
+    def preflight(config: CaptureConfig) -> tuple[int, int]:
+        """Open the source and read one frame; raise SourceError with advice if that fails.
+        Returns that frame's (width, height) (an image set's first image), for the checks
+        that follow (the lift's --calib against the frames' aspect ratio)."""
         kind = config.source_kind()
         if kind == "images":
             paths = _image_paths(config)
-            if cv2.imread(paths[0]) is None:
+            image = cv2.imread(paths[0])
+            if image is None:
                 raise SourceError(f"image {paths[0]!r} could not be read: is it an image file?")
-            return
+            return image.shape[1], image.shape[0]
         cap = _open_video_capture(config)
         try:
             with _quiet_opencv():
@@ -208,6 +211,7 @@ class CaptureStage(Source):
                     f"{what} opened but delivered no frame: is the file empty or corrupt / "
                     "the camera in use? try another source"
                 )
+            return frame.shape[1], frame.shape[0]
         finally:
             cap.release()
 

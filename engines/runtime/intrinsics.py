@@ -354,3 +354,16 @@ def load_calibration(path: str | Path) -> Intrinsics:
                 f"calibration file {path} is neither JSON nor YAML: {err}"
             ) from err
     return intrinsics_from_mapping(data, str(path))
+
+
+def check_calibration_file(
+    path: str | Path, frame_size: tuple[int, int] | None = None
+) -> Intrinsics:
+    """The `--calib` preflight: read `path` and, when the source's frame size (width, height)
+    is known before the run starts, fit it to that size. Returns the intrinsics for
+    `frame_size` (or as read). Raises CalibrationError naming the file and what is wrong
+    (missing, unparsable, no usable camera matrix, another aspect ratio than the frames)."""
+    intr = load_calibration(path)
+    if frame_size is None:
+        return intr
+    return for_image_size(intr, (int(frame_size[0]), int(frame_size[1])), str(path))
