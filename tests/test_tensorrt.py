@@ -4,8 +4,11 @@ running plans needs tensorrt and an NVIDIA GPU and is skipped (with the reason) 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -103,6 +106,119 @@ def test_file_sha256_and_atomic_write(tmp_path):
     assert tensorrt_backend.file_sha256(path) == hashlib.sha256(data).hexdigest()
 
 
+def test_a_plan_gets_the_onnx_files_permissions(tmp_path):
+    """mkstemp makes files 0600: a plan written so would be unreadable to another user (or a
+    non-root runtime after a root export), who would silently rebuild or fall back. The plan
+    takes the ONNX file's mode, whatever the umask."""
+    onnx_path = tmp_path / "lifter.onnx"
+    onnx_path.write_bytes(b"onnx")
+    old_umask = os.umask(0o077)
+    try:
+        for mode in (0o644, 0o640, 0o600):
+            onnx_path.chmod(mode)
+            plan = tmp_path / f"lifter.{mode:o}.plan"
+            tensorrt_backend.store_plan(plan, b"plan bytes", onnx_path)
+            assert stat.S_IMODE(plan.stat().st_mode) == mode, (oct(mode), oct(plan.stat().st_mode))
+            assert plan.read_bytes() == b"plan bytes"
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lifter.600.plan", "lifter.640.plan", "lifter.644.plan", "lifter.onnx"]  # no temp left
+
+
+def test_a_plan_that_failed_to_load_is_rebuilt_into_the_cache(tmp_path, monkeypatch):
+    """A plan beside the ONNX file is used while it loads; once it failed (rebuild), the new
+    plan goes to the user's cache, never over the file in the engine's folder (which may be
+    the repository's, or another user's)."""
+    onnx_path = tmp_path / "engines" / "lifter.onnx"
+    onnx_path.parent.mkdir()
+    key = plan_cache_key("gpu", "10.13.3.9", SHA, 8, True)
+    beside = onnx_path.parent / f"lifter.{key}.plan"
+    beside.write_bytes(b"a plan from another TensorRT build")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cached = tmp_path / "xdg" / "posestream" / f"lifter.{key}.plan"
+    assert plan_path(onnx_path, key) == beside
+    assert plan_path(onnx_path, key, beside_ok=False) == cached
+    # a folder given explicitly (export's own folder) is where it is rebuilt
+    assert plan_path(onnx_path, key, tmp_path / "c", beside_ok=False) == tmp_path / "c" / beside.name
+
+
+@pytest.mark.parametrize("version,problem", [
+    ("10.13.3.9", None), ("10.0.1", None), ("10.12.0.36", None),
+    ("8.6.1", "too old"), ("9.3.0", "too old"),
+    ("11.0.0", "newer than the 10.x"), ("12.1", "newer than the 10.x"),
+    ("", "not a TensorRT release number"), ("dev", "not a TensorRT release number"),
+])
+def test_only_the_tested_tensorrt_major_is_accepted(version, problem):
+    got = tensorrt_backend.version_problem(version)
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and problem in got and version in got
+        assert "pip install .[tensorrt]" in got
+
+
+# --- export: the ONNX engine stays whatever TensorRT makes of it --------------------------------
+
+class _WithDet(torch.nn.Module):
+    """A lifter with an extra output computed by ONNX's Det, which ONNX Runtime runs and
+    TensorRT's ONNX parser does not support: a real model TensorRT cannot build."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lifter = build_lifter(width=64, blocks=1)
+
+    def forward(self, joints_2d: torch.Tensor):
+        return {"joints_3d": self.lifter(joints_2d), "det": torch.linalg.det(joints_2d[:, :2, :])}
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_lifter(width=64, blocks=1)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_config": {"width": 64, "blocks": 1}, "state_dict": model.state_dict(),
+                "codec": Codec(canonical_bone_lengths_m=BONES_M).to_metadata()}, path)
+    return path
+
+
+def test_export_without_tensorrt_keeps_the_onnx_and_says_why(no_tensorrt, tmp_path, capsys):
+    from engines.training.export import main
+
+    out = tmp_path / "engine"
+    assert main(["--checkpoint", str(_checkpoint(tmp_path)), "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["tensorrt_plan"] is None
+    assert "tensorrt module is not installed" in printed["tensorrt_skipped"]
+    assert printed["onnx"] == str(out / "lifter.onnx")
+    assert load_engine(out / "lifter.onnx", backend="onnxruntime-cpu").backend == "onnxruntime-cpu"
+    assert not list(out.glob("*.plan"))
+
+
+def test_the_model_tensorrt_cannot_build_exports_and_runs_on_onnxruntime(tmp_path):
+    """The input the GPU test below hands TensorRT: exported (ONNX Runtime runs Det), with Det
+    in the graph; without TensorRT here it gets no plan and keeps its ONNX."""
+    import onnx
+
+    result = export_model(_WithDet(), Codec(canonical_bone_lengths_m=BONES_M), tmp_path,
+                          model_config={"width": 64, "blocks": 1}, tensorrt=not TRT_USABLE)
+    assert "Det" in {n.op_type for n in onnx.load(str(result.onnx_path)).graph.node}
+    engine = load_engine(result.onnx_path, backend="onnxruntime-cpu")
+    x = np.random.default_rng(0).normal(0, 0.1, (3, NUM_JOINTS, 2)).astype(np.float32)
+    np.testing.assert_allclose(engine.run({"joints_2d": x})["det"], np.linalg.det(x[:, :2, :]),
+                               rtol=1e-4, atol=1e-7)
+    assert result.plan_path is None
+
+
+@needs_gpu
+def test_export_keeps_the_onnx_when_tensorrt_cannot_build_a_plan(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="engines.training.export"):
+        result = export_model(_WithDet(), Codec(canonical_bone_lengths_m=BONES_M), tmp_path,
+                              model_config={"width": 64, "blocks": 1}, tensorrt=True)
+    assert result.plan_path is None and "could not build a plan" in result.plan_skipped
+    assert "kept" in caplog.text and str(result.onnx_path) in caplog.text
+    assert load_engine(result.onnx_path, backend="onnxruntime-cpu").engine_id == result.engine_id
+
+
 # --- fallback when TensorRT is missing ----------------------------------------------------------
 
 def test_missing_tensorrt_is_reported_and_auto_falls_back(no_tensorrt, engine_path, caplog):
@@ -159,6 +275,11 @@ def test_tensorrt_matches_onnxruntime_and_caches_the_plan(engine_path, tmp_path,
     assert again.plan_path.stat().st_mtime_ns == built_at  # loaded, not rebuilt
     assert "building TensorRT plan" not in caplog.text
     again.close()
+    assert again._context is None and again._engine is None and again._runtime is None
+    assert again._buffers == {} and again._stream is None
+    again.close()  # idempotent
+    with pytest.raises(TensorRTError, match="closed"):
+        again.run({"joints_2d": np.zeros((1, NUM_JOINTS, 2), np.float32)})
 
 
 @needs_gpu
@@ -179,3 +300,22 @@ def test_damaged_cached_plan_is_rebuilt(engine_path, tmp_path):
     rebuilt = tensorrt_backend.TensorRTSession(engine_path, batch_max=4, cache_dir=tmp_path)
     assert rebuilt.plan_path == path and path.stat().st_size > 1024
     rebuilt.close()
+
+
+@needs_gpu
+def test_a_damaged_plan_beside_the_engine_is_rebuilt_into_the_user_cache(engine_path, tmp_path,
+                                                                        monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = tmp_path / "engine"
+    folder.mkdir()
+    onnx_path = Path(shutil.copy(engine_path, folder / "lifter.onnx"))
+    exported = tensorrt_backend.TensorRTSession(onnx_path, batch_max=4, cache_dir=folder)
+    beside = exported.plan_path
+    exported.close()
+    beside.write_bytes(b"\0" * 1024)  # damaged in the engine's folder
+    session = tensorrt_backend.TensorRTSession(onnx_path, batch_max=4)
+    assert session.plan_path == tmp_path / "xdg" / "posestream" / beside.name
+    assert beside.read_bytes() == b"\0" * 1024  # the engine's folder is left alone
+    session.close()

@@ -69,8 +69,10 @@ class EngineOptions:
     intra_op_num_threads: int = 1
     #: Largest batch a TensorRT plan is built for (its optimisation profile spans 1..this).
     trt_batch_max: int = 64
-    #: Where TensorRT plans are cached; None: beside the ONNX file if writable, else
-    #: ~/.cache/posestream.
+    #: Where TensorRT plans are read and built; None: a plan for this GPU found beside the ONNX
+    #: file (`engines.training.export` writes one there) is used, else one is built into
+    #: ~/.cache/posestream ($XDG_CACHE_HOME/posestream); the runtime never writes into an
+    #: engine's folder. A given folder is used for both.
     plan_cache_dir: Path | None = None
 
 

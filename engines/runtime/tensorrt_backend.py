@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ WORKSPACE_BYTES: int = 1 << 28
 #: Batch size the optimisation profile is tuned for: the live pipeline lifts one pose at a time.
 OPT_BATCH: int = 1
 PLAN_SUFFIX: str = ".plan"
+#: The TensorRT major version this backend is written and tested for (`pip install .[tensorrt]`).
+SUPPORTED_MAJOR: int = 10
 
 
 class TensorRTError(RuntimeError):
@@ -60,6 +63,26 @@ def _import_cudart():
     return cudart
 
 
+def version_problem(version: str) -> str | None:
+    """None when `version` (tensorrt.__version__) is a TensorRT this backend is written and
+    tested for: 10.x (the extra pins 10.13). 11 removed `platform_has_fast_fp16` and the
+    weak-typing `BuilderFlag.FP16` this builder uses, so an 11.x is refused, not tried."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        return (f"tensorrt reports version {version!r}, not a TensorRT release number: "
+                "pip install .[tensorrt] for the tested 10.13")
+    major = int(match.group(1))
+    if major < SUPPORTED_MAJOR:
+        return (f"tensorrt {version} is too old; this backend needs TensorRT "
+                f"{SUPPORTED_MAJOR}.x: pip install .[tensorrt]")
+    if major > SUPPORTED_MAJOR:
+        return (f"tensorrt {version} is newer than the {SUPPORTED_MAJOR}.x this backend is "
+                "written and tested for (11 removed the FP16 builder flag and "
+                "platform_has_fast_fp16 it uses): pip install .[tensorrt] for the tested "
+                "10.13, or use --backend onnxruntime")
+    return None
+
+
 @functools.cache
 def unavailable_reason() -> str | None:
     """None when TensorRT can run here; otherwise why not, for people (cached; `cache_clear()`)."""
@@ -70,9 +93,10 @@ def unavailable_reason() -> str | None:
             f"the tensorrt module is not installed ({err}); on a machine with an NVIDIA GPU "
             "install the extra: pip install .[tensorrt]"
         )
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        return f"tensorrt {trt.__version__} is too old; this backend needs TensorRT 10.x"
+    problem = version_problem(str(getattr(trt, "__version__", "")))
+    if problem is not None:
+        logger.warning("TensorRT backend off: %s", problem)
+        return problem
     try:
         cudart = _import_cudart()
     except ImportError as err:
@@ -140,31 +164,36 @@ def default_cache_dir() -> Path:
     return Path(base) / "posestream"
 
 
-def plan_path(onnx_path: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
+def plan_path(onnx_path: str | Path, key: str, cache_dir: str | Path | None = None,
+              beside_ok: bool = True) -> Path:
     """Where the plan for `onnx_path` under `key` lives.
 
     cache_dir given: there (`engines.training.export` passes the engine's folder, so an exported engine
-    can carry its plan). Else beside the ONNX file if a plan with this key is already there,
-    else `default_cache_dir()`: the runtime never writes into an engine's folder (it may be the
-    repository's engines/default/).
+    can carry its plan). Else beside the ONNX file if a plan with this key is already there
+    (and `beside_ok`: False once that plan failed to load), else `default_cache_dir()`: the
+    runtime never writes into an engine's folder (it may be the repository's engines/default/,
+    or another user's).
     """
     onnx_path = Path(onnx_path)
     name = f"{onnx_path.stem}.{key}{PLAN_SUFFIX}"
     if cache_dir is not None:
         return Path(cache_dir) / name
     beside = onnx_path.resolve().parent / name
-    if beside.is_file():
+    if beside_ok and beside.is_file():
         return beside
     return default_cache_dir() / name
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a plan."""
+def _write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a plan. mode: the
+    file's permission bits (mkstemp makes it 0600; None keeps that)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -220,19 +249,28 @@ def build_plan(onnx_path: str | Path, batch_max: int, fp16: bool | None = None) 
     return bytes(serialized), fp16
 
 
+def store_plan(path: Path, plan: bytes, onnx_path: str | Path) -> None:
+    """Write `plan` at `path` atomically with the ONNX file's permission bits, so whoever may
+    read the engine may read its plan (another user, or a non-root runtime after a root
+    export); an unreadable plan would cost every other reader a rebuild. Raises OSError."""
+    _write_atomic(Path(path), plan, mode=stat.S_IMODE(os.stat(onnx_path).st_mode))
+
+
 def load_or_build_plan(
     onnx_path: str | Path, batch_max: int = 64, cache_dir: str | Path | None = None,
     fp16: bool | None = None, rebuild: bool = False,
 ) -> tuple[bytes, Path]:
     """The plan for `onnx_path` on this GPU: read from the cache, or built and cached.
 
+    rebuild: build even if a plan is cached (one that failed to load); without `cache_dir`
+    the new plan goes to `default_cache_dir()`, never over a plan beside the ONNX file.
     Returns (plan bytes, path of the cached plan).
     """
     trt = _import_tensorrt()
     if fp16 is None:
         fp16 = bool(getattr(trt.Builder(_trt_logger(trt)), "platform_has_fast_fp16", False))
     key = plan_cache_key(gpu_name(), trt.__version__, file_sha256(onnx_path), batch_max, fp16)
-    path = plan_path(onnx_path, key, cache_dir)
+    path = plan_path(onnx_path, key, cache_dir, beside_ok=not rebuild)
     if path.is_file() and not rebuild:
         logger.debug("TensorRT plan cache hit: %s", path)
         return path.read_bytes(), path
@@ -240,7 +278,7 @@ def load_or_build_plan(
                 onnx_path, batch_max, "FP16" if fp16 else "FP32", path)
     plan, _ = build_plan(onnx_path, batch_max, fp16)
     try:
-        _write_atomic(path, plan)
+        store_plan(path, plan, onnx_path)
     except OSError as err:  # a read-only cache costs a rebuild next time, nothing more
         logger.warning("could not cache the TensorRT plan at %s (%s)", path, err)
     return plan, path
@@ -271,7 +309,8 @@ class TensorRTSession:
         self._logger = _trt_logger(trt)  # TensorRT keeps a raw pointer: it must outlive the runtime
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(plan)
-        if self._engine is None:  # a stale or damaged cached plan: rebuild once
+        if self._engine is None:  # a stale or damaged cached plan: rebuild once, into the
+            # cache (cache_dir, or default_cache_dir(); never over a plan in the engine's folder)
             logger.warning("cached TensorRT plan %s did not load; rebuilding", self.plan_path)
             plan, self.plan_path = load_or_build_plan(onnx_path, batch_max, cache_dir, fp16, rebuild=True)
             self._engine = self._runtime.deserialize_cuda_engine(plan)
@@ -293,6 +332,8 @@ class TensorRTSession:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """inputs: {name: (B, ...) array}, 1 <= B <= batch_max; returns {output name: array}."""
+        if getattr(self, "_context", None) is None:
+            raise TensorRTError("this TensorRT session is closed")
         cudart = self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -323,16 +364,23 @@ class TensorRTSession:
         return outputs
 
     def close(self) -> None:
-        """Free device buffers and the stream (also on garbage collection)."""
+        """Free device buffers and the stream, then release the execution context, the
+        engine and the runtime, in that order (each holds the one after it); idempotent, also
+        on garbage collection. `run` after `close` raises TensorRTError."""
         cudart = getattr(self, "_cudart", None)
         if cudart is None:
             return
+        if getattr(self, "_stream", None) is not None:
+            cudart.cudaStreamSynchronize(self._stream)  # nothing may still use the buffers
         for ptr in getattr(self, "_buffers", {}).values():
             cudart.cudaFree(ptr)
         self._buffers = {}
         if getattr(self, "_stream", None) is not None:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None
+        self._context = None
+        self._engine = None
+        self._runtime = None
 
     def __del__(self) -> None:
         try:

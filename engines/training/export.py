@@ -11,7 +11,9 @@ engine id (first 12 hex of the sha256 of the weights).
 The export is checked before it is kept: onnx.checker, then ONNX Runtime against torch on random
 and pose-shaped inputs at batch 1 and batch-max (max abs difference <= --atol, default 1e-4), then
 a load through `engines.runtime.engine.load_engine`. When tensorrt and a GPU are present a TensorRT plan
-is built beside it (FP16 where the GPU supports it); otherwise that step is skipped with a log line.
+is built beside it (FP16 where the GPU supports it); otherwise, or when TensorRT fails to build
+one, that step is skipped with a log line (a warning for a failed build) and the reason in the
+printed JSON ("tensorrt_skipped"): the ONNX file is kept and the exit status is 0.
 
 Training-side module: imports torch (the runtime never imports this file).
 """
@@ -64,6 +66,7 @@ class ExportResult:
     max_abs_diff: float  # ONNX Runtime vs torch over every check input, codec units
     plan_path: Path | None  # TensorRT plan, None when skipped
     metadata: dict
+    plan_skipped: str | None = None  # why there is no TensorRT plan (None: built, or not asked)
 
 
 # --- checkpoint -----------------------------------------------------------------------------------
@@ -329,15 +332,26 @@ def export_model(
     logger.info("wrote %s (engine %s, outputs %s, ONNX Runtime vs torch max |diff| %.2e)",
                 final_path, engine_id, list(output_names), max_diff)
 
-    plan_path = None
-    if tensorrt:
-        reason = tensorrt_backend.unavailable_reason()
-        if reason is None:
-            _, plan_path = tensorrt_backend.load_or_build_plan(final_path, batch_max, cache_dir=out_dir)
-            logger.info("wrote TensorRT plan %s", plan_path)
-        else:
-            logger.info("skipped the TensorRT plan: %s", reason)
-    return ExportResult(final_path, engine_id, output_names, max_diff, plan_path, metadata)
+    plan_path, skipped = _tensorrt_plan(final_path, batch_max, out_dir) if tensorrt else (None, None)
+    return ExportResult(final_path, engine_id, output_names, max_diff, plan_path, metadata, skipped)
+
+
+def _tensorrt_plan(onnx_path: Path, batch_max: int, out_dir: Path) -> tuple[Path | None, str | None]:
+    """Build the TensorRT plan beside the checked ONNX file: (plan path, None), or (None, why
+    not). Never raises: the ONNX engine is written and good whatever TensorRT makes of it
+    (the runtime then runs it on ONNX Runtime, or builds a plan itself)."""
+    reason = tensorrt_backend.unavailable_reason()
+    if reason is not None:
+        logger.info("skipped the TensorRT plan: %s", reason)
+        return None, reason
+    try:
+        _, plan_path = tensorrt_backend.load_or_build_plan(onnx_path, batch_max, cache_dir=out_dir)
+    except Exception as err:  # TensorRTError, CUDA errors, a parser that rejects an operator
+        reason = f"TensorRT could not build a plan ({type(err).__name__}: {err})"
+        logger.warning("%s; kept %s, which runs on ONNX Runtime", reason, onnx_path)
+        return None, reason
+    logger.info("wrote TensorRT plan %s", plan_path)
+    return plan_path, None
 
 
 def _compare_with_torch(
@@ -402,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": str(result.onnx_path), "engine_id": result.engine_id,
         "outputs": list(result.output_names), "max_abs_diff": result.max_abs_diff,
         "tensorrt_plan": str(result.plan_path) if result.plan_path else None,
+        "tensorrt_skipped": result.plan_skipped,
     }) + "\n")
     return 0
 
