@@ -172,8 +172,11 @@ def test_never_returns_a_joint_behind_the_camera(h36m):
     front of the camera with large reported errors; it never silently returns a negative depth."""
     rng = np.random.default_rng(12)
     outcomes = {"nan": 0, "in_front": 0}
-    for rel, t_true, fx, fy, cx, cy in _scenes(h36m, 40, seed=13):
+    scenes = list(_scenes(h36m, 40, seed=13))
+    assert len(scenes) == 40
+    for rel, t_true, fx, fy, cx, cy in scenes:
         behind = t_true * np.array([1.0, 1.0, -1.0])
+        assert (rel + behind)[:, 2].max() < 0.0  # the scene really is behind the camera
         pix = project(rel + behind, fx, fy, cx, cy) + rng.normal(0.0, 1.0, (NUM_JOINTS, 2))
         t_m, err_px = fit_translation(rel, pix, np.ones(NUM_JOINTS), fx, fy, cx, cy)
         if np.isnan(t_m).any():
@@ -185,7 +188,7 @@ def test_never_returns_a_joint_behind_the_camera(h36m):
             # (measured: median error 26 to 77+ px per pose)
             assert np.median(err_px) > 10.0, np.median(err_px)
             outcomes["in_front"] += 1
-    assert sum(outcomes.values()) == 40
+    print("behind the camera: fit outcomes", outcomes)  # either is right; both were checked
 
 
 def test_restart_when_the_linear_start_is_behind_the_camera(h36m):
