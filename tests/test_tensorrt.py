@@ -158,6 +158,38 @@ def test_only_the_tested_tensorrt_major_is_accepted(version, problem):
         assert "pip install .[tensorrt]" in got
 
 
+@pytest.mark.parametrize("version,strong", [
+    ("10.13.3.9", True), ("10.12.0.36", True), ("10.11.0.33", False), ("10.0.1", False),
+])
+def test_strong_typing_from_10_12(version, strong):
+    assert tensorrt_backend.uses_strong_typing(version) is strong
+
+
+@pytest.mark.parametrize("lifter", ["test", "default"])
+def test_the_fp16_copy_for_strong_typing_is_fp16_inside_and_fp32_at_the_edges(lifter, engine_path):
+    """What a strongly typed TensorRT network gets for an FP16 plan: every float weight in
+    float16, float32 inputs and outputs; run here on ONNX Runtime's CPU against the float32
+    file, it agrees to FP16 precision."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    path = engine_path if lifter == "test" else runtime.DEFAULT_ENGINE_PATH
+    data = tensorrt_backend.fp16_onnx(path)
+    model = onnx.load_from_string(data)
+    floats = [i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
+    assert floats == [] and any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)] \
+        == [TensorProto.FLOAT] * (len(model.graph.input) + len(model.graph.output))
+    half = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).normal(0, 0.1, (8, NUM_JOINTS, 2)).astype(np.float32)
+    got, want = half.run(None, {"joints_2d": x})[0], full.run(None, {"joints_2d": x})[0]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
+    assert 0 < err <= 2e-2, err  # FP16 really computed (not 0), within FP16 precision
+
+
 # --- export: the ONNX engine stays whatever TensorRT makes of it --------------------------------
 
 class _WithDet(torch.nn.Module):

@@ -13,8 +13,12 @@ Building takes seconds to a minute; loading a cached plan takes milliseconds.
 
 Written against TensorRT 10's documented Python API (Builder, OnnxParser, IBuilderConfig,
 build_serialized_network, Runtime.deserialize_cuda_engine, IExecutionContext.set_input_shape /
-set_tensor_address / execute_async_v3). Our machines have no GPU: tests/test_tensorrt.py runs
-the parts that need none and skips the rest with the reason.
+set_tensor_address / execute_async_v3). Only TensorRT 10.x is accepted (`version_problem`).
+FP16 from 10.12 on, where weak typing is deprecated, the documented way: a strongly typed
+network built from a float16 copy of the ONNX model with float32 inputs and outputs
+(`fp16_onnx`); 10.0-10.11 set BuilderFlag.FP16. Our machines have no GPU:
+tests/test_tensorrt.py runs the parts that need none (the float16 copy runs on ONNX Runtime's
+CPU there) and skips the rest with the reason.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ def _import_cudart():
 def version_problem(version: str) -> str | None:
     """None when `version` (tensorrt.__version__) is a TensorRT this backend is written and
     tested for: 10.x (the extra pins 10.13). 11 removed `platform_has_fast_fp16` and the
-    weak-typing `BuilderFlag.FP16` this builder uses, so an 11.x is refused, not tried."""
+    weak-typing `BuilderFlag.FP16` that 10.0-10.11 builds here use, and its runtime API has
+    not been tried, so an 11.x is refused rather than run untested."""
     match = re.match(r"(\d+)\.(\d+)", version)
     if match is None:
         return (f"tensorrt reports version {version!r}, not a TensorRT release number: "
@@ -77,9 +82,8 @@ def version_problem(version: str) -> str | None:
                 f"{SUPPORTED_MAJOR}.x: pip install .[tensorrt]")
     if major > SUPPORTED_MAJOR:
         return (f"tensorrt {version} is newer than the {SUPPORTED_MAJOR}.x this backend is "
-                "written and tested for (11 removed the FP16 builder flag and "
-                "platform_has_fast_fp16 it uses): pip install .[tensorrt] for the tested "
-                "10.13, or use --backend onnxruntime")
+                "written and tested for (11 changed the builder API; weak typing is gone): "
+                "pip install .[tensorrt] for the tested 10.13, or use --backend onnxruntime")
     return None
 
 
@@ -206,26 +210,121 @@ def _trt_logger(trt: Any):
     return trt.Logger(trt.Logger.WARNING)
 
 
+#: From this TensorRT on, weak typing (BuilderFlag.FP16 and platform_has_fast_fp16) is
+#: deprecated: precision comes from the network's own tensor types (a strongly typed network).
+STRONG_TYPING_FROM: tuple[int, int] = (10, 12)
+#: Compute capabilities with fast FP16 arithmetic (what platform_has_fast_fp16 answered):
+#: 5.3, 6.0, 6.2 and 7.0 onwards.
+_FAST_FP16_SM: tuple[tuple[int, int], ...] = ((5, 3), (6, 0), (6, 2))
+
+
+def uses_strong_typing(trt_version: str) -> bool:
+    """True when plans for this tensorrt.__version__ are built strongly typed (10.12+)."""
+    match = re.match(r"(\d+)\.(\d+)", trt_version)
+    return match is not None and (int(match.group(1)), int(match.group(2))) >= STRONG_TYPING_FROM
+
+
+def gpu_has_fast_fp16(device: int = 0) -> bool:
+    """Whether CUDA device `device` computes FP16 fast, from its compute capability."""
+    cudart = _import_cudart()
+    props = _cuda(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    sm = (int(props.major), int(props.minor))
+    return sm >= (7, 0) or sm in _FAST_FP16_SM
+
+
+def _default_fp16(trt: Any) -> bool:
+    if uses_strong_typing(trt.__version__):
+        return gpu_has_fast_fp16()
+    return bool(getattr(trt.Builder(_trt_logger(trt)), "platform_has_fast_fp16", False))
+
+
+def fp16_onnx(onnx_path: str | Path) -> bytes:
+    """The ONNX model at `onnx_path` with its float32 compute in float16 and float32 inputs
+    and outputs (a Cast after each input and before each output): what a strongly typed
+    TensorRT network builds as FP16 (TensorRT 10.12+ takes precision from tensor types, and
+    the FP16 builder flag is deprecated). Float32 initializers, Constant values and Casts to
+    float become float16; integer tensors (shapes, indices) are left as they are. Raises
+    TensorRTError when the result fails onnx.checker."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+
+    def half(tensor):
+        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16),
+                                       tensor.name)
+
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(half(init))
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value" \
+                    and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(half(attr.t))
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+
+    def rename(old: str, new: str, outputs: bool) -> None:
+        for node in graph.node:
+            names = node.output if outputs else node.input
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+
+    head, tail = [], []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            rename(value.name, value.name + ".fp16", outputs=False)
+            head.append(helper.make_node("Cast", [value.name], [value.name + ".fp16"],
+                                         to=TensorProto.FLOAT16))
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            rename(value.name, value.name + ".fp16", outputs=True)
+            tail.append(helper.make_node("Cast", [value.name + ".fp16"], [value.name],
+                                         to=TensorProto.FLOAT))
+    nodes = head + list(graph.node) + tail
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # float32 annotations of inner tensors would now be wrong
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:  # onnx raises ValidationError and InferenceError
+        raise TensorRTError(f"{onnx_path}: the float16 copy for TensorRT fails onnx.checker "
+                            f"({err}); build FP32 with fp16=False") from err
+    return model.SerializeToString()
+
+
 def build_plan(onnx_path: str | Path, batch_max: int, fp16: bool | None = None) -> tuple[bytes, bool]:
     """Build a serialized TensorRT plan from an ONNX file.
 
     The batch axis of every input gets one optimisation profile: min 1, opt OPT_BATCH, max
-    batch_max. fp16: None uses FP16 when the GPU has fast FP16 (`platform_has_fast_fp16`).
+    batch_max. fp16: None uses FP16 when the GPU has fast FP16. TensorRT 10.12+ builds a
+    strongly typed network, FP16 from `fp16_onnx` (the documented way since weak typing was
+    deprecated); older 10.x sets BuilderFlag.FP16 on the ONNX file as it is.
     Returns (plan bytes, fp16 used). Raises TensorRTError with the parser's errors.
     """
     trt = _import_tensorrt()
     logger_trt = _trt_logger(trt)
     builder = trt.Builder(logger_trt)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    strong = uses_strong_typing(trt.__version__)
+    if fp16 is None:
+        fp16 = _default_fp16(trt)
+    # TensorRT 10: explicit batch is the only mode; 10.12+: strongly typed
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger_trt)
-    if not parser.parse_from_file(str(onnx_path)):
+    if strong and fp16:
+        parsed = parser.parse(fp16_onnx(onnx_path), str(onnx_path))  # path: external data
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT could not parse {onnx_path}: {errors or 'no details'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if fp16 is None:
-        fp16 = bool(getattr(builder, "platform_has_fast_fp16", False))
-    if fp16:
+    if fp16 and not strong:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
@@ -268,7 +367,7 @@ def load_or_build_plan(
     """
     trt = _import_tensorrt()
     if fp16 is None:
-        fp16 = bool(getattr(trt.Builder(_trt_logger(trt)), "platform_has_fast_fp16", False))
+        fp16 = _default_fp16(trt)
     key = plan_cache_key(gpu_name(), trt.__version__, file_sha256(onnx_path), batch_max, fp16)
     path = plan_path(onnx_path, key, cache_dir, beside_ok=not rebuild)
     if path.is_file() and not rebuild:
