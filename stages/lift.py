@@ -154,6 +154,44 @@ class LiftStage(Stage):
         return np.asarray(codec.to_metric(out, self.config.height_m, rotation_to_camera=rotation),
                           np.float64)
 
+    def _lift_each(self, inputs: np.ndarray, intr: Intrinsics) -> np.ndarray:
+        """`_lift_rel_m` for all people at once; when the codec refuses one person's 2D
+        (ValueError: e.g. joints more than 90 degrees from the root's ray, which hostile or
+        broken input can hold), each person alone, that one NaN (left out below) - so one
+        bad person neither loses the others nor fails the whole frame."""
+        try:
+            return self._lift_rel_m(inputs, intr)
+        except ValueError:
+            out = np.full((len(inputs), NUM_JOINTS, 3), np.nan)
+            for i in range(len(inputs)):
+                try:
+                    out[i] = self._lift_rel_m(inputs[i:i + 1], intr)[0]
+                except ValueError:
+                    pass
+            return out
+
+    @staticmethod
+    def _fit_each(rel_m: np.ndarray, joints_2d_px: np.ndarray, conf: np.ndarray,
+                  intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+        """fit_translation_batch with the confidences as weights, clipped to [0, 1] (NaN: 0;
+        the schema checks only their dtype); a person the fit refuses (ValueError) gets NaN
+        and is left out, the others are fitted alone."""
+        weights = np.clip(np.nan_to_num(np.asarray(conf, np.float64), nan=0.0), 0.0, 1.0)
+        args = (intr.fx, intr.fy, intr.cx, intr.cy)
+        try:
+            return fit_translation_batch(rel_m, joints_2d_px, weights, *args)
+        except ValueError:
+            t_m = np.full((len(rel_m), 3), np.nan)
+            err_px = np.full((len(rel_m), NUM_JOINTS), np.nan)
+            for i in range(len(rel_m)):
+                try:
+                    one = fit_translation_batch(rel_m[i:i + 1], joints_2d_px[i:i + 1],
+                                                weights[i:i + 1], *args)
+                except ValueError:
+                    continue
+                t_m[i], err_px[i] = one[0][0], one[1][0]
+            return t_m, err_px
+
     def _time_s(self, msg: Keypoints2D) -> float:
         period = self.config.frame_period_s
         return msg.frame_id * period if period is not None else msg.t_capture_ns * 1e-9
@@ -185,13 +223,10 @@ class LiftStage(Stage):
         raw_px = np.stack([p.joints_2d_px for p in msg.people])  # (P, 17, 2) detector px
         conf = np.stack([p.confidence for p in msg.people])  # (P, 17)
         joints_2d_px = undistort_pixels(raw_px.reshape(-1, 2), intr).reshape(raw_px.shape)
-        if self._histories is None:
-            rel_m = self._lift_rel_m(joints_2d_px, intr)  # (P, 17, 3)
-        else:
-            rel_m = self._lift_rel_m(self._windows(msg, joints_2d_px, conf), intr)
-        t_m, err_px = fit_translation_batch(
-            rel_m, joints_2d_px, np.asarray(conf, np.float64), intr.fx, intr.fy, intr.cx, intr.cy
-        )
+        inputs = joints_2d_px if self._histories is None else \
+            self._windows(msg, joints_2d_px, conf)
+        rel_m = self._lift_each(inputs, intr)  # (P, 17, 3), NaN for a person it cannot lift
+        t_m, err_px = self._fit_each(rel_m, joints_2d_px, conf, intr)
         people = []
         for i, person in enumerate(msg.people):
             if not (np.all(np.isfinite(t_m[i])) and np.all(np.isfinite(rel_m[i]))):
