@@ -55,7 +55,7 @@ def _cases(tmp: Path) -> dict[str, tuple[Path, str]]:
         "missing": (tmp / "no_such_calib.yaml", "does not exist"),
         "unparsable json": (bad_json, "neither JSON nor YAML"),
         "unparsable yaml": (bad_yaml, "neither JSON nor YAML"),
-        "unparsable opencv": (opencv, "OpenCV could not read it"),
+        "unparsable opencv": (opencv, "is not valid OpenCV YAML"),
         "no camera matrix": (no_matrix, "no camera matrix found"),
         "wrong aspect": (_calib_json(tmp / "vga.json", 640, 480),
                          "made for 640x480 images but frames are 1280x720"),
