@@ -15,6 +15,7 @@ lost, and the run exits EXIT_INPUTS_LOST (pipeline.supervisor) saying so on its 
     dropped      frames replaced by a newer one on an edge (newest frame wins), or a worker's
                  frame that came after a later one ("late")
     rejected     messages a stage refused or could not process (pipeline.health)
+    no_output    messages a stage's process() answered with nothing to send
     lost         what none of these explains: frames inside a stage when it was killed, or
                  counted only after a killed stage's last heartbeat
 """
@@ -43,6 +44,7 @@ class InputReport:
     dropped: int = 0
     rejected: int = 0
     repeated: int = 0
+    no_output: int = 0
 
     @property
     def expected(self) -> int:
@@ -57,7 +59,7 @@ class InputReport:
     @property
     def lost(self) -> int:
         """Missing inputs that no counter explains."""
-        explained = sum(self.skipped.values()) + self.dropped + self.rejected
+        explained = sum(self.skipped.values()) + self.dropped + self.rejected + self.no_output
         return max(0, self.missing - explained)
 
     @property
@@ -81,6 +83,8 @@ class InputReport:
         if self.rejected:
             out.append(f"rejected: {self.rejected} (a stage refused or could not process "
                        "them; see the warnings above)")
+        if self.no_output:
+            out.append(f"no output: {self.no_output} (a stage had nothing to send on for them)")
         if self.lost:
             out.append(f"lost: {self.lost} (inside a stage that was killed or failed)")
         if self.inputs_lost:
@@ -135,14 +139,15 @@ def account(source: str, whole: bool, source_stats: Iterable[Mapping[str, Any]],
     if announced > inputs:
         skipped["truncated"] = announced - inputs
     published = sum(_n(s, "processed") for s in sink_stats)
-    dropped = rejected = repeated = 0
+    dropped = rejected = repeated = no_output = 0
     for stats in all_stats:
         dropped += _n(stats, "dropped_out") + _n(stats, "dropped_in") + _n(stats, "dropped_late")
         rejected += sum(int(v) for v in (stats.get("rejected") or {}).values())
         repeated += _n(stats, "repeated_in")
+        no_output += _n(stats, "no_output")
     return InputReport(
         source=source, whole=whole, inputs=inputs, published=published,
         skipped={k: v for k, v in skipped.items() if v},
         skipped_ids={k: sorted(v) for k, v in ids.items() if v},
-        dropped=dropped, rejected=rejected, repeated=repeated,
+        dropped=dropped, rejected=rejected, repeated=repeated, no_output=no_output,
     )

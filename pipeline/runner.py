@@ -180,6 +180,7 @@ class StageRunner:
         self._drop_repeats = self._lossless and REPLICA_SEP not in plan.stage
         self._last_in_id = -1
         self.repeated = 0
+        self.no_output = 0  # messages process() answered with None (nothing sent on)
 
     # ------------------------------------------------------------------ control
     def _tell(self, event: str, **fields: Any) -> None:
@@ -338,6 +339,7 @@ class StageRunner:
             "rejected": self.rejects.as_dict(),
             **({} if self.reorder is None else {"dropped_late": self.reorder.dropped_late}),
             **({"repeated_in": self.repeated} if self._drop_repeats else {}),
+            **({"no_output": self.no_output} if self.no_output else {}),
             **({"source": self.stage.counters()} if isinstance(self.stage, Source) else {}),
         }
 
@@ -526,6 +528,7 @@ class StageRunner:
             for pre in self.pre_stages:  # co-located stages: stamped as if on their own
                 out = pre.process(msg)
                 if out is None:
+                    self.no_output += 1  # nothing to send for this frame: counted
                     return
                 msg = dataclasses.replace(out, frame_id=msg.frame_id,
                                           t_capture_ns=msg.t_capture_ns,
@@ -561,6 +564,8 @@ class StageRunner:
             return
         self.consecutive_failures = 0
         self.processed += 1
+        if not is_sink and frames_out is None:
+            self.no_output += 1
         self._last_frame_id = msg.frame_id
         if frames_out is not None:
             for s in self.senders:
@@ -585,8 +590,13 @@ class StageRunner:
                     if lossless and not room.wait(POLL_MS / 1000):
                         continue
                     self._produce_started = time.monotonic()
-                    msg = self.stage.produce()
-                    self._produce_started = 0.0
+                    try:
+                        msg = self.stage.produce()
+                    finally:
+                        # also at the end of the stream: a source that has ended is not
+                        # busy (else, while the end waits for a slow consumer, the
+                        # heartbeat's busy_s grows until it is killed as stuck)
+                        self._produce_started = 0.0
                     if msg is None:
                         continue
                     msg = with_stamp(msg, self.name, msg.t_capture_ns, now_ns())

@@ -103,6 +103,11 @@ def test_accounting_of_a_whole_run():
     capture = _stats(next_id=107, truncated=[107, 205])
     r = account("video cut.avi", True, [capture], [{"processed": 107}], [capture])
     assert r.skipped == {"truncated": 98} and r.inputs_lost and r.expected == 205
+    # a stage that sent nothing on for a frame: missing, and said why
+    capture, lift = _stats(next_id=50), {"processed": 50, "no_output": 1}
+    r = account("video v.avi", True, [capture], [{"processed": 49}], [capture, lift])
+    assert r.no_output == 1 and r.lost == 0 and r.inputs_lost
+    assert "no output: 1" in "\n".join(r.lines())
     # a frame in a killed stage: missing, explained by no counter
     capture, detect = _stats(next_id=50), {"processed": 49}
     r = account("video v.avi", True, [capture], [{"processed": 49}], [capture, detect])

@@ -111,3 +111,23 @@ def test_kill9_of_capture_in_a_lossless_run_loses_no_frame(supervisors, shared_f
     assert ids == list(range(FRAMES)), "every frame once, in order (repeats dropped)"
     restarts = [s for s in listener.statuses if s.kind == "restart"]
     assert len(restarts) == 2
+
+
+def test_a_source_that_ended_is_not_killed_as_stuck_while_a_slow_consumer_catches_up(
+        supervisors, monkeypatch):
+    """The source ends at once; the frames queued behind a slow detect take longer than the
+    heartbeat timeout to go through. Before, the ended source's heartbeat kept reporting
+    its last produce() call as running, and it was killed as stuck (and restarted)."""
+    import dataclasses
+
+    from tests.test_supervisor import DELAY_S, make_config, test_graph
+
+    monkeypatch.setenv(DELAY_S, "1.2")  # the last frames queued take detect 2.4 s or more
+    config = make_config(free_port(), frames=4, afap=True, subscribers=0, restarts=2,
+                         heartbeat_timeout_s=1.5)
+    config = dataclasses.replace(config, transport=TransportConfig(policy="lossless"))
+    sup = Supervisor(config, test_graph("lossless"))
+    supervisors.append(sup)
+    assert sup.run() == 0, sup.failure
+    assert sup.procs["capture"].restarts == 0
+    assert sup.procs["output"].stats["processed"] == 4
