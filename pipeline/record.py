@@ -270,6 +270,7 @@ class Recording:
             not isinstance(obj, list)
             or len(obj) != 2
             or not isinstance(obj[0], int)
+            or not 0 <= obj[0] < 2**63  # a monotonic ns time (bench/fuzz.py found 2**64-1)
             or not isinstance(obj[1], list)
             or not 1 <= len(obj[1]) <= MAX_FRAMES_PER_MESSAGE
             or not all(isinstance(f, bytes) for f in obj[1])

@@ -403,6 +403,8 @@ def _decode_person(cls: type, value: Any) -> Person:
         raise SchemaError(f"each of people must be a map ({cls.__name__}), got "
                           f"{type(value).__name__}")
     fields = _FIELDS[cls]
+    if not all(isinstance(k, str) for k in value):  # bench/fuzz.py: bytes keys made sorted()
+        raise SchemaError(f"{cls.__name__}: field names must be strings")  # raise TypeError
     if set(value) != set(fields):
         missing, extra = sorted(set(fields) - set(value)), sorted(set(value) - set(fields))
         raise SchemaError(f"{cls.__name__}: missing fields {missing}, unknown fields {extra}")

@@ -144,3 +144,40 @@ def test_a_flood_of_malformed_credits_is_counted_and_logged_once(caplog):
         ctx.term()
     assert tx.malformed_credits == 50
     assert caplog.text.count("ignored a malformed credit") == 1
+
+
+def test_a_person_map_with_bytes_keys_is_a_schema_error():
+    """bench/fuzz.py (schema target, schema 2): a person whose field names are not all
+    strings made decode raise TypeError (out of sorted()), which no stage catches."""
+    from pipeline.schema import SchemaError, decode
+
+    header = msgpack.unpackb(bytes(encode(_pose_with_one_person())[0]))
+    person = header["people"][0]
+    person[b"track_id"] = person.pop("track_id")
+    with pytest.raises(SchemaError, match="field names must be strings"):
+        decode([msgpack.packb(header)])
+
+
+def _pose_with_one_person():
+    from engines.runtime.skeleton import NUM_JOINTS
+    from pipeline.schema import Person3D, Pose3D
+
+    j3, j2 = np.zeros((NUM_JOINTS, 3), np.float32), np.zeros((NUM_JOINTS, 2), np.float32)
+    c = np.ones(NUM_JOINTS, np.float32)
+    return Pose3D(frame_id=1, t_capture_ns=2, image_size=(640, 480), engine_id="0123456789ab",
+                  people=(Person3D(track_id=1, joints_3d_m=j3, root_m=j3[0].copy(),
+                                   joints_2d_px=j2, confidence=c, reproj_err_px=c.copy()),))
+
+
+def test_a_recorded_time_beyond_int64_is_a_recording_error(tmp_path):
+    """bench/fuzz.py (psrec): an unindexed recording whose record time is 2**64 - 1 made the
+    scan raise OverflowError."""
+    path = tmp_path / "r.psrec"
+    writer = RecordingWriter(path, "tcp://127.0.0.1:5556")
+    writer.close()
+    head = path.read_bytes()
+    start = writer_offset(head)
+    path.write_bytes(head[:start] + msgpack.packb([2**64 - 1, [b"pose3d", b"x"]]))
+    with pytest.raises(RecordingError):
+        with Recording(path) as rec:
+            list(rec)
