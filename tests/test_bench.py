@@ -174,7 +174,7 @@ def test_soak_short_run(video: Path, tmp_path: Path, capsys) -> None:
     soak.main(["--video", str(video), "--minutes", str(20 / 60), "--sample-s", "1",
                "--warmup-s", "8", "--out", str(tmp_path / "soak.json")])
     r = json.loads((tmp_path / "soak.json").read_text())
-    assert r["poses"] >= 20 and r["restarts"] == 0
+    assert r["poses"] >= 2 and r["restarts"] == 0  # the count is speed: not asserted
     assert set(r["memory"]) == {"capture", "detect", "lift", "smooth", "output"}
     for name, m in r["memory"].items():
         assert m["samples"] >= 5, (name, m)
@@ -190,8 +190,8 @@ def test_stalled_subscriber_short_run(video: Path, tmp_path: Path) -> None:
     stalled_subscriber.main(["--video", str(video), "--rounds", "1", "--phase-s", "4",
                              "--warmup-s", "5", "--out", str(tmp_path / "stall.json")])
     r = json.loads((tmp_path / "stall.json").read_text())
-    for cond in ("A", "B"):
-        assert r[cond]["poses"] >= 10, r[cond]
+    for cond in ("A", "B"):  # poses in 4 s: how many is speed; that there are some is not
+        assert r[cond]["poses"] >= 2, r[cond]
         assert 0 < r[cond]["p50_ms"] <= r[cond]["p99_ms"] < 10_000
     assert [(p["condition"], p["round"]) for p in r["per_phase"]] == [("A", 0), ("B", 0)]
     assert math.isfinite(r["p99_ratio_b_over_a"])

@@ -472,8 +472,11 @@ def test_ctrl_c_at_random_moments_leaves_no_process_and_no_ipc_file(reaper, shar
 
     from tests.conftest import children_of, pid_alive, wait_gone
 
-    def shm_dirs() -> set[str]:  # the runs' shared-memory rings (pipeline.shm)
-        return ({n for n in os.listdir("/dev/shm") if n.startswith("posestream-")}
+    from pipeline.supervisor import SHM_DIR_PREFIX
+
+    def shm_dirs() -> set[str]:  # runs' shared-memory rings (pipeline.shm); not the
+        # posestream-bench-* frame folders a benchmark running beside the tests makes
+        return ({n for n in os.listdir("/dev/shm") if n.startswith(SHM_DIR_PREFIX)}
                 if os.path.isdir("/dev/shm") else set())
 
     shm_before = shm_dirs()

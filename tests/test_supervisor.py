@@ -180,7 +180,7 @@ class Collector(threading.Thread):
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
 def test_stream_to_the_end_every_frame_with_stamps(supervisors, transport):
     port = free_port()
-    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0)
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=60.0)  # ends on the status
     collector.start()
     config = dataclasses.replace(make_config(port, frames=40, afap=True),
                                  transport=TransportConfig(kind=transport))
@@ -219,7 +219,7 @@ def test_first_frame_is_not_lost_to_a_slow_starting_stage(supervisors, monkeypat
 def test_latest_wins_under_overload_drops_are_counted(supervisors, monkeypatch):
     monkeypatch.setenv(DELAY_S, "0.03")  # detect: about 30 fps; capture: 300 fps
     port = free_port()
-    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=5.0)
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=60.0)  # ends on the status
     collector.start()
     sup = Supervisor(make_config(port, frames=150, fps=300.0), test_graph())
     supervisors.append(sup)
@@ -240,7 +240,7 @@ def test_latest_wins_under_overload_drops_are_counted(supervisors, monkeypatch):
 def test_crashing_stage_is_reported_with_traceback(supervisors, monkeypatch):
     monkeypatch.setenv(CRASH_AT, "5")
     port = free_port()
-    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=3.0)
+    collector = Collector(f"tcp://127.0.0.1:{port}", idle_s=60.0)  # ends on the status
     collector.start()
     sup = Supervisor(make_config(port, frames=500, fps=100.0), test_graph())
     supervisors.append(sup)
