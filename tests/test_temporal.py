@@ -287,3 +287,12 @@ def test_video_jitter_measures_second_differences_within_tracks():
     joints[..., 0] = (t ** 2)[:, None]                  # constant acceleration 2 mm/frame^2
     joints[3] = 1e6                                     # never differenced across the gap
     assert second_difference_mm(joints, track) == pytest.approx(2.0)
+
+
+def test_a_time_budget_stops_the_run_with_a_checkpoint(tmp_path, clips):
+    codec = canonical_codec()
+    cfg = TrainConfig(out=str(tmp_path), **{**TINY, "steps": 100000, "time_budget_min": 0.02})
+    ckpt = train(cfg, data=build_data(cfg, clips, codec), codec=codec, progress=False)
+    assert 0 < ckpt["step"] < 100000
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == ckpt["step"] and saved["training"]["seconds"] >= 1.0
