@@ -764,6 +764,12 @@ def train(cfg: TrainConfig, data=None, codec: Codec | None = None, resume: bool 
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save(ckpt, tmp)
                     tmp.replace(ckpt_path)
+        if dist is not None:
+            import torch.distributed as tdist
+
+            # every rank leaves together: a rank that tears its group down while a peer is
+            # still finishing its last step could leave that peer waiting (seen once in 5)
+            tdist.barrier()
     finally:
         log_file.close()
         bar.close()
