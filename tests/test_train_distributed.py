@@ -29,14 +29,19 @@ def _losses(run: Path) -> list[float]:
 
 
 def _run(cmd: list[str], timeout_s: float = 300) -> subprocess.CompletedProcess:
-    """Run `cmd` in its own session; on a timeout kill the whole group (torchrun's workers too)."""
+    """Run `cmd` in its own session; on a timeout stop the whole group (torchrun's workers too:
+    SIGTERM first, which torchrun forwards, then SIGKILL)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        os.killpg(proc.pid, signal.SIGTERM)   # torchrun passes it on to its workers
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
         pytest.fail(f"{' '.join(cmd[:6])} ... timed out after {timeout_s} s:\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
