@@ -18,6 +18,7 @@ from pipeline.config import (
     auto_detect_workers,
     CaptureConfig,
     DetectConfig,
+    IMAGE_MAX_PEOPLE,
     LiftConfig,
     OutputConfig,
     PipelineConfig,
@@ -143,9 +144,10 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
                      help="camera: requested frame height, px")
 
     ppl = p.add_argument_group("people")
-    ppl.add_argument("--max-people", type=int, default=DetectConfig.max_people, metavar="N",
-                     help="most people per frame (default %(default)s); beyond N the largest "
-                          "are kept and the rest counted; 1 for a single-person setup")
+    ppl.add_argument("--max-people", type=int, default=None, metavar="N",
+                     help=f"most people per frame (default {DetectConfig.max_people} for a "
+                          f"camera or video, {IMAGE_MAX_PEOPLE} for --images); beyond N the "
+                          "largest are kept and the rest counted; 1 for a single-person setup")
     ppl.add_argument("--tiles", default=",".join(map(str, DetectConfig.tiles)), metavar="G,G",
                      help="--images: also look for small people in GxG overlapping tiles "
                           "(default %(default)s; 'none' for the whole image only)")
@@ -293,10 +295,13 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     )
     # a file processed whole is timed by its own frame rate, not by when it was read
     period = _file_period_s(capture) if whole and is_file else None
+    images = capture.source_kind() == "images"
     return PipelineConfig(
         capture=capture,
-        detect=DetectConfig(static_image_mode=capture.source_kind() == "images",
-                            max_people=args.max_people, tiles=_tiles(args.tiles)),
+        detect=DetectConfig(static_image_mode=images,
+                            max_people=args.max_people if args.max_people is not None
+                            else IMAGE_MAX_PEOPLE if images else DetectConfig.max_people,
+                            tiles=_tiles(args.tiles)),
         lift=LiftConfig(
             engine_path=args.engine,
             backend=args.backend,

@@ -53,13 +53,18 @@ class CaptureConfig:
                              f"detector's crop), got {self.max_side}")
 
 
+#: --images without --max-people: photos are looked at whole and in tiles, and a group photo
+#: often holds more than a live scene's 4 (one of the four shared COCO photos has 5 annotated)
+IMAGE_MAX_PEOPLE: int = 16
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     """2D keypoints of several people with mediapipe's PoseLandmarker (BlazePose full)."""
 
     model_complexity: int = 1  # 0 and 2 need a download: keep 1 offline
     static_image_mode: bool = False  # True for unrelated images; False follows people in video
-    max_people: int = 4  # most people per frame; the largest are kept, the rest counted
+    max_people: int = 4  # most people per frame (video, camera); the largest kept, the rest counted
     tiles: tuple[int, ...] = (2, 3)  # image mode: also detect in 2x2 and 3x3 overlapping tiles
     min_detection_confidence: float = 0.5  # person detector threshold
     min_presence_confidence: float = 0.5  # below this a followed person counts as lost

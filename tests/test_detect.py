@@ -19,7 +19,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from engines.runtime.skeleton import NUM_JOINTS, Joint
-from pipeline.config import DetectConfig
+from pipeline.config import DetectConfig, IMAGE_MAX_PEOPLE
 from pipeline.schema import Frame
 from stages import detect as detect_module
 from stages.detect import DetectorModelError, DetectStage, pose_bundle
@@ -104,7 +104,8 @@ def matched_people(people, annotations) -> list[float]:
 
 @pytest.fixture(scope="module")
 def static_stage():
-    stage = DetectStage(DetectConfig(static_image_mode=True))
+    """The --images defaults: tiles, and IMAGE_MAX_PEOPLE (one photo has 5 annotated people)."""
+    stage = DetectStage(DetectConfig(static_image_mode=True, max_people=IMAGE_MAX_PEOPLE))
     stage.open()
     yield stage
     stage.close()
@@ -136,9 +137,10 @@ COCO_IMAGES = ["000000000785.jpg", "000000040083.jpg", "000000196141.jpg", "0000
 
 
 def test_the_four_coco_photos_find_most_annotated_people(static_stage):
-    """Whole image + 2x2 and 3x3 tiles, each person then looked at again in a crop of their
-    own (the --images default): at least 8 of the 12 people with 5+ visible keypoints, each
-    matched once. Seen: 8 of 12 (the whole image alone: 3)."""
+    """Whole image + 2x2 and 3x3 tiles, each person then looked at again in crops of their
+    own (the --images defaults): at least 9 of the 12 people with 5+ visible keypoints, each
+    matched once (the issue's floor). Seen: 9 of 12 (the whole image alone: 3; one refine
+    margin instead of two: 8)."""
     found = total = 0
     for name in COCO_IMAGES:
         anns = annotated(name)
@@ -150,7 +152,7 @@ def test_the_four_coco_photos_find_most_annotated_people(static_stage):
         total += len(anns)
     print(f"COCO: {found} of {total} annotated people matched")
     assert total == 12
-    assert found >= 8
+    assert found >= 9
 
 
 def test_whole_image_only_finds_fewer(static_stage):
