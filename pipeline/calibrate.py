@@ -390,9 +390,9 @@ def corners_from_images(
     return kept, size or (0, 0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.calibrate") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.calibrate",
+        prog=prog,
         description="Calibrate a camera from chessboard views and write the YAML that "
         "`--calib` reads (camera matrix, distortion, image size, RMS error).",
     )

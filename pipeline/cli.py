@@ -23,21 +23,19 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: the module whose `main(argv) -> int` it runs, and a one-line summary.
-    takes_prog: its main also takes `prog=` (the name its --help shows)."""
+    """One subcommand: the module whose `main(argv, prog=) -> int` it runs (prog: the name
+    its --help shows), and a one-line summary."""
 
     name: str
     module: str
     summary: str
-    takes_prog: bool = False
 
 
 #: Every subcommand, in the order `posestream --help` lists them; (title, commands) groups.
 GROUPS: tuple[tuple[str, tuple[Command, ...]], ...] = (
     ("the pipeline", (
         Command("run", "run_pipeline",
-                "stream 3D poses from a camera, video or image set (as run_pipeline.py)",
-                takes_prog=True),
+                "stream 3D poses from a camera, video or image set (as run_pipeline.py)"),
     )),
     ("around the stream", (
         Command("subscribe", "pipeline.subscribe", "print the published poses, one line each"),
@@ -127,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"commands: {', '.join(COMMANDS)}. See posestream --help.\n")
         return 2
     module = importlib.import_module(command.module)
-    if command.takes_prog:
-        code = module.main(rest, prog=f"posestream {name}")
-    else:
-        code = module.main(rest)
+    code = module.main(rest, prog=f"posestream {name}")
     return int(code or 0)
 
 

@@ -198,9 +198,9 @@ def _stack(poses: list[tuple[Pose3D, int]]) -> dict[str, np.ndarray]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.export") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.export",
+        prog=prog,
         description="Convert a .psrec recording to JSON lines (every message), CSV (one row "
         "per person per frame, with its track_id) or .npz (pose arrays padded to the most "
         "people in a frame, with a mask) for analysis tools.",

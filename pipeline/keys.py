@@ -20,9 +20,9 @@ import sys
 from pipeline.security import KeyFileError, authorize, generate_keypair, load_public_key
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m pipeline.keys") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.keys",
+        prog=prog,
         description="CurveZMQ keys for posestream's published stream (see docs/RELIABILITY.md).",
         epilog=__doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.keys") -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         if args.command == "new":

@@ -412,9 +412,9 @@ def _is_end_of_stream(frames: Sequence[Any]) -> bool:
     return isinstance(msg, Status) and msg.kind == "info" and msg.text == "end of stream"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.record") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.record",
+        prog=prog,
         description="Record every message a posestream publisher sends, as received, to a "
         ".psrec file (replay it with `python -m pipeline.replay`, convert it with "
         "`python -m pipeline.export`). Stops on Ctrl-C or SIGTERM and writes the index.",

@@ -138,9 +138,9 @@ def replay(
                          recorded_s=rec.duration_s)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.replay") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.replay",
+        prog=prog,
         description="Publish a .psrec recording again, byte for byte, with its original timing, "
         "so any subscriber of the live stream can be run against it.",
     )

@@ -274,9 +274,9 @@ def _intrinsics_option(args: argparse.Namespace):
     return lambda w, h: intrinsics_from_fov(args.fov, w, h)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.rerun") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.rerun",
+        prog=prog,
         description="Show the published 3D poses in the Rerun viewer (skeletons per track id\n"
         "in 3D and on the image, the camera, reprojection error and latency over time) or\n"
         "save them as a .rrd file. Stops at the stream's end. Needs pip install -e \".[rerun]\".",

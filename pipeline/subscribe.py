@@ -202,9 +202,9 @@ def _line(pose: Pose3D | Status) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.subscribe") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.subscribe",
+        prog=prog,
         description="Print the 3D poses a running posestream pipeline publishes, one line per "
                     "person (track id, root, reprojection error, latency).",
     )

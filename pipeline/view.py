@@ -289,9 +289,9 @@ def _waiting_picture(endpoint: str, style: RenderStyle) -> np.ndarray:
     return img
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.view") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.view",
+        prog=prog,
         description="Show a running posestream: the 2D skeleton beside an orbiting 3D view, "
         "with fps, latency and drop counts. Headless without a display.",
     )

@@ -36,7 +36,8 @@ def test_help_lists_every_command_with_a_line_each():
 
 
 def test_every_command_names_a_module_with_main():
-    """Found without importing (the lifter commands would load torch): the file defines main."""
+    """Found without importing (the lifter commands would load torch): the file defines
+    main, and main takes the prog its --help shows."""
     from pipeline.cli import COMMANDS
 
     for command in COMMANDS.values():
@@ -45,8 +46,7 @@ def test_every_command_names_a_module_with_main():
         tree = ast.parse(Path(spec.origin).read_text())
         mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
         assert mains, f"{command.module} has no main()"
-        if command.takes_prog:
-            assert "prog" in [a.arg for a in mains[0].args.args + mains[0].args.kwonlyargs]
+        assert "prog" in [a.arg for a in mains[0].args.args + mains[0].args.kwonlyargs], command
 
 
 def test_subcommand_help_is_the_tools_own():
@@ -56,6 +56,7 @@ def test_subcommand_help_is_the_tools_own():
     assert "--video FILE" in result.stdout
     result = _cli("export", "--help")
     assert result.returncode == 0 and "--format" in result.stdout
+    assert result.stdout.startswith("usage: posestream export"), result.stdout[:80]
 
 
 def test_unknown_command_exits_2_with_a_hint():

@@ -397,9 +397,9 @@ def metrics(pred_mm: np.ndarray, gt_mm: np.ndarray, engine_id: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m engines.training.evaluate") -> int:
     p = argparse.ArgumentParser(
-        prog="python -m engines.training.evaluate",
+        prog=prog,
         description="Project 3D test poses through cameras, lift them with an engine and print "
                     "MPJPE, PA-MPJPE and N-MPJPE (mm) as one JSON object.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

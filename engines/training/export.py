@@ -384,9 +384,9 @@ def _compare_with_torch(
 
 # --- CLI ------------------------------------------------------------------------------------------
 
-def build_arg_parser() -> argparse.ArgumentParser:
+def build_arg_parser(prog: str = "python -m engines.training.export") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engines.training.export",
+        prog=prog,
         description="Export a trained lifter checkpoint (engines.training.train) to DIR/lifter.onnx with "
         "its codec and training summary as metadata; checks it against torch, and builds a "
         "TensorRT plan when tensorrt and a GPU are present.",
@@ -402,8 +402,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m engines.training.export") -> int:
+    args = build_arg_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

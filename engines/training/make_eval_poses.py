@@ -82,9 +82,9 @@ def h36m_eval_poses(shared_dir: Path | None = None):
     return (np.array(out, dtype=np.float32), np.array(names), np.array(frames, dtype=np.int64))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m engines.training.make_eval_poses") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engines.training.make_eval_poses",
+        prog=prog,
         description="Write an evaluation pose file (joints_mm (N, 17, 3) mm, root-relative, world "
                     "+Y up) for `python -m engines.training.evaluate --poses FILE`.",
     )
@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m engines.training.make_eval_poses") -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.source == "h36m":
         joints, source, frame = h36m_eval_poses(args.shared)

@@ -810,10 +810,11 @@ def _checkpoint(cfg, method: Method, codec: Codec, data, step: int, seconds: flo
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
+def parse_args(argv: list[str] | None = None,
+               prog: str = "python -m engines.training.train") -> tuple[TrainConfig, bool, bool]:
     defaults = TrainConfig(method="li2020", out="")
     p = argparse.ArgumentParser(
-        prog="python -m engines.training.train",
+        prog=prog,
         description="Train the 2D-to-3D lifter on shared mocap projected to 2D. chen2019 and "
                     "li2020 never see 3D labels; supervised is the reference upper bound.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -893,10 +894,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     return cfg, a.resume, a.distributed
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m engines.training.train") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg, resume, distributed = parse_args(argv)
+        cfg, resume, distributed = parse_args(argv, prog)
         ckpt = train(cfg, resume=resume, distributed=distributed)
     except (ds.DataError, ValueError, FileNotFoundError, FloatingPointError,
             DistributedError) as err:
