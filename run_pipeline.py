@@ -26,6 +26,7 @@ from pipeline.config import (
     SupervisorConfig,
     TopologyConfig,
     TransportConfig,
+    VIDEO_MAX_PEOPLE,
 )
 from pipeline.graph import build_graph
 
@@ -145,7 +146,7 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
 
     ppl = p.add_argument_group("people")
     ppl.add_argument("--max-people", type=int, default=None, metavar="N",
-                     help=f"most people per frame (default {DetectConfig.max_people} for a "
+                     help=f"most people per frame (default {VIDEO_MAX_PEOPLE} for a "
                           f"camera or video, {IMAGE_MAX_PEOPLE} for --images); beyond N the "
                           "largest are kept and the rest counted; 1 for a single-person setup")
     ppl.add_argument("--tiles", default=",".join(map(str, DetectConfig.tiles)), metavar="G,G",
@@ -295,13 +296,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     )
     # a file processed whole is timed by its own frame rate, not by when it was read
     period = _file_period_s(capture) if whole and is_file else None
-    images = capture.source_kind() == "images"
     return PipelineConfig(
         capture=capture,
-        detect=DetectConfig(static_image_mode=images,
-                            max_people=args.max_people if args.max_people is not None
-                            else IMAGE_MAX_PEOPLE if images else DetectConfig.max_people,
-                            tiles=_tiles(args.tiles)),
+        detect=DetectConfig(static_image_mode=capture.source_kind() == "images",
+                            max_people=args.max_people, tiles=_tiles(args.tiles)),
         lift=LiftConfig(
             engine_path=args.engine,
             backend=args.backend,

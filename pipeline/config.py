@@ -53,8 +53,10 @@ class CaptureConfig:
                              f"detector's crop), got {self.max_side}")
 
 
-#: --images without --max-people: photos are looked at whole and in tiles, and a group photo
-#: often holds more than a live scene's 4 (one of the four shared COCO photos has 5 annotated)
+#: most people per frame when none is asked for: a camera or video (each followed person costs
+#: detector time on every frame), and photos (looked at whole and in tiles; a group photo often
+#: holds more than a live scene's 4: one of the four shared COCO photos has 5 annotated)
+VIDEO_MAX_PEOPLE: int = 4
 IMAGE_MAX_PEOPLE: int = 16
 
 
@@ -64,7 +66,9 @@ class DetectConfig:
 
     model_complexity: int = 1  # 0 and 2 need a download: keep 1 offline
     static_image_mode: bool = False  # True for unrelated images; False follows people in video
-    max_people: int = 4  # most people per frame (video, camera); the largest kept, the rest counted
+    #: most people per frame; the largest kept, the rest counted. None: VIDEO_MAX_PEOPLE, or
+    #: IMAGE_MAX_PEOPLE in static image mode
+    max_people: int | None = None
     tiles: tuple[int, ...] = (2, 3)  # image mode: also detect in 2x2 and 3x3 overlapping tiles
     min_detection_confidence: float = 0.5  # person detector threshold
     min_presence_confidence: float = 0.5  # below this a followed person counts as lost
@@ -72,6 +76,9 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiles", tuple(int(g) for g in self.tiles))
+        if self.max_people is None:
+            object.__setattr__(self, "max_people", IMAGE_MAX_PEOPLE if self.static_image_mode
+                               else VIDEO_MAX_PEOPLE)
         if not 1 <= self.max_people <= 64:
             raise ValueError(f"max_people must be 1 to 64, got {self.max_people}")
         if any(not 2 <= g <= 6 for g in self.tiles):

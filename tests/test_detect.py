@@ -104,8 +104,10 @@ def matched_people(people, annotations) -> list[float]:
 
 @pytest.fixture(scope="module")
 def static_stage():
-    """The --images defaults: tiles, and IMAGE_MAX_PEOPLE (one photo has 5 annotated people)."""
-    stage = DetectStage(DetectConfig(static_image_mode=True, max_people=IMAGE_MAX_PEOPLE))
+    """The --images defaults: tiles, and up to IMAGE_MAX_PEOPLE (one photo has 5 annotated)."""
+    config = DetectConfig(static_image_mode=True)
+    assert config.max_people == IMAGE_MAX_PEOPLE
+    stage = DetectStage(config)
     stage.open()
     yield stage
     stage.close()
