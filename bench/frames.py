@@ -40,10 +40,13 @@ DEFAULT_VIDEO: Path = (
 
 @contextmanager
 def decoded_frames(video: str | Path, max_frames: int | None = None,
-                   size: tuple[int, int] | None = None) -> Iterator[Path]:
+                   size: tuple[int, int] | None = None,
+                   crop: tuple[int, int, int, int] | None = None) -> Iterator[Path]:
     """Decode `video` into numbered BMP files in a temporary directory (RAM-backed where
-    /dev/shm exists); yields the directory, removes it afterwards. size: (width, height) to
-    resize every frame to (e.g. a webcam's 640x480), None for the video's own size.
+    /dev/shm exists); yields the directory, removes it afterwards. crop: (x0, y0, x1, y1) px
+    of the video to keep first (e.g. the part of the street video where one person walks),
+    None for all of it. size: (width, height) to resize every frame to (e.g. a webcam's
+    640x480), None for the video's (or the crop's) own size.
 
     Raises FileNotFoundError / ValueError with advice when the video is missing or unreadable.
     """
@@ -60,6 +63,12 @@ def decoded_frames(video: str | Path, max_frames: int | None = None,
                 ok, image = cap.read()
                 if not ok:
                     break
+                if crop is not None:
+                    x0, y0, x1, y1 = crop
+                    if x1 > image.shape[1] or y1 > image.shape[0]:
+                        raise ValueError(f"crop {crop} is outside the {image.shape[1]}x"
+                                         f"{image.shape[0]} frames of {video}")
+                    image = image[y0:y1, x0:x1]
                 if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
                     image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
                 cv2.imwrite(str(out / f"{n:06d}.bmp"), image)
@@ -85,6 +94,17 @@ def parse_size(text: str) -> tuple[int, int] | None:
     if not (16 <= w <= 8192 and 16 <= h <= 8192):
         raise ValueError(f"frame size {w}x{h} is out of range")
     return w, h
+
+
+def parse_crop(text: str) -> tuple[int, int, int, int]:
+    """"620,0,1280,720" -> (620, 0, 1280, 720): x0, y0, x1, y1 in pixels."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"crop must be X0,Y0,X1,Y1 in pixels (e.g. 620,0,1280,720), got {text!r}")
+    if not (0 <= x0 < x1 and 0 <= y0 < y1 and x1 - x0 >= 16 and y1 - y0 >= 16):
+        raise ValueError(f"crop {text!r} must have 0 <= X0 < X1, 0 <= Y0 < Y1, at least 16 px")
+    return x0, y0, x1, y1
 
 
 def frame_count(folder: Path) -> int:

@@ -169,10 +169,12 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             transport: str = "ipc", rounds: int = 2,
             size: tuple[int, int] | None = None, smooth: bool = True,
             detect_workers: int = 1, shared_memory: bool = True,
-            colocate_smooth: bool = False, max_people: int | None = None) -> dict[str, Any]:
+            colocate_smooth: bool = False, max_people: int | None = None,
+            crop: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
     """The pipeline and every baseline on the same frames, `rounds` times in turn (so a change
     in the machine's load hits all of them alike); the figures of all rounds joined; the ratios
-    and targets. size: resize the frames to (width, height) first (None: the video's size).
+    and targets. crop: (x0, y0, x1, y1) px of the video to keep (None: all). size: resize the
+    frames to (width, height) first (None: the video's size).
     smooth False: the pipeline and the floor without the smooth process (--no-smooth).
     detect_workers: detection processes in the pipeline runs (--detect-workers; the floor and
     the in-process baselines are unchanged). shared_memory: frames on ipc edges through
@@ -185,10 +187,10 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
     --every-frame) against the single-process loop, both as fast as frames can be read.
     """
     result: dict[str, Any] = {"video": str(video), "fps": fps, "warmup": warmup,
-                              "rounds": rounds}
+                              "rounds": rounds, "crop": list(crop) if crop else None}
     runs: dict[str, list[dict[str, Any]]] = {}
     interval = 1000.0 / fps if fps else None
-    with bench_frames.decoded_frames(video, frames, size) as folder, \
+    with bench_frames.decoded_frames(video, frames, size, crop) as folder, \
             engine_file(engine) as eng:
         n = bench_frames.frame_count(folder)
         if n <= warmup + 1:
@@ -310,7 +312,9 @@ def tables(r: dict[str, Any]) -> str:
     rate = f"{r['fps']:g} fps" if r["fps"] else "max rate"
     mach = r["machine"]
     out = [
-        f"video {Path(r['video']).name} {r['image_wh'][0]}x{r['image_wh'][1]}, {r['frames']} "
+        f"video {Path(r['video']).name}"
+        f"{' cropped to ' + ','.join(map(str, r['crop'])) if r.get('crop') else ''} "
+        f"{r['image_wh'][0]}x{r['image_wh'][1]}, {r['frames']} "
         f"frames at {rate}, first {r['warmup']} left out, {r['rounds']} rounds, "
         f"{r.get('detect_workers', 1)} detection worker(s), frames through "
         f"{'shared memory' if r.get('shared_memory') else 'the sockets'}"
@@ -417,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=30, help="frames left out (default 30)")
     parser.add_argument("--size", type=bench_frames.parse_size, default=None, metavar="WxH",
                         help="resize frames first, e.g. 640x480 (a webcam's); default native")
+    parser.add_argument("--crop", type=bench_frames.parse_crop, default=None,
+                        metavar="X0,Y0,X1,Y1",
+                        help="keep this part of the video, px (620,0,1280,720 of the street "
+                             "video holds one person in every frame); default all")
     parser.add_argument("--engine", help="lifter engine (default engines/default/lifter.onnx)")
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                         help="internal edges (default ipc, as run_pipeline.py)")
@@ -460,7 +468,8 @@ def _main(args: argparse.Namespace) -> int:
                 throughput=not args.no_throughput, transport=args.transport,
                 rounds=args.rounds, size=args.size, smooth=not args.no_smooth,
                 detect_workers=args.detect_workers, shared_memory=not args.no_shm,
-                colocate_smooth=args.colocate_smooth, max_people=args.max_people)
+                colocate_smooth=args.colocate_smooth, max_people=args.max_people,
+                crop=args.crop)
     print(tables(r))
     if args.json:
         report.write_json(args.json, r)

@@ -70,9 +70,14 @@ class DetectConfig:
     #: IMAGE_MAX_PEOPLE in static image mode
     max_people: int | None = None
     tiles: tuple[int, ...] = (2, 3)  # image mode: also detect in 2x2 and 3x3 overlapping tiles
+    #: video mode: while fewer than max_people are followed, look for new people every this
+    #: many frames (every frame while nobody is); each look runs the person detector once, on
+    #: the whole frame or, every other look, on one of the `video_tiles` x `video_tiles` tiles
+    discover_every: int = 10
+    video_tiles: int = 2  # 0: looks cover the whole frame only
     min_detection_confidence: float = 0.5  # person detector threshold
     min_presence_confidence: float = 0.5  # below this a followed person counts as lost
-    min_tracking_confidence: float = 0.5  # below this the detector re-runs
+    min_tracking_confidence: float = 0.5  # the MediaPipe peer's (bench) tracking threshold
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiles", tuple(int(g) for g in self.tiles))
@@ -81,6 +86,10 @@ class DetectConfig:
                                else VIDEO_MAX_PEOPLE)
         if not 1 <= self.max_people <= 64:
             raise ValueError(f"max_people must be 1 to 64, got {self.max_people}")
+        if not 1 <= self.discover_every <= 1000:
+            raise ValueError(f"discover_every must be 1 to 1000 frames, got {self.discover_every}")
+        if self.video_tiles != 0 and not 2 <= self.video_tiles <= 6:
+            raise ValueError(f"video_tiles must be 0 or a grid size 2 to 6, got {self.video_tiles}")
         if any(not 2 <= g <= 6 for g in self.tiles):
             raise ValueError(f"tiles are grid sizes from 2 to 6, got {self.tiles}")
 

@@ -11,13 +11,22 @@ mediapipe version (`$POSESTREAM_CACHE`, else `$XDG_CACHE_HOME/posestream`, else
 `~/.cache/posestream`). Nothing is downloaded.
 
 Two modes (`DetectConfig.static_image_mode`):
-- video / camera (False): VIDEO mode with `num_poses = max_people`. The landmarker follows each
-  person it has found from the region of the previous frame (landmarks only, as BlazePose does
-  for one person) and runs the person detector on the whole frame only while fewer than
-  `max_people` are followed: the cost is per person, not per frame area.
-- unrelated images (True, `--images`): IMAGE mode on the whole frame and on overlapping tiles
-  (`DetectConfig.tiles`: 2 means a 2x2 grid of tiles 1.5x the tile size, ...), which finds the
-  small people the detector misses at full-frame scale; the results are merged (`merge_people`).
+- video / camera (False): each person found is followed from frame to frame with the landmark
+  model alone, on the region their landmarks gave in the previous frame, as BlazePose follows
+  one person; this is per person, with no person detector. New people are looked for every
+  `discover_every` frames while fewer than `max_people` are followed (every frame while nobody
+  is): one person-detector run per look, on the whole frame or, every other look, on one of the
+  overlapping `video_tiles` x `video_tiles` tiles in turn (the detector misses small people at
+  full-frame scale). So one person in view costs what a single-person BlazePose costs, between
+  looks. The two mediapipe graphs (`DISCOVER_GRAPH`, `FOLLOW_GRAPH`) are wired from the
+  subgraphs the wheel registers for its own single-person Pose solution (`PoseDetectionCpu`,
+  `PoseDetectionToRoi`, `PoseLandmarkByRoiCpu`, `PoseLandmarksToRoi`) and its loop calculators;
+  the Tasks PoseLandmarker's VIDEO mode cannot be used for this because it runs the person
+  detector on every frame in which it follows fewer than `num_poses` people.
+- unrelated images (True, `--images`): the Tasks PoseLandmarker in IMAGE mode on the whole
+  frame and on overlapping tiles (`DetectConfig.tiles`: 2 means a 2x2 grid of tiles 1.5x the
+  tile size, ...), which finds the small people the detector misses at full-frame scale; the
+  results are merged (`merge_people`).
 
 At most `max_people` people leave the stage: the largest (by 2D box) are kept and the rest are
 counted in `people_dropped`. The people carry `track_id` UNTRACKED; the track stage names them.
@@ -30,7 +39,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import tempfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -55,6 +66,52 @@ BUNDLE_MODELS: dict[str, tuple[str, float, float]] = {
 TILE_OVERLAP: float = 1.5
 #: two detections are one person when their 2D boxes share this much of the smaller box
 MERGE_OVERLAP: float = 0.6
+#: video mode: look for people (the person detector, then each detection's region) -> ROIS
+DISCOVER_GRAPH: str = """
+input_stream: "IMAGE:image"
+output_stream: "ROIS:rois"
+node { calculator: "ImagePropertiesCalculator" input_stream: "IMAGE:image"
+       output_stream: "SIZE:image_size" }
+node { calculator: "PoseDetectionCpu" input_stream: "IMAGE:image"
+       output_stream: "DETECTIONS:detections" }
+node { calculator: "BeginLoopDetectionCalculator" input_stream: "ITERABLE:detections"
+       input_stream: "CLONE:image_size" output_stream: "ITEM:detection"
+       output_stream: "CLONE:loop_image_size" output_stream: "BATCH_END:batch_end" }
+node { calculator: "PoseDetectionToRoi" input_stream: "DETECTION:detection"
+       input_stream: "IMAGE_SIZE:loop_image_size" output_stream: "ROI:roi" }
+node { calculator: "EndLoopNormalizedRectCalculator" input_stream: "ITEM:roi"
+       input_stream: "BATCH_END:batch_end" output_stream: "ITERABLE:rois" }
+"""
+#: video mode: one person's landmarks in a region, and their region for the next frame
+FOLLOW_GRAPH: str = """
+input_stream: "IMAGE:image"
+input_stream: "ROI:roi"
+input_side_packet: "MODEL_COMPLEXITY:model_complexity"
+input_side_packet: "ENABLE_SEGMENTATION:enable_segmentation"
+output_stream: "LANDMARKS:landmarks"
+output_stream: "NEXT_ROI:next_roi"
+node { calculator: "ImagePropertiesCalculator" input_stream: "IMAGE:image"
+       output_stream: "SIZE:image_size" }
+node { calculator: "PoseLandmarkByRoiCpu"
+       input_side_packet: "MODEL_COMPLEXITY:model_complexity"
+       input_side_packet: "ENABLE_SEGMENTATION:enable_segmentation"
+       input_stream: "IMAGE:image" input_stream: "ROI:roi"
+       output_stream: "LANDMARKS:landmarks" output_stream: "AUXILIARY_LANDMARKS:aux" }
+node { calculator: "PoseLandmarksToRoi" input_stream: "LANDMARKS:aux"
+       input_stream: "IMAGE_SIZE:image_size" output_stream: "ROI:next_roi" }
+"""
+#: video mode: a person lost is looked for around their last region (this many times its
+#: size), on the next frames, for LOST_LOOKS x discover_every frames or until found
+LOST_LOOK_MARGIN: float = 1.5
+LOST_LOOKS: int = 1
+#: video mode: the CPU priority (nice) of the looks' thread, the lowest
+LOOK_NICE: int = 19
+#: the options of those graphs' nodes that carry our thresholds (the names mediapipe's own
+#: Pose solution sets)
+DETECTOR_THRESHOLD_OPTION: str = "posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh"
+PRESENCE_THRESHOLD_OPTION: str = (
+    "poselandmarkbyroicpu__tensorstoposelandmarksandsegmentation__ThresholdingCalculator.threshold"
+)
 #: image mode: each person found is looked at again in square crops these many times their box;
 #: the result (first look included) with the highest mean joint confidence is kept. On the
 #: shared COCO photos one crop whose result always replaces the first look matches 8 of 12
@@ -146,20 +203,21 @@ def box_area(box: np.ndarray) -> float:
     return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
 
 
-def merge_people(people: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+def merge_people(people: list[tuple]) -> list[tuple]:
     """Drop duplicates among detections of the same people (from overlapping tiles).
 
-    people: [(joints_2d_px (17, 2), confidence (17,)), ...]. Two detections are one person
+    people: [(joints_2d_px (17, 2), confidence (17,), ...), ...] (anything after the first two
+    items rides along). Two detections are one person
     when their boxes overlap by MERGE_OVERLAP of the smaller box; the one with the larger box
     times mean confidence is kept (a tile that cut the person off sees a smaller box). Written
     here because OpenCV's NMSBoxes measures overlap by IoU only, which keeps a cut-off copy
     inside a whole one.
     """
-    scored = sorted(people, key=lambda p: -box_area(box_of(*p)) * float(np.mean(p[1])))
-    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    scored = sorted(people, key=lambda p: -box_area(box_of(p[0], p[1])) * float(np.mean(p[1])))
+    kept: list[tuple] = []
     kept_boxes: list[np.ndarray] = []
-    for joints, conf in scored:
-        box = box_of(joints, conf)
+    for person in scored:
+        box = box_of(person[0], person[1])
         duplicate = False
         for other in kept_boxes:
             ix = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
@@ -169,7 +227,7 @@ def merge_people(people: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.n
                 duplicate = True
                 break
         if not duplicate:
-            kept.append((joints, conf))
+            kept.append(person)
             kept_boxes.append(box)
     return kept
 
@@ -187,6 +245,99 @@ def tile_boxes(width: int, height: int, grid: int) -> list[tuple[int, int, int, 
     return boxes
 
 
+def tile_rect_to_frame(rect, tile: tuple[int, int, int, int], width: int, height: int):
+    """A mediapipe NormalizedRect found in a tile (normalised to the tile) -> the same region
+    normalised to the whole width x height frame. The rotation is unchanged: a tile is a crop
+    at the frame's own pixel scale."""
+    from mediapipe.framework.formats import rect_pb2
+
+    x0, y0, x1, y1 = tile
+    tw, th = x1 - x0, y1 - y0
+    return rect_pb2.NormalizedRect(
+        x_center=(x0 + rect.x_center * tw) / width, y_center=(y0 + rect.y_center * th) / height,
+        width=rect.width * tw / width, height=rect.height * th / height,
+        rotation=rect.rotation)
+
+
+class Looker:
+    """Video mode's looks for new people (DISCOVER_GRAPH), run in a thread of their own at
+    the lowest CPU priority (nice LOOK_NICE), beside the following: a look (one person-detector
+    run, ~15 ms) then uses the CPU the following leaves idle instead of delaying the frame it
+    falls on, which would show in the latency's p99 (every discover_every-th frame).
+
+    The graph is made inside the thread, so the threads mediapipe starts for it inherit the
+    thread's priority. At most one look is in flight. Errors in the thread are raised in the
+    caller by `done()` / `wait()`.
+    """
+
+    def __init__(self, min_detection_confidence: float) -> None:
+        self._requests: queue.Queue = queue.Queue()
+        self._results: queue.Queue = queue.Queue()
+        self._opened = threading.Event()
+        self._error: BaseException | None = None
+        self.busy = False
+        self._thread = threading.Thread(target=self._serve, args=(min_detection_confidence,),
+                                        name="detect-look", daemon=True)
+        self._thread.start()
+        self._opened.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _serve(self, min_detection_confidence: float) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOOK_NICE)
+        except (OSError, AttributeError) as exc:  # not Linux: looks run at normal priority
+            logger.debug("detect: looks at normal priority (%s)", exc)
+        try:
+            from mediapipe.python.solution_base import SolutionBase
+
+            graph = SolutionBase(
+                graph_config=DISCOVER_GRAPH,
+                calculator_params={DETECTOR_THRESHOLD_OPTION: min_detection_confidence})
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self._error = exc
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            while (item := self._requests.get()) is not None:
+                image, region = item
+                try:
+                    self._results.put((region, list(graph.process({"image": image}).rois or [])))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self._results.put((region, exc))
+        finally:
+            graph.close()
+
+    def submit(self, image: np.ndarray, region: tuple[int, int, int, int]) -> None:
+        """Look for people in `image` ((h, w, 3) uint8 RGB, the `region` (x0, y0, x1, y1) px of
+        the frame)."""
+        self.busy = True
+        self._requests.put((image, region))
+
+    def _take(self, block: bool) -> list[tuple]:
+        try:
+            region, rois = self._results.get(block=block)
+        except queue.Empty:
+            return []
+        self.busy = False
+        if isinstance(rois, BaseException):
+            raise rois
+        return [(region, rois)]
+
+    def done(self) -> list[tuple]:
+        """The finished look, if there is one: [(region, [NormalizedRect in region, ...])]."""
+        return self._take(block=False)
+
+    def wait(self) -> list[tuple]:
+        """The look in flight, waited for (as `done()`); [] when none is."""
+        return self._take(block=True) if self.busy else []
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join(timeout=5.0)
+
+
 class DetectStage(Stage):
     """Frame -> Keypoints2D (everyone found) with BlazePose (config:
     `pipeline.config.DetectConfig`)."""
@@ -197,9 +348,15 @@ class DetectStage(Stage):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self._landmarker = None
+        self._landmarker = None  # image mode: the Tasks PoseLandmarker
+        self._looker: Looker | None = None  # video mode: the person detector, in a thread
+        self._follow = None  # video mode: the landmark graph on one region
         self._mp = None
-        self._last_ts_ms = -1
+        self._rois: list = []  # video mode: each followed person's region for the next frame
+        self._lost: list = []  # video mode: [(region, frames left), ...] of people lost lately
+        self._frames_since_look = 0
+        self._looks = 0
+        self.detector_runs = 0  # video mode: looks for new people (person-detector runs)
         self.people_dropped = 0  # people found beyond max_people (the smallest), counted
 
     def open(self) -> None:
@@ -211,33 +368,114 @@ class DetectStage(Stage):
                 "fail offline). Use model_complexity=1 (pose_landmark_full.tflite, bundled)."
             )
         import mediapipe as mp  # heavy import (TFLite): only in the stage's own process
-        from mediapipe.tasks import python as mp_tasks
-        from mediapipe.tasks.python import vision
 
         self._mp = mp
-        bundle = pose_bundle()
-        mode = vision.RunningMode.IMAGE if cfg.static_image_mode else vision.RunningMode.VIDEO
-        options = vision.PoseLandmarkerOptions(
-            base_options=mp_tasks.BaseOptions(model_asset_path=str(bundle)),
-            running_mode=mode,
-            num_poses=cfg.max_people,
-            min_pose_detection_confidence=cfg.min_detection_confidence,
-            min_pose_presence_confidence=cfg.min_presence_confidence,
-            min_tracking_confidence=cfg.min_tracking_confidence,
-        )
-        self._landmarker = vision.PoseLandmarker.create_from_options(options)
-        logger.info(
-            "detect: BlazePose (full) PoseLandmarker, up to %d people, %s", cfg.max_people,
-            f"image mode, tiles {cfg.tiles or 'none'}" if cfg.static_image_mode
-            else "video mode (people followed across frames)",
-        )
+        if cfg.static_image_mode:
+            from mediapipe.tasks import python as mp_tasks
+            from mediapipe.tasks.python import vision
 
-    def _run(self, rgb: np.ndarray, timestamp_ms: int | None) -> list:
+            options = vision.PoseLandmarkerOptions(
+                base_options=mp_tasks.BaseOptions(model_asset_path=str(pose_bundle())),
+                running_mode=vision.RunningMode.IMAGE,
+                num_poses=cfg.max_people,
+                min_pose_detection_confidence=cfg.min_detection_confidence,
+                min_pose_presence_confidence=cfg.min_presence_confidence,
+            )
+            self._landmarker = vision.PoseLandmarker.create_from_options(options)
+            logger.info("detect: BlazePose (full), up to %d people, image mode, tiles %s",
+                        cfg.max_people, cfg.tiles or "none")
+            return
+        from mediapipe.python.solution_base import SolutionBase
+
+        root = Path(mp.__file__).parent
+        for rel, _, _ in BUNDLE_MODELS.values():
+            if not (root / rel).is_file():
+                raise DetectorModelError(
+                    f"pose model {root / rel} is missing: mediapipe {mp.__version__} should "
+                    "bundle it; reinstall it with `pip install --force-reinstall mediapipe==0.10.14`"
+                )
+        self._looker = Looker(cfg.min_detection_confidence)
+        self._follow = SolutionBase(
+            graph_config=FOLLOW_GRAPH,
+            side_inputs={"model_complexity": cfg.model_complexity, "enable_segmentation": False},
+            calculator_params={PRESENCE_THRESHOLD_OPTION: cfg.min_presence_confidence})
+        logger.info("detect: BlazePose (full), up to %d people, video mode (each followed; "
+                    "new people looked for every %d frames, tiles %s)", cfg.max_people,
+                    cfg.discover_every, cfg.video_tiles or "none")
+
+    def _run(self, rgb: np.ndarray) -> list:
+        """Image mode: the Tasks landmarker on one image -> [33 landmarks, ...]."""
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
                                data=np.ascontiguousarray(rgb))
-        if timestamp_ms is None:
-            return self._landmarker.detect(image).pose_landmarks
-        return self._landmarker.detect_for_video(image, timestamp_ms).pose_landmarks
+        return self._landmarker.detect(image).pose_landmarks
+
+    def _follow_one(self, rgb: np.ndarray, rect, scale: float):
+        """Video mode: (joints, confidence, next region) of the person in region `rect`, or
+        None when the landmark model says nobody is there (presence below threshold)."""
+        height, width = rgb.shape[:2]
+        out = self._follow.process({"image": rgb, "roi": rect})
+        if out.landmarks is None or out.next_roi is None:
+            return None
+        joints, conf = self._to_joints(out.landmarks.landmark, 0, 0, width, height, scale)
+        return joints, conf, out.next_roi
+
+    def _look_region(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """Where the next look goes, (x0, y0, x1, y1) px: around the region of someone lost
+        lately (LOST_LOOK_MARGIN x its size); otherwise the whole frame on even looks and the
+        next of the video_tiles tiles on odd ones."""
+        if self._lost:
+            rect, _ = self._lost.pop(0)
+            half = max(rect.width * width, rect.height * height) * LOST_LOOK_MARGIN / 2
+            cx, cy = rect.x_center * width, rect.y_center * height
+            return (int(max(0, cx - half)), int(max(0, cy - half)),
+                    int(min(width, cx + half)), int(min(height, cy + half)))
+        tiles = (tile_boxes(width, height, self.config.video_tiles)
+                 if self.config.video_tiles else [])
+        look, self._looks = self._looks, self._looks + 1
+        if look % 2 == 0 or not tiles:
+            return 0, 0, width, height
+        return tiles[(look // 2) % len(tiles)]
+
+    def _video(self, rgb: np.ndarray, scale: float) -> list[tuple]:
+        """Video mode: everyone followed from the last frame, plus anyone a look finds ->
+        [(joints, confidence, next region), ...]; the regions are kept for the next frame.
+
+        A look runs beside the following (Looker) and its people join on the frame it
+        finishes in; while nobody is followed the look is waited for, so a person is found on
+        the frame they are first seen in, as a single-person BlazePose finds them."""
+        cfg = self.config
+        height, width = rgb.shape[:2]
+        found = []
+        for rect in self._rois:
+            person = self._follow_one(rgb, rect, scale)
+            if person is None:
+                self._lost.append((rect, cfg.discover_every * LOST_LOOKS))
+            else:
+                found.append(person)
+        self._lost = [(r, n - 1) for r, n in self._lost if n > 1]
+        self._frames_since_look += 1
+        looked = self._looker.done()
+        due = len(found) < cfg.max_people and (
+            not found or self._lost or self._frames_since_look >= cfg.discover_every)
+        if due and not self._looker.busy:
+            x0, y0, x1, y1 = self._look_region(width, height)
+            if x1 - x0 >= 16 and y1 - y0 >= 16:
+                self._frames_since_look = 0
+                self.detector_runs += 1
+                self._looker.submit(np.ascontiguousarray(rgb[y0:y1, x0:x1]), (x0, y0, x1, y1))
+                if not found:
+                    looked += self._looker.wait()
+        boxes = [box_of(j / scale, c) for j, c, _ in found]
+        for region, rects in looked:
+            for rect in rects:
+                rect = tile_rect_to_frame(rect, region, width, height)
+                cx, cy = rect.x_center * width, rect.y_center * height
+                if any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes):
+                    continue  # someone already followed
+                person = self._follow_one(rgb, rect, scale)
+                if person is not None:
+                    found.append(person)
+        return merge_people(found)
 
     @staticmethod
     def _to_joints(marks, x0: float, y0: float, w: int, h: int, scale: float):
@@ -266,7 +504,7 @@ class DetectStage(Stage):
             if x1 - x0 < 16 or y1 - y0 < 16:
                 continue
             found = [self._to_joints(m, x0, y0, x1 - x0, y1 - y0, scale)
-                     for m in self._run(rgb[y0:y1, x0:x1], None)]
+                     for m in self._run(rgb[y0:y1, x0:x1])]
             if not found:
                 continue
             # the crop's person nearest the one we framed (others may stand close by)
@@ -277,7 +515,7 @@ class DetectStage(Stage):
         return best
 
     def process(self, msg: Frame) -> Keypoints2D:
-        if self._landmarker is None:
+        if self._landmarker is None and self._follow is None:
             raise RuntimeError("DetectStage.process called before open()")
         cfg = self.config
         height, width = msg.image.shape[:2]
@@ -285,38 +523,38 @@ class DetectStage(Stage):
         rgb = cv2.cvtColor(msg.image, cv2.COLOR_BGR2RGB)
         found: list[tuple[np.ndarray, np.ndarray]] = []
         if cfg.static_image_mode:
-            for marks in self._run(rgb, None):
+            for marks in self._run(rgb):
                 found.append(self._to_joints(marks, 0, 0, width, height, scale))
             for grid in cfg.tiles:
                 for x0, y0, x1, y1 in tile_boxes(width, height, grid):
-                    for marks in self._run(rgb[y0:y1, x0:x1], None):
+                    for marks in self._run(rgb[y0:y1, x0:x1]):
                         found.append(self._to_joints(marks, x0, y0, x1 - x0, y1 - y0, scale))
             found = [self._refine(rgb, joints, conf, scale)
                      for joints, conf in merge_people(found)]
             found = merge_people(found)
         else:
-            # VIDEO mode needs strictly increasing timestamps (ms); capture time is monotonic
-            ts_ms = max(msg.t_capture_ns // 1_000_000, self._last_ts_ms + 1)
-            self._last_ts_ms = ts_ms
-            for marks in self._run(rgb, ts_ms):
-                found.append(self._to_joints(marks, 0, 0, width, height, scale))
+            found = self._video(rgb, scale)
         found = [p for p in found if np.all(np.isfinite(p[0]))]
         if len(found) > cfg.max_people:
-            found.sort(key=lambda p: -box_area(box_of(*p)))
+            found.sort(key=lambda p: -box_area(box_of(p[0], p[1])))
             self.people_dropped += len(found) - cfg.max_people
             logger.info("detect: frame %d: %d people, kept the %d largest (%d dropped so far)",
                         msg.frame_id, len(found), cfg.max_people, self.people_dropped)
             found = found[:cfg.max_people]
+        if not cfg.static_image_mode:
+            self._rois = [p[2] for p in found]
         return Keypoints2D(
             frame_id=msg.frame_id,
             t_capture_ns=msg.t_capture_ns,
             stamps=msg.stamps,
             image_size=(int(round(width * scale)), int(round(height * scale))),
-            people=tuple(Person2D(track_id=UNTRACKED, joints_2d_px=j, confidence=c)
-                         for j, c in found),
+            people=tuple(Person2D(track_id=UNTRACKED, joints_2d_px=p[0], confidence=p[1])
+                         for p in found),
         )
 
     def close(self) -> None:
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
+        for name in ("_landmarker", "_looker", "_follow"):
+            graph = getattr(self, name)
+            if graph is not None:
+                graph.close()
+                setattr(self, name, None)

@@ -230,6 +230,74 @@ def test_video_mode_follows_then_loses_the_person():
         stage.close()
 
 
+STREET_VIDEO = SHARED / "data" / "footage" / "openpose" / "examples" / "media" / "video.avi"
+#: the part of the street video (x0, y0, x1, y1 px) where one person walks in every frame
+ONE_PERSON_CROP = (620, 0, 1280, 720)
+
+
+def street_frames(n: int, crop=None) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(shared_file(STREET_VIDEO)))
+    frames = []
+    while len(frames) < n:
+        ok, image = cap.read()
+        assert ok, f"{STREET_VIDEO} has fewer than {n} frames"
+        if crop is not None:
+            image = np.ascontiguousarray(image[crop[1]:crop[3], crop[0]:crop[2]])
+        frames.append(image)
+    cap.release()
+    return frames
+
+
+def test_one_person_in_video_costs_a_person_detector_run_only_every_discover_every_frames():
+    """Video mode, one person in view, room for 4: the person is followed by the landmark
+    model alone; the person detector runs on the first frame (nobody followed yet) and then
+    once every discover_every frames, never on the frames between (what keeps a single-person
+    webcam as fast as a single-person BlazePose). On frames 10 and 11 of this clip the landmark
+    model loses the person for a frame (presence below 0.5) and a look finds them again in
+    the same frame: 6 runs in all, where the Tasks landmarker's VIDEO mode runs 40."""
+    stage = DetectStage(DetectConfig(static_image_mode=False, max_people=4, discover_every=10))
+    stage.open()
+    try:
+        counts = [len(stage.process(frame(image, i)).people)
+                  for i, image in enumerate(street_frames(40, ONE_PERSON_CROP))]
+    finally:
+        stage.close()
+    print(f"people per frame {counts}, person-detector runs {stage.detector_runs}")
+    assert counts == [1] * 40
+    assert 4 <= stage.detector_runs <= 6  # frames 0, 10 (11), 21, 31
+
+
+def test_video_mode_finds_the_people_the_whole_frame_detector_misses():
+    """The street video from frame 100 (3 people walk there): the person detector on the
+    whole frame finds 1 or 2 of them; looks in tiles add the others, and each is followed."""
+    frames = street_frames(160)[100:]
+    stage = DetectStage(DetectConfig(static_image_mode=False, max_people=4))
+    stage.open()
+    try:
+        counts = np.array([len(stage.process(frame(image, i)).people)
+                           for i, image in enumerate(frames)])
+        whole = DetectStage(DetectConfig(static_image_mode=False, max_people=4, video_tiles=0))
+        whole.open()
+        try:
+            whole_counts = np.array([len(whole.process(frame(image, i)).people)
+                                     for i, image in enumerate(frames)])
+        finally:
+            whole.close()
+    finally:
+        stage.close()
+    print(f"people per frame, tiles: {counts.tolist()}; whole frame only: "
+          f"{whole_counts.tolist()}")
+    assert np.mean(counts >= 2) >= 0.9
+    assert counts.sum() > whole_counts.sum()
+
+
+def test_video_mode_names_a_missing_model(monkeypatch):
+    monkeypatch.setitem(detect_module.BUNDLE_MODELS, "pose_detector.tflite",
+                        ("modules/pose_detection/not_there.tflite", 127.5, 127.5))
+    with pytest.raises(DetectorModelError, match="not_there.tflite is missing"):
+        DetectStage(DetectConfig(static_image_mode=False)).open()
+
+
 def test_joints_are_reported_in_the_original_images_pixels():
     """A frame that capture shrank (scale_to_original 2): joints and image size come back in
     the original image's pixels."""
