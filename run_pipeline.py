@@ -149,6 +149,12 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
                      help=f"most people per frame (default {VIDEO_MAX_PEOPLE} for a "
                           f"camera or video, {IMAGE_MAX_PEOPLE} for --images); beyond N the "
                           "largest are kept and the rest counted; 1 for a single-person setup")
+    ppl.add_argument("--discover-every", type=int, default=DetectConfig.discover_every,
+                     metavar="N",
+                     help="camera or video: while fewer than --max-people are followed, look "
+                          "for new people every N frames (default %(default)s; every frame "
+                          "while nobody is); each look is one person-detector run, beside the "
+                          "following at low priority")
     ppl.add_argument("--tiles", default=",".join(map(str, DetectConfig.tiles)), metavar="G,G",
                      help="--images: also look for small people in GxG overlapping tiles "
                           "(default %(default)s; 'none' for the whole image only)")
@@ -299,7 +305,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         capture=capture,
         detect=DetectConfig(static_image_mode=capture.source_kind() == "images",
-                            max_people=args.max_people, tiles=_tiles(args.tiles)),
+                            max_people=args.max_people, tiles=_tiles(args.tiles),
+                            discover_every=args.discover_every),
         lift=LiftConfig(
             engine_path=args.engine,
             backend=args.backend,

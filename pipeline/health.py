@@ -31,14 +31,19 @@ HEARTBEAT_INTERVAL_S: float = 0.25
 class RestartBudget:
     """Decides whether and when a dead stage is restarted (one per stage).
 
-    `on_death(now)` -> seconds to wait before restarting, or None when the budget is spent
-    (more than `max_restarts` deaths within the last `window_s`).
+    `on_death(now, ran_s)` -> seconds to wait before restarting, or None when the budget is
+    spent (more than `max_restarts` deaths within the last `window_s`). The wait doubles with
+    each recent death (a crash loop), from `backoff_initial_s` up to `backoff_max_s`, except
+    after a process that had run `stable_s` or longer: that one was not crash-looping (it
+    was killed, or met one bad input), so it is back after the initial wait, as systemd and
+    Kubernetes reset their back-off after a run that held.
     """
 
     max_restarts: int = 5
     window_s: float = 60.0
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 2.0
+    stable_s: float = 10.0
     deaths: collections.deque[float] = field(default_factory=collections.deque)
     restarts: int = 0  # over the whole run
 
@@ -60,13 +65,16 @@ class RestartBudget:
             self.deaths.popleft()
         return len(self.deaths)
 
-    def on_death(self, now: float) -> float | None:
-        """Record a death at `now`; the back-off before the restart, None to give up."""
+    def on_death(self, now: float, ran_s: float | None = None) -> float | None:
+        """Record a death at `now` of a process that had run `ran_s` seconds (None: unknown);
+        the back-off before the restart, None to give up."""
         self.deaths.append(now)
         n = self.recent(now)
         if n > self.max_restarts:
             return None
         self.restarts += 1
+        if ran_s is not None and ran_s >= self.stable_s:
+            return self.backoff_initial_s
         return min(self.backoff_max_s, self.backoff_initial_s * 2 ** (n - 1))
 
     def describe(self, now: float) -> str:

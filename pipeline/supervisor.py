@@ -120,6 +120,7 @@ class StageProcess:
     busy_s: float = 0.0  # from that heartbeat: how long its current call had been running
     last_produced: tuple[int, int] | None = None  # a source: (frame id, t_capture_ns) of
     #                                               its newest frame, from its heartbeats
+    started_at: float = field(default_factory=time.monotonic)  # this process's start
 
     @property
     def pid(self) -> int:
@@ -451,6 +452,7 @@ class Supervisor:
             old.past_stats.append(old.stats)  # the dead process's, as of its last beat
             old.stats = {}
             old.popen, old.ready, old.restart_at = popen, False, None
+            old.started_at = time.monotonic()
             old.error = old.traceback = None
             old.restarts += 1
         log.debug("started stage %s as pid %d", plan.stage, popen.pid)
@@ -565,7 +567,7 @@ class Supervisor:
                     now = time.monotonic()
                     if self.liveness is not None:
                         self.liveness.forget(p.name)
-                    backoff = p.budget.on_death(now)
+                    backoff = p.budget.on_death(now, ran_s=now - p.started_at)
                     if backoff is not None:
                         log.error("%s\nrestarting it in %.2f s (%s)", msg, backoff,
                                   p.budget.describe(now))

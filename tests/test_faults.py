@@ -55,6 +55,16 @@ def test_restart_budget_backs_off_then_gives_up_then_forgives():
     assert b.restarts == 4
 
 
+def test_restart_budget_does_not_back_off_after_a_process_that_ran_well():
+    """Deaths of processes that had run stable_s or longer (kills, one bad input) are not a
+    crash loop: each restart comes after the initial wait; the budget still counts them."""
+    b = RestartBudget(max_restarts=4, window_s=60.0, backoff_initial_s=0.05,
+                      backoff_max_s=2.0, stable_s=10.0)
+    assert [b.on_death(t, ran_s=12.0) for t in (0.0, 12.0, 24.0)] == [0.05, 0.05, 0.05]
+    assert b.on_death(25.0, ran_s=1.0) == 0.4  # a quick death: the 4th in the window doubles
+    assert b.on_death(26.0, ran_s=30.0) is None  # the 5th within 60 s: give up all the same
+
+
 def test_liveness_sees_silence_and_a_call_that_never_returns():
     live = Liveness(timeout_s=1.0)
     live.start("detect", 0.0)
