@@ -357,6 +357,7 @@ class DetectStage(Stage):
         self._frames_since_look = 0
         self._looks = 0
         self.detector_runs = 0  # video mode: looks for new people (person-detector runs)
+        self.looks_waited = 0  # ... of which a frame waited for, the machine being too busy
         self.people_dropped = 0  # people found beyond max_people (the smallest), counted
 
     def open(self) -> None:
@@ -442,7 +443,9 @@ class DetectStage(Stage):
 
         A look runs beside the following (Looker) and its people join on the frame it
         finishes in; while nobody is followed the look is waited for, so a person is found on
-        the frame they are first seen in, as a single-person BlazePose finds them."""
+        the frame they are first seen in, as a single-person BlazePose finds them. A look still
+        running discover_every frames after it began (a machine so busy that its low priority
+        starves it) is waited for too."""
         cfg = self.config
         height, width = rgb.shape[:2]
         found = []
@@ -455,6 +458,11 @@ class DetectStage(Stage):
         self._lost = [(r, n - 1) for r, n in self._lost if n > 1]
         self._frames_since_look += 1
         looked = self._looker.done()
+        if not looked and self._looker.busy and self._frames_since_look >= cfg.discover_every:
+            # a machine too busy for the look's low priority: wait for it rather than let
+            # newcomers (and the lost) go unfound; the frame pays for the look this once
+            looked = self._looker.wait()
+            self.looks_waited += 1
         due = len(found) < cfg.max_people and (
             not found or self._lost or self._frames_since_look >= cfg.discover_every)
         if due and not self._looker.busy:
@@ -553,6 +561,10 @@ class DetectStage(Stage):
         )
 
     def close(self) -> None:
+        if self._follow is not None:
+            logger.info("detect: %d looks for new people (%d waited for, the machine being too "
+                        "busy for their low priority), %d people beyond max_people dropped",
+                        self.detector_runs, self.looks_waited, self.people_dropped)
         for name in ("_landmarker", "_looker", "_follow"):
             graph = getattr(self, name)
             if graph is not None:
