@@ -400,7 +400,11 @@ class Supervisor:
     def spare_ready(self) -> bool:
         """True when a warm spare has finished its imports (the next restart is fast)."""
         spare = self._spare
-        if spare is None or spare.poll() is not None:
+        if spare is None:
+            return False
+        if spare.poll() is not None:  # it died: make room for a new one
+            log.warning("the warm spare (pid %d) exited with %s", spare.pid, spare.returncode)
+            self._drop_spare()
             return False
         if not self._spare_ready and select.select([spare.stdout], [], [], 0)[0]:
             self._spare_ready = spare.stdout.readline() == b"ready\n"
@@ -439,8 +443,13 @@ class Supervisor:
         with open(path, "w", encoding="utf-8") as f:
             f.write(plan.to_json())
         old = self.procs.get(plan.stage)
-        popen = self._take_spare(path) if old is not None else None
+        # a spare still importing is not taken: it would first finish importing everything
+        # (mediapipe's seconds included) where a cold start of a light stage imports less;
+        # it stays the spare for the next restart
+        popen = self._take_spare(path) if old is not None and self.spare_ready() else None
         if popen is None:
+            if old is not None and self._spare is not None:
+                log.info("stage %s restarts cold: the warm spare is still importing", plan.stage)
             popen = self._popen_runner(["--plan", path])
         else:
             log.info("stage %s restarts in the warm spare (pid %d)", plan.stage, popen.pid)
