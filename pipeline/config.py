@@ -137,9 +137,18 @@ class SmoothConfig:
     min_cutoff: float = 0.1  # Hz; lower: steadier when still, more lag
     beta: float = 40.0  # speed coefficient; higher: less lag when moving fast
     d_cutoff: float = 1.0  # Hz, cutoff of the derivative filter
+    # a person's root (pelvis) moves at most this fast, m/s (a sprinter's peak is ~12): a
+    # faster step of the smoothed root is monocular depth noise and is cut to this speed;
+    # None: no limit
+    max_root_speed_mps: float | None = 12.0
     # time between frames: capture times (None, live sources) or frame ids at this period (s;
     # files processed whole, read as fast as the pipeline goes)
     frame_period_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_root_speed_mps is not None and not 0.1 <= self.max_root_speed_mps <= 100:
+            raise ValueError(f"max_root_speed_mps must be 0.1 to 100 m/s or None, got "
+                             f"{self.max_root_speed_mps}")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,12 @@ that property. Each person (`track_id`) has filters of their own: a new id start
 filters of an id not seen for more than `RESET_AFTER_GAP_S` are dropped, so a person seen again
 after such a gap starts afresh (the old state says nothing about the new pose).
 People are never blended: one track's filter only ever sees that track's poses.
+
+The smoothed root then moves at most `SmoothConfig.max_root_speed_mps` (12 m/s, a sprinter's
+peak) between two frames of a track (`limit_speed`): monocular lifting puts the depth of a
+person 5 to 9 m away off by up to a metre from one frame to the next (the street video), which
+no person does in 20 ms; the step is cut to that speed, the direction kept, and the limited
+steps are counted (`root_steps_limited`).
 """
 
 from __future__ import annotations
@@ -134,12 +140,32 @@ class OneEuroFilter:
         return self._x_hat.reshape(shape).copy()
 
 
+def limit_speed(prev_m: np.ndarray, new_m: np.ndarray, dt_s: float,
+                max_speed_mps: float) -> tuple[np.ndarray, bool]:
+    """(3,) previous and new position, m -> (the new position moved at most max_speed_mps *
+    dt_s from prev_m along the same direction, whether it was cut)."""
+    step = np.asarray(new_m, np.float64) - prev_m
+    length = float(np.linalg.norm(step))
+    reach = max_speed_mps * max(dt_s, 0.0)
+    if length <= reach:
+        return np.asarray(new_m, np.float64), False
+    return prev_m + step * (reach / length), True
+
+
 class _TrackFilters:
-    """The One Euro filters of one track: root-relative pose (17, 3) and root (3,)."""
+    """The One Euro filters of one track: root-relative pose (17, 3) and root (3,), and the
+    root last sent (for the speed limit)."""
 
     def __init__(self, cfg) -> None:
         self.pose = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
         self.root = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+        self.root_out_m: np.ndarray | None = None
+        self.t_out_s: float | None = None
+
+    def reset(self) -> None:
+        self.pose.reset()
+        self.root.reset()
+        self.root_out_m = self.t_out_s = None
 
 
 class SmoothStage(Stage):
@@ -161,6 +187,7 @@ class SmoothStage(Stage):
         self.resets = 0  # how many times a track's filters started afresh after a gap
         self.tracks_started = 0  # track ids that got filters of their own
         self.tracks_ended = 0  # track ids whose filters were dropped (unseen too long)
+        self.root_steps_limited = 0  # root steps faster than max_root_speed_mps, cut to it
 
     def open(self) -> None:
         cfg = self.config
@@ -182,24 +209,36 @@ class SmoothStage(Stage):
         last = filters.pose.last_time_s
         if last is not None and t_s - last > RESET_AFTER_GAP_S:
             logger.debug("smooth: track %d reset (gap of %.3f s)", person.track_id, t_s - last)
-            filters.pose.reset()
-            filters.root.reset()
+            filters.reset()
             self.resets += 1
         root_m = np.asarray(person.root_m, dtype=np.float64)
         rel_m = np.asarray(person.joints_3d_m, dtype=np.float64) - root_m  # (17, 3)
         if not (np.all(np.isfinite(rel_m)) and np.all(np.isfinite(root_m))):
             logger.warning("smooth: frame %d track %d has non-finite joints; passed on "
                            "unsmoothed", frame_id, person.track_id)
-            filters.pose.reset()
-            filters.root.reset()
+            filters.reset()
             return person
         rel_smooth_m = filters.pose.filter(rel_m, t_s)
         root_smooth_m = filters.root.filter(root_m, t_s)
+        limit = self.config.max_root_speed_mps
+        if limit is not None and filters.root_out_m is not None:
+            root_smooth_m, cut = limit_speed(filters.root_out_m, root_smooth_m,
+                                             t_s - filters.t_out_s, limit)
+            if cut:
+                self.root_steps_limited += 1
+                logger.debug("smooth: frame %d track %d: root step over %.3g m/s cut",
+                             frame_id, person.track_id, limit)
+        filters.root_out_m, filters.t_out_s = root_smooth_m, t_s
         return dataclasses.replace(
             person,
             joints_3d_m=(rel_smooth_m + root_smooth_m).astype(np.float32),
             root_m=root_smooth_m.astype(np.float32),
         )
+
+    def close(self) -> None:
+        if self.root_steps_limited:
+            logger.info("smooth: %d root steps faster than %.3g m/s were cut to that speed",
+                        self.root_steps_limited, self.config.max_root_speed_mps)
 
     def process(self, msg: Pose3D) -> Pose3D:
         if self._filters is None:

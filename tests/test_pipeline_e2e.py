@@ -143,10 +143,11 @@ def test_poses_are_plausible_metric_skeletons(street_run):
 def test_several_people_each_keep_one_track_id(street_run):
     """From frame 100 on at least 2 people in at least 80 % of frames; at most 6 distinct track
     ids over the whole video; no id jumps from one person to another: between consecutive
-    frames where an id is seen, its 2D pelvis moves less than half the person's 2D height.
-    In 3D the pelvis moves less than 0.5 m in 90 % of those steps: the rest are the
-    monocular depth of people 5 to 9 m away (seen: up to 1.1 m along Z with the 2D pelvis
-    moving 20 px), not another person."""
+    frames where an id is seen, its 2D pelvis moves less than half the person's 2D height,
+    and its 3D pelvis less than 0.5 m. (The smooth stage keeps a root under 12 m/s, 0.24 m a
+    frame at the file's 50 fps: unsmoothed, the monocular depth of people 5 to 9 m away
+    moved up to 1.15 m along Z in a frame with the 2D pelvis moving 20 px. The 2D bound is
+    the one that tells a person from another.)"""
     _, poses, _ = street_run
     counts = np.array([len(frame.people) for frame in poses])
     share = float(np.mean(counts[100:] >= 2))
@@ -175,7 +176,7 @@ def test_several_people_each_keep_one_track_id(street_run):
     assert 2 <= len(ids) <= 6 and min(ids) >= 1
     assert len(steps_2d) >= FRAMES
     assert steps_2d.max() < 0.5
-    assert np.mean(steps_3d < 0.5) >= 0.9
+    assert steps_3d.max() < 0.5
 
 
 def _cmdline(pid: int) -> str:

@@ -17,7 +17,7 @@ import pytest
 from engines.runtime.skeleton import NUM_JOINTS, ROOT
 from pipeline.config import DetectConfig, LiftConfig, SmoothConfig, TrackConfig
 from pipeline.schema import Frame, Person3D, Pose3D
-from stages.smooth import RESET_AFTER_GAP_S, OneEuroFilter, SmoothStage
+from stages.smooth import RESET_AFTER_GAP_S, OneEuroFilter, SmoothStage, limit_speed
 from stages.track import TrackStage
 
 MIN_CUTOFF, BETA, D_CUTOFF = 0.1, 40.0, 1.0  # MediaPipe world-landmark settings
@@ -228,6 +228,36 @@ def test_stage_starts_afresh_after_a_gap_and_drops_ended_tracks(stage):
     for k in range(1, 25):
         stage.process(make_pose(2 + k, t2 + k * 33_000_000, rel, [0, 0, 6.0], track_id=3))
     assert stage.tracks_ended == 1 and stage.tracks_started == 2
+
+
+def test_limit_speed_cuts_a_step_to_the_speed_along_its_direction():
+    prev = np.array([0.0, 0.0, 5.0])
+    cut, was_cut = limit_speed(prev, np.array([0.0, 0.6, 5.8]), 0.02, 12.0)  # 1 m in 20 ms
+    assert was_cut
+    assert np.linalg.norm(cut - prev) == pytest.approx(0.24)  # 12 m/s x 0.02 s
+    assert np.allclose((cut - prev) / 0.24, [0.0, 0.6, 0.8])  # same direction
+    walk, was_cut = limit_speed(prev, np.array([0.0, 0.0, 5.03]), 0.02, 12.0)  # 1.5 m/s
+    assert not was_cut and walk[2] == pytest.approx(5.03)
+
+
+def test_the_root_never_moves_faster_than_max_root_speed(stage):
+    """A root that jumps 1 m in depth for one frame (what monocular lifting does to a far
+    person) moves at most 12 m/s x 20 ms = 0.24 m a frame in the output and is counted;
+    a person walking at 1.5 m/s is not touched."""
+    rel = np.zeros((NUM_JOINTS, 3))
+    t_ns, period_ns = 10**12, 20_000_000  # 50 fps
+    depths = [6.0] * 10 + [7.0] + [6.0] * 10
+    out = [stage.process(make_pose(k, t_ns + k * period_ns, rel, [0, 0, z])).people[0].root_m
+           for k, z in enumerate(depths)]
+    steps = np.linalg.norm(np.diff(np.array(out), axis=0), axis=1)
+    print(f"root steps, m: {np.round(steps, 3).tolist()}; limited {stage.root_steps_limited}")
+    assert steps.max() <= 0.24 + 1e-5
+    assert stage.root_steps_limited >= 1
+    walker = SmoothStage(SmoothConfig())
+    walker.open()
+    for k in range(50):
+        walker.process(make_pose(k, t_ns + k * period_ns, rel, [0, 0, 5.0 + 0.03 * k]))
+    assert walker.root_steps_limited == 0
 
 
 def test_stage_disabled_passes_through():
