@@ -28,7 +28,6 @@ Figures taken while other work loads the machine are noisy: the report says the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -40,11 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from bench import frames as bench_frames
 from bench import report
+from bench.stream_log import StreamLog
 from bench.transport_floor import free_tcp_ports
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,39 +61,6 @@ def _line(name: str, s: dict[str, float], unit: str, target: str, ok: bool) -> s
 
 
 # --------------------------------------------------------------------------- resume
-class _PoseTimes(threading.Thread):
-    """(t_recv_ns, t_capture_ns, frame_id) of every pose published on `endpoint`."""
-
-    def __init__(self, endpoint: str) -> None:
-        super().__init__(daemon=True)
-        self.endpoint = endpoint
-        self.items: list[tuple[int, int, int]] = []
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        from pipeline.schema import Pose3D, SchemaError, decode
-
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.SUBSCRIBE, b"pose3d")
-        sock.connect(self.endpoint)
-        try:
-            while not self.stop_event.is_set():
-                if sock.poll(50, zmq.POLLIN):
-                    parts = sock.recv_multipart()
-                    try:
-                        msg = decode(parts[1:])
-                    except SchemaError:
-                        continue
-                    if isinstance(msg, Pose3D):
-                        self.items.append((time.monotonic_ns(), msg.t_capture_ns, msg.frame_id))
-        finally:
-            sock.close(0)
-            ctx.term()
-
-
 def _pump(sup, predicate, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -122,16 +88,15 @@ def bench_resume(rounds: int, video: str, engine: str | None) -> dict[str, Any]:
         supervisor=SupervisorConfig(max_restarts=rounds + 1, restart_window_s=3600.0,
                                     log_level="WARNING"),
     )
-    poses = _PoseTimes(config.output.publish)
-    poses.start()
+    log = StreamLog(config.output.publish)
     sup = Supervisor(config)
     resumes: dict[str, list[float]] = {}
     try:
         sup.start()
         resumes = {name: [] for name in sup.pids()}  # every stage process of the graph
-        if not _pump(sup, lambda: len(poses.items) >= 10, 60.0):
+        if not _pump(sup, lambda: len(log.poses()) >= 10, 60.0):
             raise RuntimeError("no poses within 60 s of the start")
-        steady = lambda: bool(poses.items) and time.monotonic_ns() - poses.items[-1][0] < 300e6
+        steady = lambda: bool(log.poses()) and time.monotonic_ns() - log.poses()[-1][0] < 300e6
         for _ in range(rounds):
             for stage in resumes:
                 _pump(sup, steady, 20.0)
@@ -139,16 +104,15 @@ def bench_resume(rounds: int, video: str, engine: str | None) -> dict[str, Any]:
                 _pump(sup, steady, 20.0)
                 t_kill = time.monotonic_ns()
                 os.kill(sup.pids()[stage], signal.SIGKILL)
-                after = lambda: any(t_cap > t_kill for _, t_cap, _ in poses.items[-50:])
+                after = lambda: any(m.t_capture_ns > t_kill for _, m in log.poses()[-50:])
                 if _pump(sup, after, 30.0):
-                    t_recv = next(t for t, t_cap, _ in poses.items if t_cap > t_kill)
+                    t_recv = next(t for t, m in log.poses() if m.t_capture_ns > t_kill)
                     resumes[stage].append((t_recv - t_kill) / 1e9)
                 else:
                     resumes[stage].append(float("inf"))
     finally:
         sup.stop()
-        poses.stop_event.set()
-        poses.join(timeout=5)
+        log.close()
     every = [x for v in resumes.values() for x in v]
     return {"per_stage_s": resumes, "all_s": _summary_s(every), "target_s": 2.0,
             "met": max(every) < 2.0}

@@ -21,18 +21,17 @@ Not in CI (10 minutes); numbers go in docs/RELIABILITY.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
 import random
 import signal
 import statistics
-import threading
 import time
 
-import zmq
-
 from bench.frames import DEFAULT_VIDEO, decoded_frames
+from bench.stream_log import StreamLog
 from pipeline.config import (
     CaptureConfig,
     LiftConfig,
@@ -41,46 +40,11 @@ from pipeline.config import (
     SupervisorConfig,
     TransportConfig,
 )
-from pipeline.schema import Pose3D, SchemaError, Status, decode
+from pipeline.schema import Pose3D
 from pipeline.supervisor import Supervisor
 
 log = logging.getLogger("kill_soak")
 STAGES = ("capture", "detect", "lift", "smooth", "output")
-
-
-class Poses(threading.Thread):
-    """(t_recv_ns, frame_id, t_capture_ns) of every pose; statuses by kind."""
-
-    def __init__(self, endpoint: str) -> None:
-        super().__init__(daemon=True)
-        self.endpoint = endpoint
-        self.items: list[tuple[int, int, int]] = []
-        self.statuses: dict[str, int] = {}
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self.endpoint)
-        try:
-            while not self.stop.is_set():
-                if not sock.poll(50, zmq.POLLIN):
-                    continue
-                parts = sock.recv_multipart()
-                try:
-                    msg = decode(parts[1:])
-                except SchemaError:
-                    continue
-                if isinstance(msg, Pose3D):
-                    self.items.append((time.monotonic_ns(), msg.frame_id, msg.t_capture_ns))
-                elif isinstance(msg, Status):
-                    self.statuses[msg.kind] = self.statuses.get(msg.kind, 0) + 1
-        finally:
-            sock.close(0)
-            ctx.term()
 
 
 def _alive(pid: int) -> bool:
@@ -117,8 +81,7 @@ def soak(minutes: float, kills: int, fps: float, resume_s: float, seed: int,
             supervisor=SupervisorConfig(log_level="WARNING", max_restarts=kills,
                                         restart_window_s=60.0),
         )
-        poses = Poses(config.output.publish)
-        poses.start()
+        poses = StreamLog(config.output.publish)
         sup = Supervisor(config)
         seen: set[int] = set()
         records = []
@@ -153,13 +116,10 @@ def soak(minutes: float, kills: int, fps: float, resume_s: float, seed: int,
                     pending.append({"stage": stage, "pid": pid, "t_kill_ns": t_kill,
                                     "at_s": round(now - t0, 2)})
                     records.append(pending[-1])
+                recent = [(t, m.t_capture_ns) for t, m in poses.items[-400:]
+                          if isinstance(m, Pose3D)]
                 for rec in list(pending):
-                    after = next((t for t, _, tc in reversed(poses.items[-200:])
-                                  if tc > rec["t_kill_ns"]), None)
-                    first = None
-                    if after is not None:
-                        first = min(t for t, _, tc in poses.items[-400:]
-                                    if tc > rec["t_kill_ns"])
+                    first = min((t for t, tc in recent if tc > rec["t_kill_ns"]), default=None)
                     waited = (time.monotonic_ns() - rec["t_kill_ns"]) / 1e9
                     if first is not None:
                         rec["resumed_s"] = round((first - rec["t_kill_ns"]) / 1e9, 3)
@@ -171,8 +131,7 @@ def soak(minutes: float, kills: int, fps: float, resume_s: float, seed: int,
         finally:
             seen.update(sup.pids().values())
             sup.stop()
-            poses.stop.set()
-            poses.join(timeout=5)
+            poses.close()
         time.sleep(1.0)
         orphans = sorted(p for p in seen if _alive(p))
     shm_after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
@@ -180,7 +139,8 @@ def soak(minutes: float, kills: int, fps: float, resume_s: float, seed: int,
     # supervisor's ring directory, the decoded frames)
     ours = (f"posestream-run-{os.getpid()}-", frames_dir.name)
     leaked = sorted(n for n in shm_after - shm_before if n.startswith(ours))
-    ids = [fid for _, fid, _ in poses.items]
+    ids = [m.frame_id for _, m in poses.poses()]
+    statuses = dict(collections.Counter(m.kind for m in poses.statuses()))
     not_increasing = sum(1 for a, b in zip(ids, ids[1:]) if b <= a)
     survived = [r for r in records if r.get("resumed_s") is not None
                 and r["resumed_s"] <= resume_s]
@@ -200,7 +160,7 @@ def soak(minutes: float, kills: int, fps: float, resume_s: float, seed: int,
         "poses": len(ids), "frame_ids_increasing": not_increasing == 0,
         "frame_id_steps_not_increasing": not_increasing,
         "restarts": {n: p.restarts for n, p in sup.procs.items()},
-        "statuses": poses.statuses, "orphans": orphans, "leaked_dev_shm": leaked,
+        "statuses": statuses, "orphans": orphans, "leaked_dev_shm": leaked,
         "processes_seen": len(seen), "run_s": round(t_stop - t0, 1) if records else None,
         "records": records,
     }

@@ -47,7 +47,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.runtime.skeleton import NUM_JOINTS, blazepose33_to_h36m17
+from engines.runtime.skeleton import blazepose33_to_h36m17
 from pipeline.schema import UNTRACKED, Frame, Keypoints2D, Person2D
 from pipeline.stage import Stage
 

@@ -35,6 +35,7 @@ from pipeline.schema import (
     decode,
     encode,
 )
+from bench.stream_log import StreamLog
 from tests.conftest import free_port
 from tests.stage_harness import StageHarness, lifter_engine
 
@@ -360,48 +361,6 @@ def _video(shared_file) -> str:
     return str(shared_file("data/footage/openpose/examples/media/video.avi"))
 
 
-class PoseLog:
-    """Subscribes (poses and statuses) in a thread; keeps (t_recv_ns, message) of each."""
-
-    def __init__(self, endpoint: str) -> None:
-        import threading
-
-        self.endpoint = endpoint
-        self.items: list[tuple[int, object]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self.endpoint)
-        try:
-            while not self._stop.is_set():
-                if sock.poll(50, zmq.POLLIN):
-                    parts = sock.recv_multipart()
-                    try:
-                        self.items.append((time.monotonic_ns(), decode(parts[1:])))
-                    except SchemaError:
-                        pass
-        finally:
-            sock.close(0)
-            ctx.term()
-
-    def poses(self) -> list[tuple[int, Pose3D]]:
-        return [(t, m) for t, m in list(self.items) if isinstance(m, Pose3D)]
-
-    def statuses(self) -> list[Status]:
-        return [m for _, m in list(self.items) if isinstance(m, Status)]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 def _pump_until(sup, predicate, timeout_s: float) -> bool:
     """Let the supervisor watch (it restarts stages from its watch loop) until predicate()."""
     deadline = time.monotonic() + timeout_s
@@ -429,7 +388,7 @@ def test_kill9_of_each_stage_in_turn_poses_resume(supervisors, shared_file, engi
         supervisor=SupervisorConfig(max_restarts=KILL_ROUNDS + 1, restart_window_s=600.0,
                                     log_level="WARNING"),
     )
-    log = PoseLog(config.output.publish)
+    log = StreamLog(config.output.publish)
     sup = Supervisor(config)
     supervisors.append(sup)
     resumes: dict[str, list[float]] = {}
