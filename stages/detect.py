@@ -36,6 +36,7 @@ image's pixels (`Frame.scale_to_original`), with the original image size.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -104,6 +105,9 @@ node { calculator: "PoseLandmarksToRoi" input_stream: "LANDMARKS:aux"
 #: size), on the next frames, for LOST_LOOKS x discover_every frames or until found
 LOST_LOOK_MARGIN: float = 1.5
 LOST_LOOKS: int = 1
+#: video mode: landmark graphs that follow people at once (each in its own thread); more
+#: than the machine's cores buys nothing
+FOLLOW_THREADS: int = min(2, os.cpu_count() or 1)
 #: video mode: the CPU priority (nice) of the looks' thread, the lowest
 LOOK_NICE: int = 19
 #: the options of those graphs' nodes that carry our thresholds (the names mediapipe's own
@@ -351,6 +355,8 @@ class DetectStage(Stage):
         self._landmarker = None  # image mode: the Tasks PoseLandmarker
         self._looker: Looker | None = None  # video mode: the person detector, in a thread
         self._follow = None  # video mode: the landmark graph on one region
+        self._follow_more: list = []  # ... and one more per FOLLOW_THREADS beyond the first
+        self._pool = None  # video mode: threads that run those (mediapipe releases the GIL)
         self._mp = None
         self._rois: list = []  # video mode: each followed person's region for the next frame
         self._lost: list = []  # video mode: [(region, frames left), ...] of people lost lately
@@ -396,10 +402,15 @@ class DetectStage(Stage):
                     "bundle it; reinstall it with `pip install --force-reinstall mediapipe==0.10.14`"
                 )
         self._looker = Looker(cfg.min_detection_confidence)
-        self._follow = SolutionBase(
+        graphs = [SolutionBase(
             graph_config=FOLLOW_GRAPH,
             side_inputs={"model_complexity": cfg.model_complexity, "enable_segmentation": False},
             calculator_params={PRESENCE_THRESHOLD_OPTION: cfg.min_presence_confidence})
+            for _ in range(min(FOLLOW_THREADS, cfg.max_people))]
+        self._follow, self._follow_more = graphs[0], graphs[1:]
+        if self._follow_more:
+            self._pool = concurrent.futures.ThreadPoolExecutor(len(self._follow_more),
+                                                               thread_name_prefix="detect-follow")
         logger.info("detect: BlazePose (full), up to %d people, video mode (each followed; "
                     "new people looked for every %d frames, tiles %s)", cfg.max_people,
                     cfg.discover_every, cfg.video_tiles or "none")
@@ -410,11 +421,33 @@ class DetectStage(Stage):
                                data=np.ascontiguousarray(rgb))
         return self._landmarker.detect(image).pose_landmarks
 
-    def _follow_one(self, rgb: np.ndarray, rect, scale: float):
+    def _follow_all(self, rgb: np.ndarray, rects: list, scale: float) -> list:
+        """Video mode: `_follow_one` of each region, the regions shared out over the follow
+        graphs, which run at once (one in this thread, the others in the pool): with several
+        people a frame then costs about ceil(people / FOLLOW_THREADS) landmark runs on a
+        machine with the cores free, not one run per person."""
+        graphs = [self._follow, *self._follow_more][:max(1, len(rects))]
+        if len(graphs) == 1:
+            return [self._follow_one(rgb, r, scale) for r in rects]
+        shares = [list(range(k, len(rects), len(graphs))) for k in range(len(graphs))]
+        futures = [self._pool.submit(lambda g=g, idx=idx: [self._follow_one(rgb, rects[i], scale,
+                                                                            g) for i in idx])
+                   for g, idx in zip(graphs[1:], shares[1:])]
+        out: list = [None] * len(rects)
+        for i, person in zip(shares[0], [self._follow_one(rgb, rects[i], scale)
+                                         for i in shares[0]]):
+            out[i] = person
+        for future, idx in zip(futures, shares[1:]):
+            for i, person in zip(idx, future.result()):
+                out[i] = person
+        return out
+
+    def _follow_one(self, rgb: np.ndarray, rect, scale: float, graph=None):
         """Video mode: (joints, confidence, next region) of the person in region `rect`, or
-        None when the landmark model says nobody is there (presence below threshold)."""
+        None when the landmark model says nobody is there (presence below threshold).
+        graph: which follow graph runs it (default the first; one thread per graph at once)."""
         height, width = rgb.shape[:2]
-        out = self._follow.process({"image": rgb, "roi": rect})
+        out = (graph or self._follow).process({"image": rgb, "roi": rect})
         if out.landmarks is None or out.next_roi is None:
             return None
         joints, conf = self._to_joints(out.landmarks.landmark, 0, 0, width, height, scale)
@@ -449,8 +482,7 @@ class DetectStage(Stage):
         cfg = self.config
         height, width = rgb.shape[:2]
         found = []
-        for rect in self._rois:
-            person = self._follow_one(rgb, rect, scale)
+        for rect, person in zip(self._rois, self._follow_all(rgb, self._rois, scale)):
             if person is None:
                 self._lost.append((rect, cfg.discover_every * LOST_LOOKS))
             else:
@@ -474,15 +506,14 @@ class DetectStage(Stage):
                 if not found:
                     looked += self._looker.wait()
         boxes = [box_of(j / scale, c) for j, c, _ in found]
+        new = []
         for region, rects in looked:
             for rect in rects:
                 rect = tile_rect_to_frame(rect, region, width, height)
                 cx, cy = rect.x_center * width, rect.y_center * height
-                if any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes):
-                    continue  # someone already followed
-                person = self._follow_one(rgb, rect, scale)
-                if person is not None:
-                    found.append(person)
+                if not any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes):
+                    new.append(rect)  # nobody followed there yet
+        found += [p for p in self._follow_all(rgb, new, scale) if p is not None]
         return merge_people(found)
 
     @staticmethod
@@ -565,6 +596,12 @@ class DetectStage(Stage):
             logger.info("detect: %d looks for new people (%d waited for, the machine being too "
                         "busy for their low priority), %d people beyond max_people dropped",
                         self.detector_runs, self.looks_waited, self.people_dropped)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for graph in self._follow_more:
+            graph.close()
+        self._follow_more = []
         for name in ("_landmarker", "_looker", "_follow"):
             graph = getattr(self, name)
             if graph is not None:
