@@ -50,6 +50,7 @@ from pipeline.config import (
     SupervisorConfig,
     TopologyConfig,
     TransportConfig,
+    auto_detect_workers,
 )
 from pipeline.schema import Pose3D, SchemaError, decode
 from pipeline.supervisor import Supervisor
@@ -409,6 +410,22 @@ def plot(r: dict[str, Any], path: str) -> None:
                         f"load {r['machine']['loadavg']}")
 
 
+def _workers(text: str) -> int:
+    """--detect-workers: N >= 1, or auto (pipeline.config.auto_detect_workers, now)."""
+    if text == "auto":
+        workers, why = auto_detect_workers()
+        print(f"--detect-workers auto: {why}", file=sys.stderr)
+        return workers
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--detect-workers takes a number or auto, got "
+                                         f"{text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--detect-workers must be at least 1, got {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency",
                                      description=__doc__.split("\n")[0])
@@ -430,9 +447,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="internal edges (default ipc, as run_pipeline.py)")
     parser.add_argument("--no-smooth", action="store_true",
                         help="pipeline and floor without the smooth process")
-    parser.add_argument("--detect-workers", type=int, default=1, metavar="N",
+    parser.add_argument("--detect-workers", type=_workers, default=1, metavar="N|auto",
                         help="detection processes in the pipeline runs (run_pipeline.py "
-                             "--detect-workers; default 1)")
+                             "--detect-workers; auto: what run_pipeline.py's default picks "
+                             "from the free cores when the benchmark starts; default 1)")
     parser.add_argument("--no-shm", action="store_true",
                         help="frames through the ipc sockets, not shared memory, in the "
                              "pipeline and the floor")

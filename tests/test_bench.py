@@ -217,3 +217,26 @@ def test_bounds_quick_figures(tmp_path: Path, capsys) -> None:
     assert r["curve"]["curve_poses"]["p50"] > 0 and r["curve"]["plain_poses"]["p50"] > 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("capture resume", "fail-fast", "mocap cached", "curve"))
+
+
+def test_latency_takes_detect_workers_auto_or_a_count() -> None:
+    """bench.latency --detect-workers: auto resolves with run_pipeline.py's rule (1 to
+    MAX_AUTO_DETECT_WORKERS, from the free cores); a count below 1 or a word is refused with
+    the flag named."""
+    import argparse
+
+    from bench import latency
+    from pipeline.config import MAX_AUTO_DETECT_WORKERS
+
+    assert 1 <= latency._workers("auto") <= MAX_AUTO_DETECT_WORKERS
+    assert latency._workers("2") == 2
+    for bad in ("0", "many"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--detect-workers"):
+            latency._workers(bad)
+
+
+def test_frames_crop_is_checked() -> None:
+    assert bench_frames.parse_crop("620,0,1280,720") == (620, 0, 1280, 720)
+    for bad in ("620,0,1280", "10,0,5,720", "0,0,8,8"):
+        with pytest.raises(ValueError, match="crop"):
+            bench_frames.parse_crop(bad)
