@@ -16,6 +16,7 @@ import sys
 
 from pipeline.config import (
     auto_detect_workers,
+    detect_workers_arg,
     CaptureConfig,
     DetectConfig,
     IMAGE_MAX_PEOPLE,
@@ -71,19 +72,6 @@ each host; authorize keys/B/B.key --dir keys/edge-authorized on A; copy A.key to
        --endpoint capture-detect=tcp://10.0.0.5:5560 \
        --edge-secret keys/B/B.key_secret --edge-server-key A.key
 """
-
-
-def _workers(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--detect-workers takes a number or auto, got "
-                                         f"{text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--detect-workers must be at least 1, got {n}")
-    return n
 
 
 def _tiles(text: str) -> tuple[int, ...]:
@@ -219,7 +207,8 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
                            "other (repeatable)")
     dist.add_argument("--endpoints", metavar="FILE",
                       help="a JSON file {\"EDGE\": \"ENDPOINT\", ...}; --endpoint wins")
-    dist.add_argument("--detect-workers", type=_workers, default="auto", metavar="N|auto",
+    dist.add_argument("--detect-workers", type=detect_workers_arg, default="auto",
+                      metavar="N|auto",
                       help="N detection processes share the frames (each frame to the first "
                            "free one); lift puts their results back in frame order, waiting "
                            "at most --reorder-wait for an earlier frame. auto (the default): "

@@ -51,6 +51,7 @@ from pipeline.config import (
     TopologyConfig,
     TransportConfig,
     auto_detect_workers,
+    detect_workers_arg,
 )
 from pipeline.schema import Pose3D, SchemaError, decode
 from pipeline.supervisor import Supervisor
@@ -410,22 +411,6 @@ def plot(r: dict[str, Any], path: str) -> None:
                         f"load {r['machine']['loadavg']}")
 
 
-def _workers(text: str) -> int:
-    """--detect-workers: N >= 1, or auto (pipeline.config.auto_detect_workers, now)."""
-    if text == "auto":
-        workers, why = auto_detect_workers()
-        print(f"--detect-workers auto: {why}", file=sys.stderr)
-        return workers
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--detect-workers takes a number or auto, got "
-                                         f"{text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--detect-workers must be at least 1, got {n}")
-    return n
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency",
                                      description=__doc__.split("\n")[0])
@@ -447,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="internal edges (default ipc, as run_pipeline.py)")
     parser.add_argument("--no-smooth", action="store_true",
                         help="pipeline and floor without the smooth process")
-    parser.add_argument("--detect-workers", type=_workers, default=1, metavar="N|auto",
+    parser.add_argument("--detect-workers", type=detect_workers_arg, default=1,
+                        metavar="N|auto",
                         help="detection processes in the pipeline runs (run_pipeline.py "
                              "--detect-workers; auto: what run_pipeline.py's default picks "
                              "from the free cores when the benchmark starts; default 1)")
@@ -482,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.detect_workers == "auto":
+        args.detect_workers, why = auto_detect_workers()
+        print(f"--detect-workers auto: {why}", file=sys.stderr)
     r = run_all(args.video, args.fps, args.frames, args.warmup, args.engine,
                 throughput=not args.no_throughput, transport=args.transport,
                 rounds=args.rounds, size=args.size, smooth=not args.no_smooth,

@@ -210,6 +210,22 @@ def auto_detect_workers(cores: int | None = None,
                      f"{workers} detection process{'es' if workers > 1 else ''}")
 
 
+def detect_workers_arg(text: str) -> int | str:
+    """A `--detect-workers` value (argparse type): "auto", or a count of at least 1."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--detect-workers takes a number or auto, got "
+                                         f"{text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--detect-workers must be at least 1, got {n}")
+    return n
+
+
 def is_local_endpoint(endpoint: str) -> bool:
     """True for ipc://, inproc:// and tcp:// on a loopback address."""
     if endpoint.startswith(("ipc://", "inproc://")):

@@ -136,6 +136,24 @@ def cache_dir() -> Path:
     return Path(base) / "posestream"
 
 
+def wheel_models() -> dict[str, Path]:
+    """{name in the bundle: path} of the two pose models in the installed mediapipe wheel.
+
+    Raises DetectorModelError naming a missing model file.
+    """
+    import mediapipe as mp
+
+    root = Path(mp.__file__).parent
+    paths = {name: root / rel for name, (rel, _, _) in BUNDLE_MODELS.items()}
+    for path in paths.values():
+        if not path.is_file():
+            raise DetectorModelError(
+                f"pose model {path} is missing: mediapipe {mp.__version__} should bundle it; "
+                "reinstall it with `pip install --force-reinstall mediapipe==0.10.14`"
+            )
+    return paths
+
+
 def pose_bundle(directory: Path | None = None) -> Path:
     """The PoseLandmarker `.task` bundle built from the models in the installed mediapipe
     wheel, made on first use (atomically) and reused while the models are unchanged.
@@ -148,16 +166,7 @@ def pose_bundle(directory: Path | None = None) -> Path:
         model_asset_bundle_utils,
     )
 
-    root = Path(mp.__file__).parent
-    sources = {}
-    for name, (rel, _, _) in BUNDLE_MODELS.items():
-        path = root / rel
-        if not path.is_file():
-            raise DetectorModelError(
-                f"pose model {path} is missing: mediapipe {mp.__version__} should bundle it; "
-                "reinstall it with `pip install --force-reinstall mediapipe==0.10.14`"
-            )
-        sources[name] = path.read_bytes()
+    sources = {name: path.read_bytes() for name, path in wheel_models().items()}
     digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in sources.values()))
     directory = Path(directory) if directory is not None else cache_dir()
     out = directory / f"pose_landmarker_full_{digest.hexdigest()[:12]}.task"
@@ -394,13 +403,7 @@ class DetectStage(Stage):
             return
         from mediapipe.python.solution_base import SolutionBase
 
-        root = Path(mp.__file__).parent
-        for rel, _, _ in BUNDLE_MODELS.values():
-            if not (root / rel).is_file():
-                raise DetectorModelError(
-                    f"pose model {root / rel} is missing: mediapipe {mp.__version__} should "
-                    "bundle it; reinstall it with `pip install --force-reinstall mediapipe==0.10.14`"
-                )
+        wheel_models()  # the graphs load them by these paths: a missing one is named here
         self._looker = Looker(cfg.min_detection_confidence)
         graphs = [SolutionBase(
             graph_config=FOLLOW_GRAPH,

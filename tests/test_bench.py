@@ -219,20 +219,22 @@ def test_bounds_quick_figures(tmp_path: Path, capsys) -> None:
     assert all(name in out for name in ("capture resume", "fail-fast", "mocap cached", "curve"))
 
 
-def test_latency_takes_detect_workers_auto_or_a_count() -> None:
-    """bench.latency --detect-workers: auto resolves with run_pipeline.py's rule (1 to
-    MAX_AUTO_DETECT_WORKERS, from the free cores); a count below 1 or a word is refused with
-    the flag named."""
+def test_detect_workers_takes_auto_or_a_count() -> None:
+    """--detect-workers (run_pipeline.py and bench.latency share the parser): auto or a count;
+    a count below 1 or a word is refused with the flag named."""
     import argparse
 
-    from bench import latency
-    from pipeline.config import MAX_AUTO_DETECT_WORKERS
+    from pipeline.config import detect_workers_arg
 
-    assert 1 <= latency._workers("auto") <= MAX_AUTO_DETECT_WORKERS
-    assert latency._workers("2") == 2
+    assert detect_workers_arg("auto") == "auto"
+    assert detect_workers_arg("2") == 2
     for bad in ("0", "many"):
         with pytest.raises(argparse.ArgumentTypeError, match="--detect-workers"):
-            latency._workers(bad)
+            detect_workers_arg(bad)
+    from bench import latency
+
+    with pytest.raises(SystemExit):
+        latency.main(["--detect-workers", "many"])
 
 
 def test_frames_crop_is_checked() -> None:
