@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.runtime.engine import EngineError, load_engine
+from engines.runtime.engine import DEFAULT_ENGINE_PATH, EngineError, load_engine
 from engines.runtime.skeleton import NUM_JOINTS
 from engines.training import datasets as ds
 from engines.training import mocap
@@ -296,3 +296,55 @@ def test_a_time_budget_stops_the_run_with_a_checkpoint(tmp_path, clips):
     assert 0 < ckpt["step"] < 100000
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["step"] == ckpt["step"] and saved["training"]["seconds"] >= 1.0
+
+
+def _default_engine_session():
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(DEFAULT_ENGINE_PATH), providers=["CPUExecutionProvider"])
+
+
+def test_a_lifter_on_the_default_engine_starts_as_it_keeps_it_frozen_and_exports(tmp_path,
+                                                                                clips):
+    from engines.training.export import export_checkpoint
+    from engines.training.train import METHOD_CLASSES, base_engine_weights
+
+    codec = canonical_codec()
+    cfg = TrainConfig(out=str(tmp_path / "run"), base_engine=str(DEFAULT_ENGINE_PATH), **TINY)
+    windows = build_data(cfg, clips, codec).joints_2d_norm[:6, 0]     # (6, 9, 17, 2)
+    session = _default_engine_session()
+    newest_only = session.run(None, {"joints_2d": windows[:, -1]})[0]  # ONNX Runtime, shipped file
+
+    fresh = METHOD_CLASSES["li2020"](cfg, codec).lifter.eval()
+    with torch.no_grad():
+        before = fresh(torch.from_numpy(windows)).numpy()
+    np.testing.assert_allclose(before, newest_only, atol=1e-5)         # exactly the base at first
+
+    ckpt = train(cfg, data=build_data(cfg, clips, codec), codec=codec, progress=False)
+    base_state = base_engine_weights(str(DEFAULT_ENGINE_PATH))[1]
+    for name, tensor in base_state.items():                           # frozen: bit for bit
+        torch.testing.assert_close(ckpt["state_dict"][f"base.{name}"], tensor, rtol=0, atol=0)
+    assert ckpt["model_config"]["base"]["width"] == 512
+
+    exported = export_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "engine",
+                                 tensorrt=False)
+    assert exported.max_abs_diff < 1e-4
+    engine = load_engine(exported.onnx_path, backend="onnxruntime-cpu")
+    assert (engine.receptive_field, engine.causal) == (9, True)
+    after = engine.run({"joints_2d": windows})["joints_3d"]
+    moved_units = np.abs(after - newest_only).max()    # codec units: head-to-root ~ 1
+    assert 0 < moved_units < 0.5         # trained corrections: present, and small (1/c scaled)
+
+
+def test_a_base_engine_that_cannot_serve_is_refused_with_the_reason(tmp_path, temporal_engine):
+    with pytest.raises(ValueError, match="no such file"):
+        TrainConfig(out=str(tmp_path), base_engine=str(tmp_path / "missing.onnx"), **TINY)
+    with pytest.raises(ValueError, match="single-frame engine"):
+        TrainConfig(out=str(tmp_path), base_engine=str(temporal_engine.onnx_path), **TINY)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not an onnx file")
+    with pytest.raises(ValueError, match="not a posestream ONNX engine"):
+        TrainConfig(out=str(tmp_path), base_engine=str(junk), **TINY)
+    with pytest.raises(ValueError, match="--head refine"):
+        TrainConfig(out=str(tmp_path), base_engine=str(DEFAULT_ENGINE_PATH),
+                    **{**TINY, "head": "depth"})

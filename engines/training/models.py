@@ -254,6 +254,18 @@ class TemporalLifter(nn.Module):
     lifter) or "refine" (also a 2D correction per joint: X_j = ((x_j + dx_j) z_j, (y_j + dy_j)
     z_j, z_j), so detector noise in the newest frame need not pass into the 3D; the corrections
     start at zero, so it starts as the depth head).
+
+    base: the model_config of a single-frame `Lifter` (depth head) to build on, or None. With a
+    base (head "refine" only), the temporal network corrects a trained single-frame lifter
+    instead of replacing it: the newest frame's 2D is corrected (newest + dx), the base lifts the
+    corrected 2D to a depth per joint, and the temporal network adds a depth correction. Its last
+    layer starts at zero, so before training the engine is exactly the base (clean accuracy
+    starts at the single-frame engine's, and the window only has to add what the past tells).
+    The corrections are the network's output / c (c = depth_offset): 1 unit is a head-to-root
+    length in 2D, a tenth of one in depth, so the first optimizer steps (Adam moves every weight
+    by ~lr) cannot throw a trained pose far off (unscaled, one step moved joints by a head length
+    and the root branch collapsed to the camera centre).
+    `freeze_base()` keeps the base's weights and batch-norm statistics fixed while training.
     """
 
     causal: bool = True
@@ -267,6 +279,7 @@ class TemporalLifter(nn.Module):
         dropout: float = 0.25,
         head: str = "refine",
         depth_offset: float = DEFAULT_DEPTH_OFFSET,
+        base: dict | None = None,
     ) -> None:
         super().__init__()
         if head not in TEMPORAL_HEADS:
@@ -301,6 +314,36 @@ class TemporalLifter(nn.Module):
                 w = self.shrink.weight.view(num_joints, 3, channels, 1)
                 w[:, :2] = 0.0
                 self.shrink.bias.view(num_joints, 3)[:, :2] = 0.0
+        self.base: Lifter | None = None
+        self._base_frozen = False
+        if base is not None:
+            base = dict(base)
+            if head != "refine" or base.pop("kind", "mlp") != "mlp":
+                raise ValueError("a base lifter needs the refine head and a single-frame base "
+                                 f"(model_config kind 'mlp'); got head {head!r}")
+            if base.get("head", "depth") != "depth" or float(
+                    base.get("depth_offset", depth_offset)) != self.depth_offset:
+                raise ValueError(f"the base lifter must have the depth head and depth_offset "
+                                 f"{self.depth_offset}; got {base}")
+            self.base = Lifter(**base)
+            with torch.no_grad():  # all corrections start at zero: exactly the base at first
+                self.shrink.weight.zero_()
+                self.shrink.bias.zero_()
+
+    def freeze_base(self) -> None:
+        """Keep the base lifter's weights and batch-norm statistics as they are (training)."""
+        if self.base is None:
+            raise ValueError("this temporal lifter has no base lifter to freeze")
+        self._base_frozen = True
+        for param in self.base.parameters():
+            param.requires_grad_(False)
+        self.base.eval()
+
+    def train(self, mode: bool = True) -> "TemporalLifter":
+        super().train(mode)
+        if self._base_frozen:
+            self.base.eval()
+        return self
 
     def _check(self, joints_2d_norm: torch.Tensor, frames: int | None) -> None:
         shape = tuple(joints_2d_norm.shape)
@@ -331,8 +374,13 @@ class TemporalLifter(nn.Module):
         """out (N, J*o), newest (N, J, 2) -> (N, J, 3) pose in the normalised camera."""
         n = newest.shape[0]
         out = out.reshape(n, self.num_joints, self.out_per_joint)
-        depth = torch.clamp(out[..., -1:] + self.depth_offset, min=1.0)
+        if self.base is not None:  # corrections of a trained pose: in 1/c units (see __init__)
+            out = out / self.depth_offset
         ray = newest if self.head == "depth" else newest + out[..., :2]
+        offset = out[..., -1:]
+        if self.base is not None:  # the base lifts the corrected 2D; the window corrects it
+            offset = offset + self.base.mlp(ray.reshape(n, -1)).unsqueeze(-1)
+        depth = torch.clamp(offset + self.depth_offset, min=1.0)
         return torch.cat([ray * depth, depth], dim=-1)
 
     def lift_camera(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
@@ -367,7 +415,8 @@ def build_lifter(**model_config) -> nn.Module:
     Single frame (no "kind", or kind "mlp"): num_joints (17), width (1024), blocks (2),
     dropout (0.25), batch_norm (True), head ("depth" | "xyz"), depth_offset (10.0).
     kind "temporal" (`TemporalLifter`): num_joints, receptive_field (27), kernel (3), channels
-    (256), dropout, head ("depth" | "refine"), depth_offset. Unknown keys raise a TypeError
+    (256), dropout, head ("depth" | "refine"), depth_offset, base (None, or a single-frame
+    config the temporal network corrects). Unknown keys raise a TypeError
     naming them.
     """
     config = dict(model_config)

@@ -36,6 +36,7 @@ import argparse
 import csv
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -111,6 +112,8 @@ class TrainConfig:
     drop_rate: float = 0.05           # frames lost by latest-wins (held), with temporal_noise
     noise_rho: float = 0.7            # frame-to-frame correlation of the 2D error
     noise_level_max: float = 1.5      # each window's error: the measured one x U(0, this)
+    base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
+    freeze_base: bool = True          # keep that base's weights (train only the corrections)
     # chen2019
     gan: str = "lsgan"                # "lsgan" | "wgan-gp"
     critic_steps: int = 1
@@ -151,6 +154,11 @@ class TrainConfig:
                                  f"got {self.head!r}")
         elif self.head == "refine":
             raise ValueError("--head refine is for the temporal lifter (--receptive-field > 1)")
+        if self.base_engine:
+            if not self.temporal or self.head != "refine":
+                raise ValueError("--base-engine is for the temporal lifter with --head refine "
+                                 "(--receptive-field > 1)")
+            base_engine_weights(self.base_engine)  # a missing or unfit file fails here
 
     @property
     def temporal(self) -> bool:
@@ -158,10 +166,13 @@ class TrainConfig:
 
     def model_config(self) -> dict:
         if self.temporal:
-            return {"kind": "temporal", "num_joints": NUM_JOINTS,
-                    "receptive_field": self.receptive_field, "kernel": 3,
-                    "channels": self.channels, "dropout": self.dropout, "head": self.head,
-                    "depth_offset": self.depth_offset}
+            config = {"kind": "temporal", "num_joints": NUM_JOINTS,
+                      "receptive_field": self.receptive_field, "kernel": 3,
+                      "channels": self.channels, "dropout": self.dropout, "head": self.head,
+                      "depth_offset": self.depth_offset}
+            if self.base_engine:
+                config["base"] = base_engine_weights(self.base_engine)[0]
+            return config
         return {"num_joints": NUM_JOINTS, "width": self.width, "blocks": self.blocks,
                 "dropout": self.dropout, "batch_norm": True, "head": self.head,
                 "depth_offset": self.depth_offset}
@@ -172,6 +183,44 @@ class TrainConfig:
             return ds.TemporalNoise(scale=0.0, drop_rate=0.0)
         return ds.TemporalNoise(scale=self.temporal_noise, drop_rate=self.drop_rate,
                                 rho=self.noise_rho, level=(0.0, self.noise_level_max))
+
+
+@functools.lru_cache(maxsize=4)
+def base_engine_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(model_config, state_dict) of the single-frame lifter in an exported ONNX engine (the
+    exporter keeps the torch parameter names, `model.<name>`, as the graph's initializers).
+
+    Raises ValueError naming the problem: not an engine file, a temporal engine, a head other
+    than depth, or weights that do not fit the config.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--base-engine {path}: no such file; give a single-frame engine such "
+                         "as engines/default/lifter.onnx")
+    try:
+        graph = onnx.load(str(file))
+        meta = json.loads({p.key: p.value for p in graph.metadata_props}["posestream"])
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"--base-engine {path}: not a posestream ONNX engine ({err}); export "
+                         "one with engines.training.export") from err
+    config = dict(meta.get("model_config", {}))
+    if int(meta.get("receptive_field", 1)) != 1 or config.get("kind", "mlp") != "mlp" \
+            or config.get("head", "depth") != "depth":
+        raise ValueError(f"--base-engine {path}: needs a single-frame engine with the depth "
+                         f"head; this one has receptive field {meta.get('receptive_field')} and "
+                         f"model_config {config}")
+    state = {init.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(init).copy())
+             for init in graph.graph.initializer if init.name.startswith("model.")}
+    probe = Lifter(**{k: v for k, v in config.items() if k != "kind"})
+    try:
+        probe.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"--base-engine {path}: its weights do not fit its model_config "
+                         f"({err})") from err
+    return config, state
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -313,6 +362,10 @@ class Method:
         self.cfg = cfg
         self.codec = codec
         self.lifter: Lifter = build_lifter(**cfg.model_config())
+        if cfg.base_engine:  # the trained single-frame lifter the temporal network corrects
+            self.lifter.base.load_state_dict(base_engine_weights(cfg.base_engine)[1])
+            if cfg.freeze_base:
+                self.lifter.freeze_base()
         self.extra: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
@@ -851,6 +904,12 @@ def parse_args(argv: list[str] | None = None,
                    help="temporal: frame-to-frame correlation of the 2D error")
     p.add_argument("--noise-level-max", type=float, default=defaults.noise_level_max,
                    help="temporal: each window's 2D error is the measured one x U(0, this)")
+    p.add_argument("--base-engine", default=defaults.base_engine,
+                   help="temporal, --head refine: build on this single-frame engine (e.g. "
+                        "engines/default/lifter.onnx): the window corrects its 2D input and its "
+                        "depths; training starts exactly at its accuracy")
+    p.add_argument("--train-base", action="store_true",
+                   help="with --base-engine: train the base's weights too (default: frozen)")
     p.add_argument("--w-reproj", type=float, default=defaults.w_reproj,
                    help="li2020 own-view re-projection weight (the refine head: a low weight "
                         "lets the 2D corrections undo the detector's noise)")
@@ -886,6 +945,7 @@ def parse_args(argv: list[str] | None = None,
         bone_jitter=a.bone_jitter, receptive_field=a.receptive_field, channels=a.channels,
         windows=a.windows, temporal_noise=a.temporal_noise, drop_rate=a.drop_rate,
         noise_rho=a.noise_rho, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
+        base_engine=a.base_engine, freeze_base=not a.train_base,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
