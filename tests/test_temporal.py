@@ -348,3 +348,36 @@ def test_a_base_engine_that_cannot_serve_is_refused_with_the_reason(tmp_path, te
     with pytest.raises(ValueError, match="--head refine"):
         TrainConfig(out=str(tmp_path), base_engine=str(DEFAULT_ENGINE_PATH),
                     **{**TINY, "head": "depth"})
+
+
+def test_recording_jitter_reads_what_the_pipeline_published_per_track(tmp_path):
+    """Two tracks with known motion in a real recording file: 2 mm/frame^2 for one, 0 for
+    the other; a gap in a track's frames is never differenced across."""
+    from engines.training.video_jitter import recording_jitter
+    from pipeline.record import RecordingWriter
+    from pipeline.schema import Person3D, Pose3D, encode
+
+    def person(track_id, offset_m):
+        joints = np.zeros((NUM_JOINTS, 3), np.float32)
+        joints[:, 0] = offset_m                       # every joint moves, the root stays
+        root = np.array([0.0, 0.0, 3.0], np.float32)
+        return Person3D(track_id=track_id, joints_3d_m=joints + root, root_m=root,
+                        joints_2d_px=np.zeros((NUM_JOINTS, 2), np.float32),
+                        confidence=np.ones(NUM_JOINTS, np.float32),
+                        reproj_err_px=np.zeros(NUM_JOINTS, np.float32))
+
+    path = tmp_path / "run.psrec"
+    with RecordingWriter(path) as rec:
+        for frame in range(12):
+            people = [person(2, 0.05)]                               # still
+            if frame != 6:                                           # track 1 missing once
+                jump = 1.0 if frame > 6 else 0.0                     # a jump across the gap
+                people.append(person(1, 0.001 * frame ** 2 + jump))  # 2 mm/frame^2
+            msg = Pose3D(frame_id=frame, t_capture_ns=frame * 33_000_000, image_size=(64, 48),
+                         people=tuple(people))
+            rec.write(frame, [b"poses", *encode(msg)])
+    result = recording_jitter(path)
+    assert (result["frames"], result["people"], result["tracks"]) == (12, 23, 2)
+    # track 1: runs of 6 and 5 frames -> 4 + 3 second differences of 2 mm; track 2: 10 of 0
+    assert result["second_differences"] == 17
+    assert result["jitter_mm_per_frame2"] == pytest.approx(2.0 * 7 / 17, abs=0.01)

@@ -16,6 +16,13 @@ root-relative joints.
 
 This is the lift without the pipeline (no processes, no frame drops): what the engine itself adds
 or removes. Offline tool (mediapipe, OpenCV); the engines run through `engines.runtime.engine`.
+
+The same figure for what the whole pipeline published, from its recordings (`run_pipeline.py
+--video FILE --record OUT.psrec [--no-smooth] [--engine E]`: every frame, several people):
+
+    python -m engines.training.video_jitter --recording raw.psrec smoothed.psrec
+
+per track (`track_id`), within runs of consecutive frames, on `joints_3d_m - root_m`.
 """
 
 from __future__ import annotations
@@ -133,17 +140,64 @@ def measure(video: Path, engines: list[str], fov_deg: float = 60.0, max_frames: 
             "fps": fps, "fov_deg": fov_deg, "rows": rows}
 
 
+def recording_jitter(path: Path) -> dict:
+    """Jitter of a pipeline recording: mean |x[t+1] - 2 x[t] + x[t-1]| (mm/frame^2 at the
+    video's rate) of each track's root-relative joints over runs of consecutive frame ids,
+    and how many frames, people and tracks that covers. Raises RecordingError / SchemaError
+    (pipeline.record, pipeline.schema) on a file that is not a recording."""
+    from pipeline.record import Recording
+    from pipeline.schema import Pose3D
+
+    per_track: dict[int, list[tuple[int, np.ndarray]]] = {}
+    frames = 0
+    with Recording(path) as rec:
+        for item in rec:
+            msg = item.decode()
+            if not isinstance(msg, Pose3D):
+                continue
+            frames += 1
+            for person in msg.people:
+                rel = (np.asarray(person.joints_3d_m, np.float64)
+                       - np.asarray(person.root_m, np.float64)) * 1000.0
+                per_track.setdefault(person.track_id, []).append((msg.frame_id, rel))
+    parts, people = [], 0
+    for poses in per_track.values():
+        poses.sort(key=lambda p: p[0])
+        ids = np.array([p[0] for p in poses])
+        joints = np.stack([p[1] for p in poses])
+        runs = np.cumsum(np.concatenate([[0], np.diff(ids) != 1]))
+        people += len(poses)
+        value = second_difference_mm(joints, runs)
+        if np.isfinite(value):
+            n = sum(max(0, int((runs == r).sum()) - 2) for r in np.unique(runs))
+            parts.append((value, n))
+    total = sum(n for _, n in parts)
+    jitter = sum(v * n for v, n in parts) / total if total else float("nan")
+    return {"recording": str(path), "frames": frames, "people": people,
+            "tracks": len(per_track), "second_differences": total,
+            "jitter_mm_per_frame2": round(float(jitter), 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engines.training.video_jitter",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--video", type=Path, required=True)
-    p.add_argument("--engine", nargs="+", required=True, help="engine files (.onnx) or checkpoints")
+    p.add_argument("--video", type=Path, help="lift this video offline with each --engine")
+    p.add_argument("--engine", nargs="+", help="engine files (.onnx) or checkpoints")
+    p.add_argument("--recording", type=Path, nargs="+",
+                   help="instead: measure what the pipeline published (run_pipeline.py --record)")
     p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view, degrees")
     p.add_argument("--max-frames", type=int, default=0)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = measure(a.video, a.engine, a.fov, a.max_frames)
+    if a.recording:
+        if a.video or a.engine:
+            p.error("--recording measures recordings; --video/--engine lift a video: pick one")
+        result = {"recordings": [recording_jitter(path) for path in a.recording]}
+    elif a.video and a.engine:
+        result = measure(a.video, a.engine, a.fov, a.max_frames)
+    else:
+        p.error("give --video FILE --engine E [E ...], or --recording FILE [FILE ...]")
     text = json.dumps(result, indent=1)
     print(text)
     if a.json:
