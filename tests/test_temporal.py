@@ -348,6 +348,8 @@ def test_a_base_engine_that_cannot_serve_is_refused_with_the_reason(tmp_path, te
     with pytest.raises(ValueError, match="--head refine"):
         TrainConfig(out=str(tmp_path), base_engine=str(DEFAULT_ENGINE_PATH),
                     **{**TINY, "head": "depth"})
+    with pytest.raises(ValueError, match="needs --base-engine"):
+        TrainConfig(out=str(tmp_path), correct_depth=False, **TINY)
 
 
 def test_recording_jitter_reads_what_the_pipeline_published_per_track(tmp_path):

@@ -265,6 +265,8 @@ class TemporalLifter(nn.Module):
     length in 2D, a tenth of one in depth, so the first optimizer steps (Adam moves every weight
     by ~lr) cannot throw a trained pose far off (unscaled, one step moved joints by a head length
     and the root branch collapsed to the camera centre).
+    correct_depth False (with a base): the window corrects the 2D only, a causal 2D filter
+    learned in front of the base, which then gives every depth.
     `freeze_base()` keeps the base's weights and batch-norm statistics fixed while training.
     """
 
@@ -280,6 +282,7 @@ class TemporalLifter(nn.Module):
         head: str = "refine",
         depth_offset: float = DEFAULT_DEPTH_OFFSET,
         base: dict | None = None,
+        correct_depth: bool = True,
     ) -> None:
         super().__init__()
         if head not in TEMPORAL_HEADS:
@@ -316,6 +319,9 @@ class TemporalLifter(nn.Module):
                 self.shrink.bias.view(num_joints, 3)[:, :2] = 0.0
         self.base: Lifter | None = None
         self._base_frozen = False
+        self.correct_depth = bool(correct_depth)
+        if not self.correct_depth and base is None:
+            raise ValueError("correct_depth=False needs a base lifter (it lifts the corrected 2D)")
         if base is not None:
             base = dict(base)
             if head != "refine" or base.pop("kind", "mlp") != "mlp":
@@ -377,7 +383,7 @@ class TemporalLifter(nn.Module):
         if self.base is not None:  # corrections of a trained pose: in 1/c units (see __init__)
             out = out / self.depth_offset
         ray = newest if self.head == "depth" else newest + out[..., :2]
-        offset = out[..., -1:]
+        offset = out[..., -1:] if self.correct_depth else torch.zeros_like(out[..., -1:])
         if self.base is not None:  # the base lifts the corrected 2D; the window corrects it
             offset = offset + self.base.mlp(ray.reshape(n, -1)).unsqueeze(-1)
         depth = torch.clamp(offset + self.depth_offset, min=1.0)
@@ -416,8 +422,8 @@ def build_lifter(**model_config) -> nn.Module:
     dropout (0.25), batch_norm (True), head ("depth" | "xyz"), depth_offset (10.0).
     kind "temporal" (`TemporalLifter`): num_joints, receptive_field (27), kernel (3), channels
     (256), dropout, head ("depth" | "refine"), depth_offset, base (None, or a single-frame
-    config the temporal network corrects). Unknown keys raise a TypeError
-    naming them.
+    config the temporal network corrects), correct_depth (True; False: 2D corrections only).
+    Unknown keys raise a TypeError naming them.
     """
     config = dict(model_config)
     kind = config.pop("kind", "mlp")

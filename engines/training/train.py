@@ -114,6 +114,7 @@ class TrainConfig:
     noise_level_max: float = 1.5      # each window's error: the measured one x U(0, this)
     base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
     freeze_base: bool = True          # keep that base's weights (train only the corrections)
+    correct_depth: bool = True        # with a base: False corrects the 2D only
     # chen2019
     gan: str = "lsgan"                # "lsgan" | "wgan-gp"
     critic_steps: int = 1
@@ -159,6 +160,9 @@ class TrainConfig:
                 raise ValueError("--base-engine is for the temporal lifter with --head refine "
                                  "(--receptive-field > 1)")
             base_engine_weights(self.base_engine)  # a missing or unfit file fails here
+        elif not self.correct_depth:
+            raise ValueError("--no-depth-correction needs --base-engine (the base gives the "
+                             "depths)")
 
     @property
     def temporal(self) -> bool:
@@ -172,6 +176,8 @@ class TrainConfig:
                       "depth_offset": self.depth_offset}
             if self.base_engine:
                 config["base"] = base_engine_weights(self.base_engine)[0]
+                if not self.correct_depth:
+                    config["correct_depth"] = False
             return config
         return {"num_joints": NUM_JOINTS, "width": self.width, "blocks": self.blocks,
                 "dropout": self.dropout, "batch_norm": True, "head": self.head,
@@ -565,6 +571,11 @@ class Li2020(Method):
         terms = self.losses(batch, step)
         loss = (cfg.w_consistency * terms["consistency"] + cfg.w_reproj * terms["reproj"]
                 + cfg.w_transform * terms["transform"])
+        if cfg.base_engine and step < cfg.pretrain_steps:
+            # on a trained base the lifter needs no pre-training: only the root branch learns
+            # (the transform term, lifter detached); consistency alone would pull the
+            # corrections towards one pose all views agree on
+            loss = cfg.w_transform * terms["transform"]
         opt = self.optimizers["lifter"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -908,6 +919,9 @@ def parse_args(argv: list[str] | None = None,
                    help="temporal, --head refine: build on this single-frame engine (e.g. "
                         "engines/default/lifter.onnx): the window corrects its 2D input and its "
                         "depths; training starts exactly at its accuracy")
+    p.add_argument("--no-depth-correction", action="store_true",
+                   help="with --base-engine: the window corrects the base's 2D input only (a "
+                        "learned causal 2D filter); the base gives every depth")
     p.add_argument("--train-base", action="store_true",
                    help="with --base-engine: train the base's weights too (default: frozen)")
     p.add_argument("--w-reproj", type=float, default=defaults.w_reproj,
@@ -946,6 +960,7 @@ def parse_args(argv: list[str] | None = None,
         windows=a.windows, temporal_noise=a.temporal_noise, drop_rate=a.drop_rate,
         noise_rho=a.noise_rho, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         base_engine=a.base_engine, freeze_base=not a.train_base,
+        correct_depth=not a.no_depth_correction,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
