@@ -51,6 +51,7 @@ from pipeline.config import (
     TopologyConfig,
     TransportConfig,
     auto_detect_workers,
+    auto_follow_threads,
     detect_workers_arg,
 )
 from pipeline.schema import Pose3D, SchemaError, decode
@@ -72,19 +73,21 @@ IDLE_TIMEOUT_S = 10.0
 def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
                     policy: str = "latest", smooth: bool = True,
                     detect_workers: int = 1, shared_memory: bool = True,
-                    colocate_smooth: bool = False, max_people: int | None = None
-                    ) -> PipelineConfig:
+                    colocate_smooth: bool = False, max_people: int | None = None,
+                    follow_threads: int = 0) -> PipelineConfig:
     """run_pipeline.py's defaults, with the benchmark's frames and engine, the public stream on
     a free loopback port, and the output holding the start until our subscriber is there.
     policy "lossless" is run_pipeline.py --every-frame (every frame processed: throughput);
     smooth False is --no-smooth (no smooth process); detect_workers is --detect-workers;
     shared_memory False sends frames through the ipc sockets (TransportConfig);
     colocate_smooth runs smoothing in the output process (--colocate-smooth); max_people is
-    --max-people (None: run_pipeline.py's default)."""
+    --max-people (None: run_pipeline.py's default); follow_threads is --follow-threads (0: as
+    run_pipeline.py, from the cores and detect_workers)."""
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,
-        detect=DetectConfig() if max_people is None else DetectConfig(max_people=max_people),
+        detect=DetectConfig(follow_threads=follow_threads) if max_people is None
+        else DetectConfig(max_people=max_people, follow_threads=follow_threads),
         lift=LiftConfig(engine_path=str(engine)),
         smooth=SmoothConfig(enabled=smooth),
         output=OutputConfig(publish=f"tcp://127.0.0.1:{port}", wait_for_subscribers=1,
@@ -172,7 +175,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             size: tuple[int, int] | None = None, smooth: bool = True,
             detect_workers: int = 1, shared_memory: bool = True,
             colocate_smooth: bool = False, max_people: int | None = None,
-            crop: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
+            crop: tuple[int, int, int, int] | None = None,
+            follow_threads: int = 0) -> dict[str, Any]:
     """The pipeline and every baseline on the same frames, `rounds` times in turn (so a change
     in the machine's load hits all of them alike); the figures of all rounds joined; the ratios
     and targets. crop: (x0, y0, x1, y1) px of the video to keep (None: all). size: resize the
@@ -182,7 +186,9 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
     the in-process baselines are unchanged). shared_memory: frames on ipc edges through
     shared memory (default, as run_pipeline.py) in the pipeline and the floor alike.
     colocate_smooth: smoothing inside the output process; the floor then has no smooth
-    process either (its chain is the pipeline's processes).
+    process either (its chain is the pipeline's processes). follow_threads: landmark graphs per
+    detection process in the pipeline runs (0: run_pipeline.py's, `auto_follow_threads`; the
+    in-process baselines keep that).
 
     Latency at `fps` (None: as fast as frames can be read). Throughput (unless throughput is
     False): pipeline with every frame processed (policy lossless, run_pipeline.py
@@ -205,6 +211,7 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
         chain = tuple(c for c in transport_floor.CHAIN
                       if c != "smooth" or (smooth and not colocate_smooth))
         result.update(smooth=smooth, detect_workers=detect_workers,
+                      follow_threads=follow_threads or auto_follow_threads(),
                       max_people=config.detect.max_people,
                       colocate_smooth=colocate_smooth,
                       shared_memory=shared_memory and transport == "ipc", frames=n,
@@ -214,7 +221,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
             ("pipeline", lambda: run_pipeline(
                 pipeline_config(paced, eng, transport, smooth=smooth,
                                 detect_workers=detect_workers, shared_memory=shared_memory,
-                                colocate_smooth=colocate_smooth, max_people=max_people),
+                                colocate_smooth=colocate_smooth, max_people=max_people,
+                                follow_threads=follow_threads),
                 fps, warmup)),
             ("floor", lambda: transport_floor.run_chain(fps or 0.0, n, warmup, wh, transport,
                                                         chain, shared_memory)),
@@ -230,7 +238,8 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
                     pipeline_config(fastest, eng, transport, policy="lossless", smooth=smooth,
                                     detect_workers=detect_workers,
                                     shared_memory=shared_memory,
-                                    colocate_smooth=colocate_smooth, max_people=max_people),
+                                    colocate_smooth=colocate_smooth, max_people=max_people,
+                                    follow_threads=follow_threads),
                     None, warmup)),
                 ("single_max", lambda: single_process.run(fastest, config, warmup)),
             ]
@@ -318,7 +327,8 @@ def tables(r: dict[str, Any]) -> str:
         f"{' cropped to ' + ','.join(map(str, r['crop'])) if r.get('crop') else ''} "
         f"{r['image_wh'][0]}x{r['image_wh'][1]}, {r['frames']} "
         f"frames at {rate}, first {r['warmup']} left out, {r['rounds']} rounds, "
-        f"{r.get('detect_workers', 1)} detection worker(s), frames through "
+        f"{r.get('detect_workers', 1)} detection worker(s) x {r.get('follow_threads', '?')} "
+        f"landmark thread(s), frames through "
         f"{'shared memory' if r.get('shared_memory') else 'the sockets'}"
         f"{', smoothing in the output process' if r.get('colocate_smooth') else ''}; "
         f"{mach['cpu']}, {mach['cores']} cores, "
@@ -446,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-people", type=int, default=None, metavar="N",
                         help="the pipeline's --max-people and the MediaPipe Tasks peer's "
                              "num_poses (default: run_pipeline.py's)")
+    parser.add_argument("--follow-threads", type=int, default=0, metavar="N",
+                        help="landmark graphs per detection process in the pipeline runs (0, the "
+                             "default: as run_pipeline.py, one per core, at most 2)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="run everything this many times in turn (default 2)")
     parser.add_argument("--no-throughput", action="store_true",
@@ -476,7 +489,7 @@ def _main(args: argparse.Namespace) -> int:
                 rounds=args.rounds, size=args.size, smooth=not args.no_smooth,
                 detect_workers=args.detect_workers, shared_memory=not args.no_shm,
                 colocate_smooth=args.colocate_smooth, max_people=args.max_people,
-                crop=args.crop)
+                crop=args.crop, follow_threads=args.follow_threads)
     print(tables(r))
     if args.json:
         report.write_json(args.json, r)

@@ -75,6 +75,10 @@ class DetectConfig:
     #: the whole frame or, every other look, on one of the `video_tiles` x `video_tiles` tiles
     discover_every: int = 10
     video_tiles: int = 2  # 0: looks cover the whole frame only
+    #: video mode: landmark graphs following people at once, each in its own thread; 0: one
+    #: per core, at most MAX_FOLLOW_THREADS (`auto_follow_threads`), whatever the number of
+    #: detection workers (docs/BENCHMARKS.md: 2 workers x 2 graphs beat 2 x 1 on 2 cores)
+    follow_threads: int = 0
     min_detection_confidence: float = 0.5  # person detector threshold
     min_presence_confidence: float = 0.5  # below this a followed person counts as lost
     min_tracking_confidence: float = 0.5  # the MediaPipe peer's (bench) tracking threshold
@@ -92,6 +96,23 @@ class DetectConfig:
             raise ValueError(f"video_tiles must be 0 or a grid size 2 to 6, got {self.video_tiles}")
         if any(not 2 <= g <= 6 for g in self.tiles):
             raise ValueError(f"tiles are grid sizes from 2 to 6, got {self.tiles}")
+        if not 0 <= self.follow_threads <= 16:
+            raise ValueError(f"follow_threads must be 0 (auto) to 16, got {self.follow_threads}")
+
+
+#: the most landmark graphs one detection process runs at once (video mode)
+MAX_FOLLOW_THREADS: int = 2
+
+
+def auto_follow_threads(cores: int | None = None) -> int:
+    """Landmark graphs per detection process (video mode) for `follow_threads` 0: one per
+    core this process may run on, at least 1, at most MAX_FOLLOW_THREADS."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    return int(max(1, min(MAX_FOLLOW_THREADS, cores)))
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 
 from engines.runtime.skeleton import blazepose33_to_h36m17
+from pipeline.config import auto_follow_threads
 from pipeline.schema import UNTRACKED, Frame, Keypoints2D, Person2D
 from pipeline.stage import Stage
 
@@ -105,9 +106,6 @@ node { calculator: "PoseLandmarksToRoi" input_stream: "LANDMARKS:aux"
 #: size), on the next frames, for LOST_LOOKS x discover_every frames or until found
 LOST_LOOK_MARGIN: float = 1.5
 LOST_LOOKS: int = 1
-#: video mode: landmark graphs that follow people at once (each in its own thread); more
-#: than the machine's cores buys nothing
-FOLLOW_THREADS: int = min(2, os.cpu_count() or 1)
 #: video mode: the CPU priority (nice) of the looks' thread, the lowest
 LOOK_NICE: int = 19
 #: the options of those graphs' nodes that carry our thresholds (the names mediapipe's own
@@ -364,7 +362,7 @@ class DetectStage(Stage):
         self._landmarker = None  # image mode: the Tasks PoseLandmarker
         self._looker: Looker | None = None  # video mode: the person detector, in a thread
         self._follow = None  # video mode: the landmark graph on one region
-        self._follow_more: list = []  # ... and one more per FOLLOW_THREADS beyond the first
+        self._follow_more: list = []  # ... and one more per follow thread beyond the first
         self._pool = None  # video mode: threads that run those (mediapipe releases the GIL)
         self._mp = None
         self._rois: list = []  # video mode: each followed person's region for the next frame
@@ -409,7 +407,7 @@ class DetectStage(Stage):
             graph_config=FOLLOW_GRAPH,
             side_inputs={"model_complexity": cfg.model_complexity, "enable_segmentation": False},
             calculator_params={PRESENCE_THRESHOLD_OPTION: cfg.min_presence_confidence})
-            for _ in range(min(FOLLOW_THREADS, cfg.max_people))]
+            for _ in range(min(cfg.follow_threads or auto_follow_threads(), cfg.max_people))]
         self._follow, self._follow_more = graphs[0], graphs[1:]
         if self._follow_more:
             self._pool = concurrent.futures.ThreadPoolExecutor(len(self._follow_more),
@@ -427,7 +425,7 @@ class DetectStage(Stage):
     def _follow_all(self, rgb: np.ndarray, rects: list, scale: float) -> list:
         """Video mode: `_follow_one` of each region, the regions shared out over the follow
         graphs, which run at once (one in this thread, the others in the pool): with several
-        people a frame then costs about ceil(people / FOLLOW_THREADS) landmark runs on a
+        people a frame then costs about ceil(people / follow threads) landmark runs on a
         machine with the cores free, not one run per person."""
         graphs = [self._follow, *self._follow_more][:max(1, len(rects))]
         if len(graphs) == 1:

@@ -31,3 +31,21 @@ def test_a_run_logs_its_choice_and_a_bad_value_is_refused(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "--detect-workers auto:" in run.stderr and "detection process" in run.stderr
+
+
+@pytest.mark.parametrize("cores, want", [(1, 1), (2, 2), (16, 2)])
+def test_follow_threads_auto_is_one_per_core_at_most_two(cores, want):
+    from pipeline.config import MAX_FOLLOW_THREADS, auto_follow_threads
+
+    assert MAX_FOLLOW_THREADS == 2
+    assert auto_follow_threads(cores) == want
+
+
+def test_follow_threads_travel_to_the_stages_and_bad_counts_are_refused():
+    from pipeline.config import DetectConfig, PipelineConfig
+
+    cfg = PipelineConfig(detect=DetectConfig(follow_threads=1))
+    assert PipelineConfig.from_json(cfg.to_json()).detect.follow_threads == 1
+    for bad in (-1, 17):
+        with pytest.raises(ValueError, match="follow_threads must be 0"):
+            DetectConfig(follow_threads=bad)

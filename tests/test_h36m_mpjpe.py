@@ -8,6 +8,8 @@ in the chain but has nothing to smooth on a single frame: the first pose passes 
 
 Run with -s to see the figures the lead quotes:
     .venv/bin/python -m pytest tests/test_h36m_mpjpe.py -q -s
+Another engine (a temporal one: a single image is its whole history, the padding):
+    POSESTREAM_TEST_ENGINE=path/to/lifter.onnx .venv/bin/python -m pytest tests/test_h36m_mpjpe.py -q -s
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ SHARED = Path(os.environ.get("POSESTREAM_SHARED", REPO.parent / "shared"))
 H36M_DIR = SHARED / "data" / "footage" / "mmpose" / "tests" / "data" / "h36m"
 #: how long one run may take to start (models load on 2 busy cores) and stream its frame, s.
 RUN_TIMEOUT_S = 120.0
+#: the engine the pipeline runs (None: its default).
+ENGINE = os.environ.get("POSESTREAM_TEST_ENGINE") or None
 #: the issue's bar for root-relative MPJPE of the whole pipeline, mm.
 MPJPE_LIMIT_MM = 150.0
 
@@ -82,7 +86,7 @@ def run_pipeline_on(image: Path, calib: Path, log_path: Path) -> list[Pose3D]:
         sys.executable, str(REPO / "run_pipeline.py"), "--images", str(image), "--every-frame",
         "--calib", str(calib), "--publish", endpoint, "--wait-for-subscribers", "1",
         "--log-level", "INFO", "--detect-workers", "1",  # the stamps below name one detect
-    ]
+    ] + (["--engine", ENGINE] if ENGINE else [])
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
