@@ -383,3 +383,12 @@ def test_recording_jitter_reads_what_the_pipeline_published_per_track(tmp_path):
     # track 1: runs of 6 and 5 frames -> 4 + 3 second differences of 2 mm; track 2: 10 of 0
     assert result["second_differences"] == 17
     assert result["jitter_mm_per_frame2"] == pytest.approx(2.0 * 7 / 17, abs=0.01)
+
+
+def test_video_jitter_refuses_a_file_that_is_not_a_recording(tmp_path, capsys):
+    from engines.training.video_jitter import main
+
+    junk = tmp_path / "junk.psrec"
+    junk.write_bytes(b"not a recording")
+    assert main(["--recording", str(junk)]) == 2
+    assert "not a posestream recording" in capsys.readouterr().err

@@ -19,6 +19,11 @@ Methods (all lift single frames with the same residual MLP, `engines.training.mo
   alone drives the first `--pretrain-steps` steps, which the paper needs to converge.
 - supervised: the same lifter regressed onto 3D labels (the reference upper bound).
 
+`--receptive-field F` (> 1) trains the causal temporal lifter (`models.TemporalLifter`) on
+windows of F frames with li2020 or supervised; `--base-engine E` builds it on a trained
+single-frame engine, frozen, whose 2D input (and depths) the window corrects
+(engines/training/TEMPORAL.md has both attempts and their figures).
+
 Data: shared mocap (`--sources`, training split), every clip retargeted to the canonical bone
 lengths (or, with `--bone-jitter`, to per-clip random proportions around them), projected through
 random virtual cameras (`engines.training.datasets`). The self-supervised methods receive data objects that

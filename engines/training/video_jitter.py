@@ -193,7 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.recording:
         if a.video or a.engine:
             p.error("--recording measures recordings; --video/--engine lift a video: pick one")
-        result = {"recordings": [recording_jitter(path) for path in a.recording]}
+        from pipeline.record import RecordingError
+        from pipeline.schema import SchemaError
+
+        try:
+            result = {"recordings": [recording_jitter(path) for path in a.recording]}
+        except (RecordingError, SchemaError, OSError) as err:
+            print(f"video_jitter: {err}; give recordings written by run_pipeline.py --record",
+                  file=sys.stderr)
+            return 2
     elif a.video and a.engine:
         result = measure(a.video, a.engine, a.fov, a.max_frames)
     else:
