@@ -82,7 +82,7 @@ def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
     shared_memory False sends frames through the ipc sockets (TransportConfig);
     colocate_smooth runs smoothing in the output process (--colocate-smooth); max_people is
     --max-people (None: run_pipeline.py's default); follow_threads is --follow-threads (0: as
-    run_pipeline.py, from the cores and detect_workers)."""
+    run_pipeline.py, one per core, at most 2)."""
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,

@@ -100,6 +100,15 @@ class DetectConfig:
             raise ValueError(f"follow_threads must be 0 (auto) to 16, got {self.follow_threads}")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the machine's count where that
+    cannot be read)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 #: the most landmark graphs one detection process runs at once (video mode)
 MAX_FOLLOW_THREADS: int = 2
 
@@ -107,12 +116,7 @@ MAX_FOLLOW_THREADS: int = 2
 def auto_follow_threads(cores: int | None = None) -> int:
     """Landmark graphs per detection process (video mode) for `follow_threads` 0: one per
     core this process may run on, at least 1, at most MAX_FOLLOW_THREADS."""
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-    return int(max(1, min(MAX_FOLLOW_THREADS, cores)))
+    return int(max(1, min(MAX_FOLLOW_THREADS, usable_cores() if cores is None else cores)))
 
 
 @dataclass(frozen=True)
@@ -216,10 +220,7 @@ def auto_detect_workers(cores: int | None = None,
     together use a fraction of a core, so on an idle 2-core machine two workers pay off
     (docs/BENCHMARKS.md: 1.4-1.5x the frames per second of one)."""
     if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
+        cores = usable_cores()
     if load_1min is None:
         try:
             load_1min = os.getloadavg()[0]
