@@ -83,6 +83,15 @@ def test_window_noise_follows_the_measured_model():
     np.testing.assert_allclose(np.median(rel, axis=(0, 1)), ds.DETECTOR_MEDIAN_REL, rtol=0.1)
     lag1 = np.corrcoef(err[:, 1:, 3, 0].ravel(), err[:, :-1, 3, 0].ravel())[0, 1]
     assert abs(lag1 - inliers.rho) < 0.05                     # correlated over frames
+    spread = ds.TemporalNoise(level=(1.0, 1.0), drop_rate=0.0, outlier_scale=0.0, rho_min=0.0,
+                              rho=0.9)
+    long = np.zeros((400, 200, NUM_JOINTS, 2))
+    long[..., 1] = np.linspace(0, 300, NUM_JOINTS)
+    e = ds.temporal_detector_noise(long, rng, spread)[0][..., 0] - long[..., 0]  # (400, 200, J)
+    e = e - e.mean(axis=1, keepdims=True)
+    per_window = (e[:, 1:] * e[:, :-1]).sum(axis=(1, 2)) / (e[:, 1:] ** 2).sum(axis=(1, 2))
+    assert per_window.min() < 0.1 and per_window.max() > 0.8  # each window its own, 0 to 0.9
+    assert abs(per_window.mean() - 0.45) < 0.05               # uniform over the range
     noisy, conf = ds.temporal_detector_noise(truth, rng, ds.TemporalNoise(level=(1.0, 1.0)))
     rel = np.linalg.norm(noisy - truth, axis=-1) / size
     far = (rel > 0.1).mean(axis=(0, 1))                       # the measured outlier threshold

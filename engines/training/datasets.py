@@ -246,7 +246,9 @@ class TemporalNoise:
 
     Tuning: `rho` is the frame-to-frame correlation of a joint's error at the engine's rate (not
     measurable from still images; BlazePose's tracking mode smooths its landmarks, so errors
-    persist: assumed 0.7); each window's Gaussian error is the measured one times U(`level`)
+    persist: assumed 0.7; with `rho_min` set, each window draws its own from U(`rho_min`, `rho`),
+    so the lifter also sees the frame-independent jitter of an unsmoothed detector, which is
+    what `engines.evaluate --noise-px` draws); each window's Gaussian error is the measured one times U(`level`)
     (so the lifter sees clean and bad detections); outliers (a wrong limb, a swapped side) last `outlier_frames` frames
     on average, a fixed offset of N(0, `outlier_rel`^2) per axis times the person's size (about
     0.7 of them exceed 0.1 of it, the measured rate's threshold); `outlier_scale` multiplies their
@@ -258,6 +260,7 @@ class TemporalNoise:
 
     scale: float = 1.0
     rho: float = 0.7
+    rho_min: float | None = None
     outlier_rel: float = 0.12
     outlier_scale: float = 1.0
     outlier_frames: float = 4.0
@@ -322,9 +325,13 @@ def temporal_detector_noise(joints_2d_px: np.ndarray, rng: np.random.Generator,
              * rng.lognormal(0.0, 0.4, (m, j)) * rng.uniform(*noise.level, (m, 1)))  # (M, J)
     err = np.empty_like(px)
     err[:, 0] = rng.normal(0.0, 1.0, (m, j, 2))
-    innov = np.sqrt(1.0 - noise.rho ** 2)
+    if noise.rho_min is None:
+        rho = np.full((m, 1, 1), noise.rho)
+    else:
+        rho = rng.uniform(noise.rho_min, noise.rho, (m, 1, 1))                # per window
+    innov = np.sqrt(1.0 - rho ** 2)
     for t in range(1, f):
-        err[:, t] = noise.rho * err[:, t - 1] + innov * rng.normal(0.0, 1.0, (m, j, 2))
+        err[:, t] = rho * err[:, t - 1] + innov * rng.normal(0.0, 1.0, (m, j, 2))
     offset = err * sigma[:, None, :, None]
     rate = DETECTOR_OUTLIER_RATE * noise.scale * noise.outlier_scale
     start = rng.random((m, f, j)) < rate / noise.outlier_frames

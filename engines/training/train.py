@@ -116,6 +116,7 @@ class TrainConfig:
     temporal_noise: float = 0.0       # x the measured detector noise model (ds.TemporalNoise)
     drop_rate: float = 0.05           # frames lost by latest-wins (held), with temporal_noise
     noise_rho: float = 0.7            # frame-to-frame correlation of the 2D error
+    noise_rho_min: float | None = None  # set: each window's correlation ~ U(this, noise_rho)
     noise_level_max: float = 1.5      # each window's error: the measured one x U(0, this)
     base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
     freeze_base: bool = True          # keep that base's weights (train only the corrections)
@@ -168,6 +169,10 @@ class TrainConfig:
         elif not self.correct_depth:
             raise ValueError("--no-depth-correction needs --base-engine (the base gives the "
                              "depths)")
+        if not 0.0 <= self.noise_rho < 1.0 or (
+                self.noise_rho_min is not None and not 0.0 <= self.noise_rho_min <= self.noise_rho):
+            raise ValueError(f"need 0 <= --noise-rho-min <= --noise-rho < 1, got "
+                             f"{self.noise_rho_min} and {self.noise_rho}")
 
     @property
     def temporal(self) -> bool:
@@ -193,7 +198,8 @@ class TrainConfig:
         if self.temporal_noise <= 0:
             return ds.TemporalNoise(scale=0.0, drop_rate=0.0)
         return ds.TemporalNoise(scale=self.temporal_noise, drop_rate=self.drop_rate,
-                                rho=self.noise_rho, level=(0.0, self.noise_level_max))
+                                rho=self.noise_rho, rho_min=self.noise_rho_min,
+                                level=(0.0, self.noise_level_max))
 
 
 @functools.lru_cache(maxsize=4)
@@ -918,6 +924,9 @@ def parse_args(argv: list[str] | None = None,
                    help="temporal: rate of dropped (held) frames, with --temporal-noise")
     p.add_argument("--noise-rho", type=float, default=defaults.noise_rho,
                    help="temporal: frame-to-frame correlation of the 2D error")
+    p.add_argument("--noise-rho-min", type=float, default=defaults.noise_rho_min,
+                   help="temporal: each window draws its correlation from U(this, --noise-rho) "
+                        "(0: frame-independent jitter too, as an unsmoothed detector gives)")
     p.add_argument("--noise-level-max", type=float, default=defaults.noise_level_max,
                    help="temporal: each window's 2D error is the measured one x U(0, this)")
     p.add_argument("--base-engine", default=defaults.base_engine,
@@ -963,7 +972,7 @@ def parse_args(argv: list[str] | None = None,
         width=a.width, blocks=a.blocks, dropout=a.dropout, head=a.head, noise_px=a.noise_px,
         bone_jitter=a.bone_jitter, receptive_field=a.receptive_field, channels=a.channels,
         windows=a.windows, temporal_noise=a.temporal_noise, drop_rate=a.drop_rate,
-        noise_rho=a.noise_rho, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
+        noise_rho=a.noise_rho, noise_rho_min=a.noise_rho_min, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         base_engine=a.base_engine, freeze_base=not a.train_base,
         correct_depth=not a.no_depth_correction,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
