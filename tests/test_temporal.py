@@ -100,6 +100,12 @@ def test_window_noise_follows_the_measured_model():
     held = ds.temporal_detector_noise(truth[:500], rng, ds.TemporalNoise(drop_rate=0.2))[0]
     same = np.all(held[:, 1:] == held[:, :-1], axis=(-1, -2))
     assert 0.15 < same.mean() < 0.25 and not same[:, -1].any()  # the newest is never dropped
+    still, conf_still = ds.temporal_detector_noise(truth[:1000], rng,
+                                                   ds.TemporalNoise(static_share=0.3))
+    flat = np.all(still == still[:, -1:], axis=(1, 2, 3))     # every frame the newest one
+    assert 0.25 < flat.mean() < 0.35
+    assert np.all(conf_still[flat] == conf_still[flat, -1:])
+    assert not np.all(still[~flat] == still[~flat, -1:], axis=(1, 2, 3)).any()
     clean, ones = ds.temporal_detector_noise(truth[:5], rng, ds.TemporalNoise(scale=0.0))
     np.testing.assert_array_equal(clean, truth[:5].astype(np.float32))
     assert np.all(ones == 1)

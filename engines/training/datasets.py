@@ -255,7 +255,9 @@ class TemporalNoise:
     rate (0: none); `drop_rate`: a frame lost by latest-wins,
     replaced by the one before (what a sample-and-hold history gives); `speed`: each window's
     motion is played back at a log-uniform rate in this range (camera rates that differ from the
-    stamps, faster or slower people), `time_jitter`: per-frame timestamp jitter, in frames.
+    stamps, faster or slower people), `time_jitter`: per-frame timestamp jitter, in frames;
+    `static_share`: windows whose every frame is the newest one's 2D, noise included (what the
+    lift stage pads a single image or a track's first frame with).
     """
 
     scale: float = 1.0
@@ -269,6 +271,7 @@ class TemporalNoise:
     speed: tuple[float, float] = (0.8, 1.25)
     time_jitter: float = 0.2
     confidence_noise: float = 0.7
+    static_share: float = 0.0
 
 
 def sample_windows(clips: list[tuple[np.ndarray, float]], count: int, frames: int, fps: float,
@@ -318,7 +321,7 @@ def temporal_detector_noise(joints_2d_px: np.ndarray, rng: np.random.Generator,
     px = np.asarray(joints_2d_px, np.float64)
     m, f, j = px.shape[:3]
     if noise.scale <= 0:
-        return px.astype(np.float32), np.ones((m, f, j), np.float32)
+        return _held_still(px, np.ones((m, f, j)), rng, noise.static_share)
     newest = px[:, -1]
     size = np.hypot(*(newest.max(1) - newest.min(1)).T)                       # (M,)
     sigma = (noise.scale * _MEDIAN_TO_SIGMA * DETECTOR_MEDIAN_REL[None] * size[:, None]
@@ -352,7 +355,19 @@ def temporal_detector_noise(joints_2d_px: np.ndarray, rng: np.random.Generator,
         held = drop[:, t]
         noisy[held, t] = noisy[held, t - 1]
         conf[held, t] = conf[held, t - 1]
-    return noisy.astype(np.float32), conf.astype(np.float32)
+    return _held_still(noisy, conf, rng, noise.static_share)
+
+
+def _held_still(px: np.ndarray, conf: np.ndarray, rng: np.random.Generator,
+                share: float) -> tuple[np.ndarray, np.ndarray]:
+    """A `share` of the windows (M, F, J, 2) become their newest frame repeated F times (a single
+    image, padded). Returns float32 (px, conf)."""
+    px, conf = px.astype(np.float32), conf.astype(np.float32)
+    if share > 0:
+        still = rng.random(len(px)) < share
+        px[still] = px[still, -1:]
+        conf[still] = conf[still, -1:]
+    return px, conf
 
 
 def _encode_frames(codec: Codec, px: np.ndarray, fx, fy, cx, cy, chunk: int = 200_000):

@@ -118,6 +118,7 @@ class TrainConfig:
     noise_rho: float = 0.7            # frame-to-frame correlation of the 2D error
     noise_rho_min: float | None = None  # set: each window's correlation ~ U(this, noise_rho)
     noise_level_max: float = 1.5      # each window's error: the measured one x U(0, this)
+    static_share: float = 0.0         # windows that are one image padded (newest frame x F)
     base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
     freeze_base: bool = True          # keep that base's weights (train only the corrections)
     correct_depth: bool = True        # with a base: False corrects the 2D only
@@ -169,6 +170,9 @@ class TrainConfig:
         elif not self.correct_depth:
             raise ValueError("--no-depth-correction needs --base-engine (the base gives the "
                              "depths)")
+        if not 0.0 <= self.static_share <= 1.0:
+            raise ValueError(f"--static-share is a share of the windows, 0 to 1, got "
+                             f"{self.static_share}")
         if not 0.0 <= self.noise_rho < 1.0 or (
                 self.noise_rho_min is not None and not 0.0 <= self.noise_rho_min <= self.noise_rho):
             raise ValueError(f"need 0 <= --noise-rho-min <= --noise-rho < 1, got "
@@ -196,10 +200,11 @@ class TrainConfig:
     def temporal_noise_model(self) -> ds.TemporalNoise:
         """The window noise of this run (clean 2D, no drops, when temporal_noise is 0)."""
         if self.temporal_noise <= 0:
-            return ds.TemporalNoise(scale=0.0, drop_rate=0.0)
+            return ds.TemporalNoise(scale=0.0, drop_rate=0.0, static_share=self.static_share)
         return ds.TemporalNoise(scale=self.temporal_noise, drop_rate=self.drop_rate,
                                 rho=self.noise_rho, rho_min=self.noise_rho_min,
-                                level=(0.0, self.noise_level_max))
+                                level=(0.0, self.noise_level_max),
+                                static_share=self.static_share)
 
 
 @functools.lru_cache(maxsize=4)
@@ -929,6 +934,9 @@ def parse_args(argv: list[str] | None = None,
                         "(0: frame-independent jitter too, as an unsmoothed detector gives)")
     p.add_argument("--noise-level-max", type=float, default=defaults.noise_level_max,
                    help="temporal: each window's 2D error is the measured one x U(0, this)")
+    p.add_argument("--static-share", type=float, default=defaults.static_share,
+                   help="temporal: share of windows that are one image padded (its 2D repeated "
+                        "over the window, as the lift stage pads a single image or a new track)")
     p.add_argument("--base-engine", default=defaults.base_engine,
                    help="temporal, --head refine: build on this single-frame engine (e.g. "
                         "engines/default/lifter.onnx): the window corrects its 2D input and its "
@@ -972,7 +980,8 @@ def parse_args(argv: list[str] | None = None,
         width=a.width, blocks=a.blocks, dropout=a.dropout, head=a.head, noise_px=a.noise_px,
         bone_jitter=a.bone_jitter, receptive_field=a.receptive_field, channels=a.channels,
         windows=a.windows, temporal_noise=a.temporal_noise, drop_rate=a.drop_rate,
-        noise_rho=a.noise_rho, noise_rho_min=a.noise_rho_min, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
+        noise_rho=a.noise_rho, noise_rho_min=a.noise_rho_min,
+        static_share=a.static_share, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         base_engine=a.base_engine, freeze_base=not a.train_base,
         correct_depth=not a.no_depth_correction,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
