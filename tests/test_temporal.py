@@ -70,6 +70,42 @@ def test_strided_window_equals_dilated_sequence_and_never_looks_ahead():
     assert isinstance(build_lifter(kind="temporal", receptive_field=9, channels=8), TemporalLifter)
 
 
+def test_the_last_three_frames_in_one_pass_equal_three_windows():
+    model = _randomised(TemporalLifter(receptive_field=27, channels=24, dropout=0.0))
+    x = torch.randn(3, 29, NUM_JOINTS, 2) * 0.05
+    with torch.no_grad():
+        last = model(x, last=3)
+        assert last.shape == (3, 3, NUM_JOINTS, 3)
+        for k in range(3):
+            torch.testing.assert_close(last[:, k], model(x[:, k : k + 27]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"\(B, 29, 17, 2\)"):
+        model(x[:, :28], last=3)
+
+
+def test_the_smoothness_term_trains_on_two_more_frames_and_smooths(tmp_path, clips):
+    """--w-accel: windows hold F + 2 frames, and with the weight the lifted frames' second
+    difference ends well below a run on the same windows with a negligible weight (1e-9)."""
+    codec = canonical_codec()
+    base = {**TINY, "method": "supervised", "views": 1, "steps": 150, "windows": 400,
+            "batch": 32, "temporal_noise": 1.0, "noise_rho_min": 0.0}
+    on = TrainConfig(out=str(tmp_path / "on"), **{**base, "w_accel": 4.0})
+    data = build_data(on, clips, codec)
+    assert data.joints_2d_norm.shape[1] == TINY["receptive_field"] + 2
+    off = TrainConfig(out=str(tmp_path / "off"), **{**base, "w_accel": 1e-9})  # same windows
+    accel = {}
+    for name, cfg in (("on", on), ("off", off)):
+        ckpt = train(cfg, data=data, codec=codec, progress=False)
+        model = build_lifter(**ckpt["model_config"])
+        model.load_state_dict(ckpt["state_dict"])
+        with torch.no_grad():
+            rel = model.eval()(torch.as_tensor(data.joints_2d_norm[:200]), last=3)
+        accel[name] = float(torch.linalg.norm(rel[:, 2] - 2 * rel[:, 1] + rel[:, 0],
+                                              dim=-1).mean())
+    assert accel["on"] < 0.75 * accel["off"], accel
+    with pytest.raises(ValueError, match="w-accel"):
+        TrainConfig(method="supervised", out=str(tmp_path / "x"), w_accel=1.0)  # single frame
+
+
 def test_window_noise_follows_the_measured_model():
     rng = np.random.default_rng(0)
     truth = np.zeros((4000, 27, NUM_JOINTS, 2))

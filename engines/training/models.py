@@ -355,7 +355,7 @@ class TemporalLifter(nn.Module):
         shape = tuple(joints_2d_norm.shape)
         if (joints_2d_norm.dim() != 4 or shape[2:] != (self.num_joints, 2)
                 or (frames is not None and shape[1] != frames)):
-            want = self.receptive_field if frames is not None else "T"
+            want = frames if frames is not None else "T"
             raise ValueError(f"temporal lifter expects joints_2d_norm of shape (B, {want}, "
                              f"{self.num_joints}, 2), got {shape}")
 
@@ -397,10 +397,25 @@ class TemporalLifter(nn.Module):
         out = self._features(x, dense=False)[:, :, -1]
         return self._place(out, joints_2d_norm[:, -1])
 
-    def forward(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
-        """(B, F, J, 2) codec-normalised 2D, oldest first -> (B, J, 3) root-relative 3D."""
+    def forward(self, joints_2d_norm: torch.Tensor, last: int = 1) -> torch.Tensor:
+        """(B, F, J, 2) codec-normalised 2D, oldest first -> (B, J, 3) root-relative 3D.
+
+        last > 1 (training's smoothness term): (B, F + last - 1, J, 2) -> (B, last, J, 3), the
+        last `last` frames, each lifted from its own F frames by the dense (dilated) form, in one
+        pass whose features (and dropout masks) the outputs share where their windows overlap.
+        """
+        if last > 1:
+            return self._lift_last(joints_2d_norm, last)
         posed = self.lift_camera(joints_2d_norm)
         return posed - posed[:, ROOT : ROOT + 1]
+
+    def _lift_last(self, joints_2d_norm: torch.Tensor, count: int) -> torch.Tensor:
+        self._check(joints_2d_norm, self.receptive_field + count - 1)
+        b, t = joints_2d_norm.shape[:2]
+        x = joints_2d_norm.reshape(b, t, -1).transpose(1, 2)
+        out = self._features(x, dense=True).transpose(1, 2).reshape(b * count, -1)
+        posed = self._place(out, joints_2d_norm[:, -count:].reshape(b * count, self.num_joints, 2))
+        return (posed - posed[:, ROOT : ROOT + 1]).reshape(b, count, self.num_joints, 3)
 
     def forward_sequence(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
         """(B, T, J, 2) a whole sequence -> (B, T, J, 3): frame t lifted from frames <= t, the
@@ -408,11 +423,7 @@ class TemporalLifter(nn.Module):
         self._check(joints_2d_norm, None)
         b, t = joints_2d_norm.shape[:2]
         pad = joints_2d_norm[:, :1].expand(b, self.receptive_field - 1, -1, -1)
-        padded = torch.cat([pad, joints_2d_norm], 1)
-        x = padded.reshape(b, padded.shape[1], -1).transpose(1, 2)
-        out = self._features(x, dense=True).transpose(1, 2).reshape(b * t, -1)
-        posed = self._place(out, joints_2d_norm.reshape(b * t, self.num_joints, 2))
-        return (posed - posed[:, ROOT : ROOT + 1]).reshape(b, t, self.num_joints, 3)
+        return self._lift_last(torch.cat([pad, joints_2d_norm], 1), t)
 
 
 def build_lifter(**model_config) -> nn.Module:

@@ -119,6 +119,8 @@ class TrainConfig:
     noise_rho_min: float | None = None  # set: each window's correlation ~ U(this, noise_rho)
     noise_level_max: float = 1.5      # each window's error: the measured one x U(0, this)
     static_share: float = 0.0         # windows that are one image padded (newest frame x F)
+    w_accel: float = 0.0              # > 0: windows of F + 2 frames, the last 3 lifted, their
+                                      # second difference (codec units) penalised: smoothness
     base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
     freeze_base: bool = True          # keep that base's weights (train only the corrections)
     correct_depth: bool = True        # with a base: False corrects the 2D only
@@ -170,6 +172,10 @@ class TrainConfig:
         elif not self.correct_depth:
             raise ValueError("--no-depth-correction needs --base-engine (the base gives the "
                              "depths)")
+        if self.w_accel < 0 or (self.w_accel > 0 and not self.temporal):
+            raise ValueError(f"--w-accel (>= 0) is a smoothness term over consecutive frames "
+                             f"of the temporal lifter (--receptive-field > 1), got "
+                             f"{self.w_accel} with receptive field {self.receptive_field}")
         if not 0.0 <= self.static_share <= 1.0:
             raise ValueError(f"--static-share is a share of the windows, 0 to 1, got "
                              f"{self.static_share}")
@@ -181,6 +187,12 @@ class TrainConfig:
     @property
     def temporal(self) -> bool:
         return self.receptive_field > 1
+
+    @property
+    def window_frames(self) -> int:
+        """Frames of each training window: the receptive field, + 2 with the smoothness term
+        (three consecutive newest frames, each lifted from its own receptive field)."""
+        return self.receptive_field + (2 if self.w_accel > 0 else 0)
 
     def model_config(self) -> dict:
         if self.temporal:
@@ -315,7 +327,7 @@ def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
         for start in tqdm(range(0, cfg.windows, WINDOW_CHUNK), desc="training windows",
                           disable=cfg.windows <= WINDOW_CHUNK, mininterval=2.0):
             count = min(WINDOW_CHUNK, cfg.windows - start)
-            windows = ds.sample_windows(clips, count, cfg.receptive_field, cfg.fps, rng, noise)
+            windows = ds.sample_windows(clips, count, cfg.window_frames, cfg.fps, rng, noise)
             if cfg.method == "li2020":
                 parts.append(ds.make_multi_view_windows(windows, codec, cams, rng, cfg.views,
                                                         noise))
@@ -412,13 +424,37 @@ class Supervised(Method):
         self.optimizers["lifter"] = torch.optim.Adam(self.lifter.parameters(), lr=cfg.lr)
 
     def step(self, batch, step, gen):
-        pred = self.lifter(batch["joints_2d_norm"])
-        loss = torch.linalg.norm(pred - batch["joints_3d_norm"], dim=-1).mean()
+        pred, accel = lift_windows(self.lifter, batch["joints_2d_norm"], self.cfg)
+        mpjpe = torch.linalg.norm(pred - batch["joints_3d_norm"], dim=-1).mean()
+        loss = mpjpe + self.cfg.w_accel * accel if accel is not None else mpjpe
         opt = self.optimizers["lifter"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": float(loss.detach()), "mpjpe_units": float(loss.detach())}
+        out = {"loss": float(loss.detach()), "mpjpe_units": float(mpjpe.detach())}
+        if accel is not None:
+            out["accel"] = float(accel.detach())
+        return out
+
+
+def lift_windows(lifter: torch.nn.Module, joints_2d_norm: torch.Tensor,
+                 cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The lifter on a batch of inputs -> (the newest frames' root-relative 3D (N, J, 3), the
+    smoothness term or None).
+
+    With `cfg.w_accel` > 0 the windows (N, F + 2, J, 2) hold two frames more than the receptive
+    field: the last three frames are lifted (each from its own F frames, one dense pass) and
+    the term is the mean norm of their second difference, codec units per frame^2. Each output
+    is in its own frame's virtual-camera axes; between consecutive frames those turn by the
+    root ray's motion (about 0.01 rad at 1.5 m/s, 5 m, 30 fps), whose second difference is
+    smaller still, so the term is taken without turning them to one frame. It needs no 3D
+    label: like a pose prior it asks the output to move smoothly, whatever the 2D does.
+    """
+    if cfg.w_accel <= 0:
+        return lifter(joints_2d_norm), None
+    rel = lifter(joints_2d_norm, last=3)                           # (N, 3, J, 3)
+    accel = torch.linalg.norm(rel[:, 2] - 2.0 * rel[:, 1] + rel[:, 0], dim=-1).mean()
+    return rel[:, 2], accel
 
 
 class Chen2019(Method):
@@ -571,7 +607,8 @@ class Li2020(Method):
         q = batch["joints_2d_norm"]
         b, v = q.shape[:2]
         flat = q.reshape(b * v, *q.shape[2:])                     # (BV, [F,] J, 2)
-        rel = self.lifter(flat).reshape(b, v, NUM_JOINTS, 3)
+        rel, accel = lift_windows(self.lifter, flat, self.cfg)
+        rel = rel.reshape(b, v, NUM_JOINTS, 3)
         if q.dim() == 5:  # windows (B, V, F, J, 2): the loss is on the newest frame, lifted
             newest = flat[:, -1]
             batch = {**batch, "joints_2d_norm": q[:, :, -1],
@@ -579,14 +616,19 @@ class Li2020(Method):
         else:
             newest = flat
         metres_per_unit = self.extra["root_branch"](newest).reshape(b, v)
-        return li2020_terms(rel, metres_per_unit, batch, self.cfg.depth_offset,
-                            detach_transform=step < self.cfg.pretrain_steps)
+        terms = li2020_terms(rel, metres_per_unit, batch, self.cfg.depth_offset,
+                             detach_transform=step < self.cfg.pretrain_steps)
+        if accel is not None:
+            terms["accel"] = accel
+        return terms
 
     def step(self, batch, step, gen):
         cfg = self.cfg
         terms = self.losses(batch, step)
         loss = (cfg.w_consistency * terms["consistency"] + cfg.w_reproj * terms["reproj"]
                 + cfg.w_transform * terms["transform"])
+        if "accel" in terms:
+            loss = loss + cfg.w_accel * terms["accel"]
         if cfg.base_engine and step < cfg.pretrain_steps:
             # on a trained base the lifter needs no pre-training: only the root branch learns
             # (the transform term, lifter detached); consistency alone would pull the
@@ -934,6 +976,9 @@ def parse_args(argv: list[str] | None = None,
                         "(0: frame-independent jitter too, as an unsmoothed detector gives)")
     p.add_argument("--noise-level-max", type=float, default=defaults.noise_level_max,
                    help="temporal: each window's 2D error is the measured one x U(0, this)")
+    p.add_argument("--w-accel", type=float, default=defaults.w_accel,
+                   help="temporal: weight of a smoothness term, the second difference of three "
+                        "consecutive lifted frames (windows then hold 2 frames more); 0: off")
     p.add_argument("--static-share", type=float, default=defaults.static_share,
                    help="temporal: share of windows that are one image padded (its 2D repeated "
                         "over the window, as the lift stage pads a single image or a new track)")
@@ -981,7 +1026,7 @@ def parse_args(argv: list[str] | None = None,
         bone_jitter=a.bone_jitter, receptive_field=a.receptive_field, channels=a.channels,
         windows=a.windows, temporal_noise=a.temporal_noise, drop_rate=a.drop_rate,
         noise_rho=a.noise_rho, noise_rho_min=a.noise_rho_min,
-        static_share=a.static_share, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
+        static_share=a.static_share, w_accel=a.w_accel, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         base_engine=a.base_engine, freeze_base=not a.train_base,
         correct_depth=not a.no_depth_correction,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
