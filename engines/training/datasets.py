@@ -420,13 +420,12 @@ def make_multi_view_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSam
     )
 
 
-def make_supervised_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
-                            rng: np.random.Generator,
-                            noise: TemporalNoise = TemporalNoise()) -> Supervised3D:
-    """(N, F, J, 3) mm windows -> one random static camera each, detector-like 2D: joints_2d_norm
-    (N, F, J, 2) and the newest frame's 3D target (N, J, 3) in codec units (`ideal_lift`)."""
+def _one_camera_windows(windows_mm: np.ndarray, cfg: CameraSampling, rng: np.random.Generator,
+                        noise: TemporalNoise, what: str):
+    """(N, F, J, 3) mm windows, one random static camera each -> (joints in the camera (N, F,
+    J, 3) m, the cameras, detector-like 2D (N, F, J, 2) px)."""
     n, f = windows_mm.shape[:2]
-    poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), "make_supervised_windows")
+    poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), what)
     poses = poses.reshape(n, f, NUM_JOINTS, 3) / 1000.0
     cams = camera.random_cameras(n, rng, **cfg.ranges())
     cam = np.einsum("mij,mfkj->mfki", cams.R, poses) + cams.t_m[:, None, None]
@@ -435,6 +434,26 @@ def make_supervised_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSam
     px = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
                         cams.cy[:, None])
     px, _ = temporal_detector_noise(px, rng, noise)
+    return cam, cams, px
+
+
+def make_single_view_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
+                             rng: np.random.Generator,
+                             noise: TemporalNoise = TemporalNoise()) -> SingleView2D:
+    """(N, F, J, 3) mm windows -> chen2019 data for the temporal lifter: each window seen by one
+    random static camera with detector-like noise, every frame codec-normalised on its own:
+    joints_2d_norm (N, F, J, 2), nothing else (no camera, no 3D)."""
+    _, cams, px = _one_camera_windows(windows_mm, cfg, rng, noise, "make_single_view_windows")
+    norm, _, _ = _encode_frames(codec, px, cams.fx, cams.fy, cams.cx, cams.cy)
+    return SingleView2D(norm)
+
+
+def make_supervised_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
+                            rng: np.random.Generator,
+                            noise: TemporalNoise = TemporalNoise()) -> Supervised3D:
+    """(N, F, J, 3) mm windows -> one random static camera each, detector-like 2D: joints_2d_norm
+    (N, F, J, 2) and the newest frame's 3D target (N, J, 3) in codec units (`ideal_lift`)."""
+    cam, cams, px = _one_camera_windows(windows_mm, cfg, rng, noise, "make_supervised_windows")
     norm, scale, rot = _encode_frames(codec, px, cams.fx, cams.fy, cams.cx, cams.cy)
     target = ideal_lift(cam[:, -1], rot[:, -1], scale[:, -1], codec.depth_offset)
     return Supervised3D(norm, target)

@@ -409,21 +409,33 @@ class TemporalLifter(nn.Module):
         posed = self.lift_camera(joints_2d_norm)
         return posed - posed[:, ROOT : ROOT + 1]
 
-    def _lift_last(self, joints_2d_norm: torch.Tensor, count: int) -> torch.Tensor:
+    def lift_camera_last(self, joints_2d_norm: torch.Tensor, count: int) -> torch.Tensor:
+        """(B, F + count - 1, J, 2) -> (B, count, J, 3): the last `count` frames' poses in the
+        normalised camera, each lifted from its own F frames, in one dense (dilated) pass."""
         self._check(joints_2d_norm, self.receptive_field + count - 1)
         b, t = joints_2d_norm.shape[:2]
         x = joints_2d_norm.reshape(b, t, -1).transpose(1, 2)
         out = self._features(x, dense=True).transpose(1, 2).reshape(b * count, -1)
         posed = self._place(out, joints_2d_norm[:, -count:].reshape(b * count, self.num_joints, 2))
-        return (posed - posed[:, ROOT : ROOT + 1]).reshape(b, count, self.num_joints, 3)
+        return posed.reshape(b, count, self.num_joints, 3)
 
-    def forward_sequence(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
-        """(B, T, J, 2) a whole sequence -> (B, T, J, 3): frame t lifted from frames <= t, the
-        frames before the first repeated from it."""
+    def lift_camera_sequence(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, T, J, 2) a whole sequence -> (B, T, J, 3) poses in the normalised camera: frame t
+        lifted from frames <= t, the frames before the first repeated from it."""
         self._check(joints_2d_norm, None)
         b, t = joints_2d_norm.shape[:2]
         pad = joints_2d_norm[:, :1].expand(b, self.receptive_field - 1, -1, -1)
-        return self._lift_last(torch.cat([pad, joints_2d_norm], 1), t)
+        return self.lift_camera_last(torch.cat([pad, joints_2d_norm], 1), t)
+
+    def _lift_last(self, joints_2d_norm: torch.Tensor, count: int) -> torch.Tensor:
+        posed = self.lift_camera_last(joints_2d_norm, count)
+        return posed - posed[:, :, ROOT : ROOT + 1]
+
+    def forward_sequence(self, joints_2d_norm: torch.Tensor) -> torch.Tensor:
+        """(B, T, J, 2) a whole sequence -> (B, T, J, 3) root-relative: frame t lifted from
+        frames <= t, the frames before the first repeated from it."""
+        posed = self.lift_camera_sequence(joints_2d_norm)
+        return posed - posed[:, :, ROOT : ROOT + 1]
 
 
 def build_lifter(**model_config) -> nn.Module:

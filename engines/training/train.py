@@ -20,7 +20,9 @@ Methods (all lift single frames with the same residual MLP, `engines.training.mo
 - supervised: the same lifter regressed onto 3D labels (the reference upper bound).
 
 `--receptive-field F` (> 1) trains the causal temporal lifter (`models.TemporalLifter`) on
-windows of F frames with li2020 or supervised; `--base-engine E` builds it on a trained
+windows of F frames with li2020 or supervised, or with chen2019 on windows of 2F - 1 frames (the
+last F lifted, each from its own F frames, turned as one motion, projected, lifted again as a
+sequence; both critics see the fake motion); `--base-engine E` builds it on a trained
 single-frame engine, frozen, whose 2D input (and depths) the window corrects
 (engines/training/TEMPORAL.md has both attempts and their figures).
 
@@ -154,11 +156,12 @@ class TrainConfig:
         if self.method == "chen2019" and self.head != "depth":
             raise ValueError("chen2019 needs --head depth (its rotate-and-reproject loop needs "
                              "a lift that re-projects onto its input)")
+        if self.method == "chen2019" and (self.window < 2 or (
+                self.temporal and self.window > self.receptive_field)):
+            raise ValueError(f"chen2019's --window (frames its temporal critic sees) must be at "
+                             f"least 2 and, for the temporal lifter, at most --receptive-field "
+                             f"{self.receptive_field}; got {self.window}")
         if self.temporal:
-            if self.method == "chen2019":
-                raise ValueError("--receptive-field > 1 trains with li2020 or supervised; "
-                                 "chen2019 lifts single frames (its temporal critic sees "
-                                 "--window frames)")
             if self.head not in ("depth", "refine"):
                 raise ValueError(f"the temporal lifter's --head is depth or refine, "
                                  f"got {self.head!r}")
@@ -191,7 +194,10 @@ class TrainConfig:
     @property
     def window_frames(self) -> int:
         """Frames of each training window: the receptive field, + 2 with the smoothness term
-        (three consecutive newest frames, each lifted from its own receptive field)."""
+        (three consecutive newest frames, each lifted from its own receptive field); chen2019:
+        2F - 1, whose last F frames are lifted (`Chen2019.lifted_frames`)."""
+        if self.method == "chen2019":
+            return 2 * self.receptive_field - 1
         return self.receptive_field + (2 if self.w_accel > 0 else 0)
 
     def model_config(self) -> dict:
@@ -331,6 +337,8 @@ def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
             if cfg.method == "li2020":
                 parts.append(ds.make_multi_view_windows(windows, codec, cams, rng, cfg.views,
                                                         noise))
+            elif cfg.method == "chen2019":
+                parts.append(ds.make_single_view_windows(windows, codec, cams, rng, noise))
             else:
                 parts += [ds.make_supervised_windows(windows, codec, cams, rng, noise)
                           for _ in range(cfg.views)]
@@ -458,7 +466,16 @@ def lift_windows(lifter: torch.nn.Module, joints_2d_norm: torch.Tensor,
 
 
 class Chen2019(Method):
-    """Lift-rotate-reproject-lift with 2D/3D consistency and (temporal) adversarial losses."""
+    """Lift-rotate-reproject-lift with 2D/3D consistency and (temporal) adversarial losses.
+
+    Single-frame lifter: each frame of a `--window` window lifted on its own. Temporal lifter
+    (receptive field F): windows of 2F - 1 frames, whose last F frames are lifted (each from its
+    own F frames); the lifted motion is turned by one rotation per window (a second camera that
+    watches the same motion), projected, and the fake 2D sequence is lifted again frame by frame
+    (causal, its first frame repeated before it, as at a track's start). The 2D critic scores
+    single fake frames, the temporal critic every `--window` consecutive fake frames, against
+    the real 2D's last F frames.
+    """
 
     def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
         super().__init__(cfg, codec)
@@ -472,23 +489,51 @@ class Chen2019(Method):
         lengths = torch.tensor(codec.canonical_bone_lengths_m, dtype=torch.float32)
         self.bone_ratio = lengths / lengths.sum()
 
+    @property
+    def lifted_frames(self) -> int:
+        """Frames of each window the loop lifts: the last F (temporal) or all --window."""
+        return self.cfg.receptive_field if self.cfg.temporal else self.cfg.window
+
+    def _lift(self, real: torch.Tensor) -> torch.Tensor:
+        """real (B, T, J, 2) -> poses in the normalised camera of the last `lifted_frames`
+        frames, (B * lifted_frames, J, 3)."""
+        t = self.lifted_frames
+        if self.cfg.temporal:
+            return self.lifter.lift_camera_last(real, t).flatten(0, 1)
+        return self.lifter.lift_camera(real.reshape(-1, NUM_JOINTS, 2))
+
+    def _relift(self, fake: torch.Tensor) -> torch.Tensor:
+        """fake (B, t, J, 2) sequences -> (B * t, J, 3), frame by frame (causal for the
+        temporal lifter)."""
+        if self.cfg.temporal:
+            return self.lifter.lift_camera_sequence(fake).flatten(0, 1)
+        return self.lifter.lift_camera(fake.flatten(0, 1))
+
     def _fake(self, real: torch.Tensor, gen: torch.Generator):
-        """real (B, T, J, 2) -> everything one lift-rotate-lift pass gives."""
-        b, t = real.shape[:2]
+        """real (B, T, J, 2) -> everything one lift-rotate-lift pass gives, over the lifted
+        frames (t of them): q (Bt, J, 2) their real 2D, rel (Bt, J, 3) their lifted poses,
+        fake (B, t, J, 2) the turned poses' 2D, back (Bt, J, 3) the fake lifted and turned back,
+        reproj (Bt, J, 2) its 2D."""
+        b, t = real.shape[0], self.lifted_frames
         c = self.cfg.depth_offset
-        q = real.reshape(b * t, NUM_JOINTS, 2)
-        posed = self.lifter.lift_camera(q)                                   # (BT, J, 3)
+        q = real[:, -t:].reshape(b * t, NUM_JOINTS, 2)
+        posed = self._lift(real)                                             # (Bt, J, 3)
         root = posed[:, ROOT : ROOT + 1]
         rel = posed - root
         rot = random_rotations(gen, b).repeat_interleave(t, dim=0)           # one per window
         turned = rel @ rot.transpose(1, 2) + root
         fake, scale = normalise_2d_torch(project_unit_camera(turned), c)
-        posed2 = self.lifter.lift_camera(fake)
+        posed2 = self._relift(fake.reshape(b, t, NUM_JOINTS, 2))
         rel2 = posed2 - posed2[:, ROOT : ROOT + 1]
         k = scale * c / root[:, 0, 2]                                        # lift-of-scaled-2D factor
         back = (rel2 / k[:, None, None]) @ rot                               # R^T applied to rows
         reproj, _ = normalise_2d_torch(project_unit_camera(back + root), c)
         return q, rel, fake.reshape(b, t, NUM_JOINTS, 2), back, reproj
+
+    def _clips(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(B, t, J, 2) -> every `--window` consecutive frames, (B * (t - w + 1), w, J, 2)."""
+        w = self.cfg.window
+        return sequences.unfold(1, w, 1).permute(0, 1, 4, 2, 3).flatten(0, 1)
 
     def _critic_loss(self, critic, real, fake):
         if self.cfg.gan == "wgan-gp":
@@ -506,13 +551,14 @@ class Chen2019(Method):
         critic, critic_t = self.extra["critic"], self.extra["critic_temporal"]
         # critic updates (real windows from the batch's second half: not the ones lifted)
         half = real.shape[0] // 2
-        lift_in, real_ref = real[:half], real[half:]
+        lift_in, real_ref = real[:half], real[half:, -self.lifted_frames:]
         out = {}
         for _ in range(cfg.critic_steps):
             with torch.no_grad():
                 _, _, fake, _, _ = self._fake(lift_in, gen)
             loss_c = self._critic_loss(critic, real_ref.flatten(0, 1), fake.flatten(0, 1))
-            loss_c = loss_c + cfg.w_temporal * self._critic_loss(critic_t, real_ref, fake)
+            loss_c = loss_c + cfg.w_temporal * self._critic_loss(
+                critic_t, self._clips(real_ref), self._clips(fake))
             opt = self.optimizers["critic"]
             opt.zero_grad(set_to_none=True)
             loss_c.backward()
@@ -523,7 +569,7 @@ class Chen2019(Method):
         loss_3d = torch.linalg.norm(back - rel, dim=-1).mean()
         loss_2d = torch.linalg.norm(reproj - q, dim=-1).mean() * cfg.depth_offset
         adv = self._generator_adv(critic, fake.flatten(0, 1))
-        adv_t = self._generator_adv(critic_t, fake)
+        adv_t = self._generator_adv(critic_t, self._clips(fake))
         loss = cfg.w_3d * loss_3d + cfg.w_2d * loss_2d + cfg.w_adv * adv + cfg.w_temporal * adv_t
         if cfg.w_bone > 0:
             lengths = bone_lengths_torch(rel)
@@ -531,6 +577,11 @@ class Chen2019(Method):
             loss_bone = (ratio - self.bone_ratio).abs().sum(-1).mean()
             loss = loss + cfg.w_bone * loss_bone
             out["bone"] = float(loss_bone.detach())
+        if cfg.w_accel > 0:  # the lifted frames are consecutive: their second difference
+            seq = rel.reshape(half, self.lifted_frames, NUM_JOINTS, 3)
+            accel = torch.linalg.norm(seq[:, 2:] - 2.0 * seq[:, 1:-1] + seq[:, :-2], dim=-1).mean()
+            loss = loss + cfg.w_accel * accel
+            out["accel"] = float(accel.detach())
         opt = self.optimizers["lifter"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -1002,7 +1053,11 @@ def parse_args(argv: list[str] | None = None,
     p.add_argument("--critic-steps", type=int, default=defaults.critic_steps)
     p.add_argument("--lr-critic", type=float, default=defaults.lr_critic)
     p.add_argument("--w-adv", type=float, default=defaults.w_adv)
-    p.add_argument("--w-temporal", type=float, default=defaults.w_temporal)
+    p.add_argument("--w-temporal", type=float, default=defaults.w_temporal,
+                   help="chen2019: weight of the temporal critic (2D sequences of --window frames)")
+    p.add_argument("--window", type=int, default=defaults.window,
+                   help="chen2019: consecutive frames its temporal critic sees (single-frame "
+                        "lifter: the training windows; temporal: 2 to --receptive-field)")
     p.add_argument("--w-3d", type=float, default=defaults.w_3d)
     p.add_argument("--w-2d", type=float, default=defaults.w_2d)
     p.add_argument("--w-bone", type=float, default=defaults.w_bone,
@@ -1030,7 +1085,7 @@ def parse_args(argv: list[str] | None = None,
         base_engine=a.base_engine, freeze_base=not a.train_base,
         correct_depth=not a.no_depth_correction,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
-        w_adv=a.w_adv, w_temporal=a.w_temporal, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
+        w_adv=a.w_adv, w_temporal=a.w_temporal, window=a.window, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
         w_consistency=a.w_consistency, checkpoint_every=a.checkpoint_every,
         time_budget_min=a.time_budget_min, log_every=a.log_every)
