@@ -140,10 +140,17 @@ def test_poses_are_plausible_metric_skeletons(street_run):
     assert inside >= 0.95
 
 
+def _height_px(p) -> float:
+    """A person's 2D height, px: the extent in y of their confident joints (all if < 2)."""
+    sure = p.confidence > 0.3
+    return float(np.ptp(p.joints_2d_px[sure if sure.sum() >= 2 else slice(None), 1]))
+
+
 def test_several_people_each_keep_one_track_id(street_run):
     """From frame 100 on at least 2 people in at least 80 % of frames; at most 6 distinct track
     ids over the whole video; no id jumps from one person to another: between consecutive
-    frames where an id is seen, its 2D pelvis moves less than half the person's 2D height,
+    frames where an id is seen, its 2D pelvis moves less than half the person's 2D height (the
+    larger of the two frames': one may see them cut off),
     and its 3D pelvis less than 0.5 m. (The smooth stage keeps a root under 12 m/s, 0.24 m a
     frame at the file's 50 fps: unsmoothed, the monocular depth of people 5 to 9 m away
     moved up to 1.15 m along Z in a frame with the 2D pelvis moving 20 px. The 2D bound is
@@ -153,18 +160,23 @@ def test_several_people_each_keep_one_track_id(street_run):
     share = float(np.mean(counts[100:] >= 2))
     ids = sorted({p.track_id for frame in poses for p in frame.people})
     last: dict[int, tuple[int, object]] = {}
-    steps_2d, steps_3d = [], []
+    steps_2d, steps_3d, where = [], [], []
     for frame in poses:
         assert len({p.track_id for p in frame.people}) == len(frame.people)  # one id a person
         for p in frame.people:
             if p.track_id in last and last[p.track_id][0] == frame.frame_id - 1:
                 prev = last[p.track_id][1]
-                height_px = np.ptp(p.joints_2d_px[p.confidence > 0.3, 1]) if (
-                    p.confidence > 0.3).sum() >= 2 else np.ptp(p.joints_2d_px[:, 1])
-                steps_2d.append(float(np.linalg.norm(p.joints_2d_px[Joint.PELVIS]
-                                                     - prev.joints_2d_px[Joint.PELVIS]))
-                                / max(float(height_px), 1.0))
+                # the person's size: the larger of the two frames' (one may see them cut off)
+                height_px = max(_height_px(p), _height_px(prev))
+                step_px = float(np.linalg.norm(p.joints_2d_px[Joint.PELVIS]
+                                               - prev.joints_2d_px[Joint.PELVIS]))
+                steps_2d.append(step_px / max(height_px, 1.0))
                 steps_3d.append(float(np.linalg.norm(p.root_m - prev.root_m)))
+                where.append(f"frame {frame.frame_id} track {p.track_id}: pelvis moved "
+                             f"{step_px:.0f} px, height {_height_px(prev):.0f} -> "
+                             f"{_height_px(p):.0f} px, confident joints "
+                             f"{int((prev.confidence > 0.3).sum())} -> "
+                             f"{int((p.confidence > 0.3).sum())}")
             last[p.track_id] = (frame.frame_id, p)
     steps_2d, steps_3d = np.array(steps_2d), np.array(steps_3d)
     print(f"street video: people per frame {np.bincount(counts).tolist()}, >= 2 from frame 100 "
@@ -175,7 +187,7 @@ def test_several_people_each_keep_one_track_id(street_run):
     assert share >= 0.8
     assert 2 <= len(ids) <= 6 and min(ids) >= 1
     assert len(steps_2d) >= FRAMES
-    assert steps_2d.max() < 0.5
+    assert steps_2d.max() < 0.5, where[int(np.argmax(steps_2d))]
     assert steps_3d.max() < 0.5
 
 
