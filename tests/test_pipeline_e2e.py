@@ -167,16 +167,13 @@ def test_several_people_each_keep_one_track_id(street_run):
             if p.track_id in last and last[p.track_id][0] == frame.frame_id - 1:
                 prev = last[p.track_id][1]
                 # the person's size: the larger of the two frames' (one may see them cut off)
-                height_px = max(_height_px(p), _height_px(prev))
+                h_prev, h_now = _height_px(prev), _height_px(p)
                 step_px = float(np.linalg.norm(p.joints_2d_px[Joint.PELVIS]
                                                - prev.joints_2d_px[Joint.PELVIS]))
-                steps_2d.append(step_px / max(height_px, 1.0))
+                steps_2d.append(step_px / max(h_prev, h_now, 1.0))
                 steps_3d.append(float(np.linalg.norm(p.root_m - prev.root_m)))
                 where.append(f"frame {frame.frame_id} track {p.track_id}: pelvis moved "
-                             f"{step_px:.0f} px, height {_height_px(prev):.0f} -> "
-                             f"{_height_px(p):.0f} px, confident joints "
-                             f"{int((prev.confidence > 0.3).sum())} -> "
-                             f"{int((p.confidence > 0.3).sum())}")
+                             f"{step_px:.0f} px, height {h_prev:.0f} -> {h_now:.0f} px")
             last[p.track_id] = (frame.frame_id, p)
     steps_2d, steps_3d = np.array(steps_2d), np.array(steps_3d)
     print(f"street video: people per frame {np.bincount(counts).tolist()}, >= 2 from frame 100 "
