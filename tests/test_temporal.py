@@ -474,3 +474,76 @@ def test_video_jitter_refuses_a_file_that_is_not_a_recording(tmp_path, capsys):
     junk.write_bytes(b"not a recording")
     assert main(["--recording", str(junk)]) == 2
     assert "not a posestream recording" in capsys.readouterr().err
+
+
+DISTILL = {**TINY, "method": "distill", "views": 1, "teacher_engine": str(DEFAULT_ENGINE_PATH),
+           "static_share": 0.1, "noise_rho_min": 0.0}
+
+
+def test_distill_targets_are_the_teachers_lift_of_2d_and_ignore_the_3d_source(tmp_path, clips):
+    """The data holds 2D windows and the single-frame teacher's lift of 2D (no 3D label): on
+    clean windows the target is exactly the shipped engine (ONNX Runtime) on the newest frames;
+    destroying the 3D source after the data is built changes no trained weight."""
+    codec = canonical_codec()
+    clean = TrainConfig(out=str(tmp_path / "c"), **{**DISTILL, "temporal_noise": 0.0,
+                                                    "w_accel": 1.0})
+    data = build_data(clean, clips, codec)
+    assert set(ds.array_fields(data)) == {"joints_2d_norm", "teacher_3d_norm"}
+    assert data.teacher_3d_norm.shape == (200, 3, NUM_JOINTS, 3)       # the last 3 frames
+    newest = data.joints_2d_norm[:, -3:].reshape(-1, NUM_JOINTS, 2)
+    shipped = _default_engine_session().run(None, {"joints_2d": newest})[0]
+    np.testing.assert_allclose(data.teacher_3d_norm.reshape(-1, NUM_JOINTS, 3), shipped,
+                               atol=1e-5)
+
+    cfg = TrainConfig(out=str(tmp_path / "a"), **{**DISTILL, "steps": 12})
+    source = [(s.copy(), r) for s, r in clips]
+    noisy = build_data(cfg, source, codec)
+    assert not np.allclose(noisy.joints_2d_norm, build_data(
+        TrainConfig(out=str(tmp_path / "z"), **{**DISTILL, "temporal_noise": 0.0}),
+        clips, codec).joints_2d_norm, atol=1e-3)                          # detector-like 2D
+    ckpt_a = train(cfg, data=noisy, codec=codec, progress=False)
+    for s, _ in source:
+        s[:] = np.nan
+    ckpt_b = train(TrainConfig(out=str(tmp_path / "b"), **{**DISTILL, "steps": 12}), data=noisy,
+                   codec=codec, progress=False)
+    for key, tensor in ckpt_a["state_dict"].items():
+        torch.testing.assert_close(tensor, ckpt_b["state_dict"][key], rtol=0, atol=0)
+
+
+def test_distill_on_the_default_engine_learns_to_undo_the_noise(tmp_path, clips):
+    """On the frozen default engine, the distilled window starts as the teacher on the noisy
+    newest frame and, after a short run, lands nearer the teacher's lift of the clean 2D on
+    windows it never trained on."""
+    from engines.training.train import METHOD_CLASSES
+
+    codec = canonical_codec()
+    kwargs = {**DISTILL, "base_engine": str(DEFAULT_ENGINE_PATH), "steps": 400, "windows": 800,
+              "batch": 32, "lr": 1e-3}
+    cfg = TrainConfig(out=str(tmp_path / "run"), **kwargs)
+    held_out = build_data(TrainConfig(out=str(tmp_path / "h"), **{**kwargs, "seed": 7}), clips,
+                          codec)
+    x = torch.as_tensor(held_out.joints_2d_norm)
+    target = torch.as_tensor(held_out.teacher_3d_norm[:, -1])
+
+    def distance(model) -> float:
+        with torch.no_grad():
+            return float(torch.linalg.norm(model.eval()(x) - target, dim=-1).mean())
+
+    before = distance(METHOD_CLASSES["distill"](cfg, codec).lifter)
+    ckpt = train(cfg, data=build_data(cfg, clips, codec), codec=codec, progress=False)
+    model = build_lifter(**ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    after = distance(model)
+    print(f"distance to the clean teacher: {before:.4f} -> {after:.4f}")
+    assert after < 0.9 * before, (before, after)
+
+
+def test_distill_settings_that_cannot_work_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--teacher-engine"):
+        TrainConfig(out=str(tmp_path), **{**DISTILL, "teacher_engine": ""})
+    with pytest.raises(ValueError, match="temporal lifter"):
+        TrainConfig(out=str(tmp_path), **{**DISTILL, "receptive_field": 1, "head": "depth"})
+    with pytest.raises(ValueError, match="--teacher-engine .*no such file"):
+        TrainConfig(out=str(tmp_path), **{**DISTILL, "teacher_engine": str(tmp_path / "x.onnx")})
+    with pytest.raises(ValueError, match="for --method distill"):
+        TrainConfig(out=str(tmp_path), **{**TINY, "teacher_engine": str(DEFAULT_ENGINE_PATH)})

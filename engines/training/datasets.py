@@ -8,6 +8,9 @@ holds one cannot reach a 3D label (tests/test_train.py proves it).
 - `MultiView2D`   (li2020):     each pose seen at once by a rig of V synchronized cameras, with the
                                 cameras' poses; confidences per 2D joint.
 - `Supervised3D`  (supervised): single views plus the 3D target in codec units (the upper bound).
+- `Distilled`     (distill):    windows of detector-like 2D plus what a single-frame engine (2D
+                                in, trained without 3D labels) lifts from the same frames' clean
+                                2D: a target made of 2D only.
 
 Frames and units (docs/DESIGN.md): mocap `joints_mm (N, 17, 3)`, millimetres, world +Y up,
 root-relative. Cameras are OpenCV's (+X right, +Y down, +Z forward). Every 2D pose is encoded by
@@ -18,7 +21,7 @@ stage will feed the network.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -134,6 +137,20 @@ class Supervised3D:
 
     joints_2d_norm: np.ndarray
     joints_3d_norm: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.joints_2d_norm.shape[0])
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """distill data: joints_2d_norm (N, F, J, 2) detector-like 2D windows, codec units;
+    teacher_3d_norm (N, K, J, 3): a single-frame teacher's lift of the clean 2D of the last K
+    frames, root-relative codec units, turned into each noisy frame's virtual-camera axes and
+    scale (what the lifter outputs for that frame). No 3D label: the teacher sees 2D only."""
+
+    joints_2d_norm: np.ndarray
+    teacher_3d_norm: np.ndarray
 
     def __len__(self) -> int:
         return int(self.joints_2d_norm.shape[0])
@@ -457,3 +474,44 @@ def make_supervised_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSam
     norm, scale, rot = _encode_frames(codec, px, cams.fx, cams.fy, cams.cx, cams.cy)
     target = ideal_lift(cam[:, -1], rot[:, -1], scale[:, -1], codec.depth_offset)
     return Supervised3D(norm, target)
+
+
+def make_distill_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
+                         rng: np.random.Generator, teacher, last: int = 1,
+                         noise: TemporalNoise = TemporalNoise()) -> Distilled:
+    """(N, F, J, 3) mm windows -> one random static camera each: detector-like 2D windows and a
+    teacher's lift of the same frames' clean 2D (the last `last` frames).
+
+    teacher: (M, J, 2) codec-normalised 2D -> (M, J, 3) root-relative codec units (a
+    single-frame engine trained without 3D labels, e.g. the shipped default). The clean and the
+    noisy frame are encoded each on its own, so the teacher's output is in the clean frame's
+    virtual axes and scale; it is turned into the noisy frame's (R_noisy^T R_clean, times
+    s_noisy / s_clean: the same root depth), which is what the lifter outputs. Static windows
+    (`noise.static_share`) hold both the noisy and the clean 2D still.
+    """
+    n, f = windows_mm.shape[:2]
+    if not 1 <= last <= f:
+        raise DataError(f"make_distill_windows: need 1 <= last <= {f} frames, got {last}")
+    poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), "make_distill_windows")
+    poses = poses.reshape(n, f, NUM_JOINTS, 3) / 1000.0
+    cams = camera.random_cameras(n, rng, **cfg.ranges())
+    cam = np.einsum("mij,mfkj->mfki", cams.R, poses) + cams.t_m[:, None, None]
+    if np.any(cam[..., 2] < 0.2):
+        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
+    clean = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
+                           cams.cy[:, None])
+    noisy, _ = temporal_detector_noise(clean, rng, replace(noise, static_share=0.0))
+    still = rng.random(n) < noise.static_share
+    clean = clean.astype(np.float32)
+    clean[still] = clean[still, -1:]
+    noisy[still] = noisy[still, -1:]
+    norm, scale, rot = _encode_frames(codec, noisy, cams.fx, cams.fy, cams.cx, cams.cy)
+    norm_c, scale_c, rot_c = _encode_frames(codec, clean[:, -last:], cams.fx, cams.fy, cams.cx,
+                                            cams.cy)
+    lifted = np.asarray(teacher(norm_c.reshape(n * last, NUM_JOINTS, 2)), np.float64)
+    lifted = lifted.reshape(n, last, NUM_JOINTS, 3)
+    turn = np.einsum("nkji,nkjl->nkil", rot[:, -last:].astype(np.float64),
+                     rot_c.astype(np.float64))                   # R_noisy^T R_clean
+    ratio = (scale[:, -last:] / scale_c)[..., None, None]
+    target = np.einsum("nkil,nkjl->nkji", turn, lifted) * ratio
+    return Distilled(norm, target.astype(np.float32))

@@ -24,7 +24,11 @@ windows of F frames with li2020 or supervised, or with chen2019 on windows of 2F
 last F lifted, each from its own F frames, turned as one motion, projected, lifted again as a
 sequence; both critics see the fake motion); `--base-engine E` builds it on a trained
 single-frame engine, frozen, whose 2D input (and depths) the window corrects
-(engines/training/TEMPORAL.md has both attempts and their figures).
+(engines/training/TEMPORAL.md has the attempts and their figures).
+- distill (temporal only, `--teacher-engine E`): the temporal lifter learns, from windows of
+  detector-like 2D, what the single-frame engine E (trained without 3D labels, e.g. the shipped
+  default) lifts from the same frames' clean 2D; with `--w-accel`, also the teacher's second
+  difference over the last three frames. No 3D label: the teacher's input is 2D.
 
 Data: shared mocap (`--sources`, training split), every clip retargeted to the canonical bone
 lengths (or, with `--bone-jitter`, to per-clip random proportions around them), projected through
@@ -77,7 +81,7 @@ from engines.runtime.skeleton import NUM_JOINTS, ROOT
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("chen2019", "li2020", "supervised")
+METHODS: tuple[str, ...] = ("chen2019", "li2020", "supervised", "distill")
 DEFAULT_SOURCES: tuple[str, ...] = ("cmu_expmap", "cmu_bvh", "bandai1", "bandai2")
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Temporal windows are built this many at a time (bounds the float64 intermediates to ~1 GB).
@@ -126,6 +130,8 @@ class TrainConfig:
     base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
     freeze_base: bool = True          # keep that base's weights (train only the corrections)
     correct_depth: bool = True        # with a base: False corrects the 2D only
+    # distill (temporal): the target is what this single-frame engine lifts from clean 2D
+    teacher_engine: str = ""
     # chen2019
     gan: str = "lsgan"                # "lsgan" | "wgan-gp"
     critic_steps: int = 1
@@ -175,6 +181,16 @@ class TrainConfig:
         elif not self.correct_depth:
             raise ValueError("--no-depth-correction needs --base-engine (the base gives the "
                              "depths)")
+        if self.method == "distill":
+            if not self.temporal:
+                raise ValueError("--method distill trains the temporal lifter "
+                                 "(--receptive-field > 1) from a single-frame teacher")
+            if not self.teacher_engine:
+                raise ValueError("--method distill needs --teacher-engine, a single-frame "
+                                 "engine such as engines/default/lifter.onnx")
+            base_engine_weights(self.teacher_engine, "--teacher-engine")
+        elif self.teacher_engine:
+            raise ValueError("--teacher-engine is for --method distill")
         if self.w_accel < 0 or (self.w_accel > 0 and not self.temporal):
             raise ValueError(f"--w-accel (>= 0) is a smoothness term over consecutive frames "
                              f"of the temporal lifter (--receptive-field > 1), got "
@@ -226,7 +242,8 @@ class TrainConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def base_engine_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def base_engine_weights(path: str, flag: str = "--base-engine"
+                        ) -> tuple[dict, dict[str, torch.Tensor]]:
     """(model_config, state_dict) of the single-frame lifter in an exported ONNX engine (the
     exporter keeps the torch parameter names, `model.<name>`, as the graph's initializers).
 
@@ -238,18 +255,18 @@ def base_engine_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"--base-engine {path}: no such file; give a single-frame engine such "
+        raise ValueError(f"{flag} {path}: no such file; give a single-frame engine such "
                          "as engines/default/lifter.onnx")
     try:
         graph = onnx.load(str(file))
         meta = json.loads({p.key: p.value for p in graph.metadata_props}["posestream"])
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"--base-engine {path}: not a posestream ONNX engine ({err}); export "
+        raise ValueError(f"{flag} {path}: not a posestream ONNX engine ({err}); export "
                          "one with engines.training.export") from err
     config = dict(meta.get("model_config", {}))
     if int(meta.get("receptive_field", 1)) != 1 or config.get("kind", "mlp") != "mlp" \
             or config.get("head", "depth") != "depth":
-        raise ValueError(f"--base-engine {path}: needs a single-frame engine with the depth "
+        raise ValueError(f"{flag} {path}: needs a single-frame engine with the depth "
                          f"head; this one has receptive field {meta.get('receptive_field')} and "
                          f"model_config {config}")
     state = {init.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(init).copy())
@@ -258,9 +275,26 @@ def base_engine_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         probe.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"--base-engine {path}: its weights do not fit its model_config "
+        raise ValueError(f"{flag} {path}: its weights do not fit its model_config "
                          f"({err})") from err
     return config, state
+
+
+def teacher_lift(path: str):
+    """The single-frame engine at `path` as a numpy function (M, J, 2) codec-normalised 2D ->
+    (M, J, 3) root-relative codec units (torch, eval mode: batch-norm statistics and no
+    dropout, the numbers ONNX Runtime gives for the file)."""
+    config, state = base_engine_weights(path, "--teacher-engine")
+    model = Lifter(**{k: v for k, v in config.items() if k != "kind"})
+    model.load_state_dict(state)
+    model.eval()
+
+    def lift(joints_2d_norm: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(joints_2d_norm, np.float32))
+        with torch.no_grad():
+            return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)]).numpy()
+
+    return lift
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -329,7 +363,7 @@ def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
     if cfg.temporal:
         clips = [c if isinstance(c, tuple) else (np.asarray(c), cfg.fps) for c in sequences_mm]
         noise = cfg.temporal_noise_model()
-        parts = []
+        parts, teacher = [], None
         for start in tqdm(range(0, cfg.windows, WINDOW_CHUNK), desc="training windows",
                           disable=cfg.windows <= WINDOW_CHUNK, mininterval=2.0):
             count = min(WINDOW_CHUNK, cfg.windows - start)
@@ -339,6 +373,11 @@ def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
                                                         noise))
             elif cfg.method == "chen2019":
                 parts.append(ds.make_single_view_windows(windows, codec, cams, rng, noise))
+            elif cfg.method == "distill":
+                teacher = teacher or teacher_lift(cfg.teacher_engine)
+                parts += [ds.make_distill_windows(windows, codec, cams, rng, teacher,
+                                                  last=3 if cfg.w_accel > 0 else 1, noise=noise)
+                          for _ in range(cfg.views)]
             else:
                 parts += [ds.make_supervised_windows(windows, codec, cams, rng, noise)
                           for _ in range(cfg.views)]
@@ -367,7 +406,7 @@ def _subset(arr: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray
 def check_data(cfg: TrainConfig, data) -> None:
     """Wrong data object for the method, or too little of it: DataError saying so."""
     expected = {"chen2019": ds.SingleView2D, "li2020": ds.MultiView2D,
-                "supervised": ds.Supervised3D}[cfg.method]
+                "supervised": ds.Supervised3D, "distill": ds.Distilled}[cfg.method]
     if not isinstance(data, expected):
         raise ds.DataError(f"--method {cfg.method} trains on {expected.__name__}, "
                            f"got {type(data).__name__}")
@@ -692,7 +731,45 @@ class Li2020(Method):
         return {"loss": float(loss.detach()), **{k: float(t.detach()) for k, t in terms.items()}}
 
 
-METHOD_CLASSES = {"chen2019": Chen2019, "li2020": Li2020, "supervised": Supervised}
+class Distill(Method):
+    """The temporal lifter learns what a single-frame engine (trained without 3D labels) lifts
+    from clean 2D, from windows of detector-like 2D: it has to undo the detector's noise with
+    the past, and never sees a 3D label (the teacher's input is 2D, its output the target).
+
+    loss = mean distance to the teacher's 3D on the newest frame (codec units); with
+    `w_accel` > 0 on the last three frames, plus w_accel x the distance between their second
+    difference and the teacher's: smoothness that spares the real motion the clean 2D shows
+    (a plain second-difference penalty pulls every motion towards none).
+    """
+
+    def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
+        super().__init__(cfg, codec)
+        self.optimizers["lifter"] = torch.optim.Adam(
+            [p for p in self.lifter.parameters() if p.requires_grad], lr=cfg.lr)
+
+    def step(self, batch, step, gen):
+        target = batch["teacher_3d_norm"]                               # (N, K, J, 3)
+        if self.cfg.w_accel > 0:
+            pred = self.lifter(batch["joints_2d_norm"], last=3)        # (N, 3, J, 3)
+        else:
+            pred = self.lifter(batch["joints_2d_norm"]).unsqueeze(1)
+        dist = torch.linalg.norm(pred - target, dim=-1).mean()
+        loss = dist
+        out = {"teacher_dist": dist}
+        if self.cfg.w_accel > 0:
+            def accel(x):
+                return x[:, 2] - 2.0 * x[:, 1] + x[:, 0]
+            out["accel_dist"] = torch.linalg.norm(accel(pred) - accel(target), dim=-1).mean()
+            loss = loss + self.cfg.w_accel * out["accel_dist"]
+        opt = self.optimizers["lifter"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in out.items()}}
+
+
+METHOD_CLASSES = {"chen2019": Chen2019, "li2020": Li2020, "supervised": Supervised,
+                  "distill": Distill}
 
 
 # --- several processes (torchrun) ----------------------------------------------------------------
@@ -989,7 +1066,9 @@ def parse_args(argv: list[str] | None = None,
     p = argparse.ArgumentParser(
         prog=prog,
         description="Train the 2D-to-3D lifter on shared mocap projected to 2D. chen2019 and "
-                    "li2020 never see 3D labels; supervised is the reference upper bound.",
+                    "li2020 never see 3D labels, nor does distill (a single-frame engine's lift of "
+                    "clean 2D as the temporal lifter's target); supervised is the reference "
+                    "upper bound.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.csv, config.json")
@@ -1042,6 +1121,10 @@ def parse_args(argv: list[str] | None = None,
                         "learned causal 2D filter); the base gives every depth")
     p.add_argument("--train-base", action="store_true",
                    help="with --base-engine: train the base's weights too (default: frozen)")
+    p.add_argument("--teacher-engine", default=defaults.teacher_engine,
+                   help="--method distill: the single-frame engine whose lift of the clean 2D "
+                        "the temporal lifter learns from noisy windows (e.g. "
+                        "engines/default/lifter.onnx, trained without 3D labels)")
     p.add_argument("--w-reproj", type=float, default=defaults.w_reproj,
                    help="li2020 own-view re-projection weight (the refine head: a low weight "
                         "lets the 2D corrections undo the detector's noise)")
@@ -1083,7 +1166,7 @@ def parse_args(argv: list[str] | None = None,
         noise_rho=a.noise_rho, noise_rho_min=a.noise_rho_min,
         static_share=a.static_share, w_accel=a.w_accel, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         base_engine=a.base_engine, freeze_base=not a.train_base,
-        correct_depth=not a.no_depth_correction,
+        correct_depth=not a.no_depth_correction, teacher_engine=a.teacher_engine,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, window=a.window, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
