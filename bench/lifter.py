@@ -87,7 +87,7 @@ def engine_file(path: str | None) -> Iterator[Path]:
     """The engine to measure: `path`, else the default engine, else a throw-away export of the
     trainer's default architecture (fresh weights) in a temporary folder."""
     if path is not None:
-        yield Path(path)
+        yield runtime.resolve_engine_path(path)  # a path, or a shipped engine's name
         return
     if runtime.DEFAULT_ENGINE_PATH.is_file():
         yield runtime.DEFAULT_ENGINE_PATH
@@ -365,7 +365,8 @@ def print_tables(out: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lifter",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", help="engine file (default engines/default/lifter.onnx)")
+    parser.add_argument("--engine", help="engine file, or a shipped engine by name (default, "
+                        "temporal); default engines/default/lifter.onnx")
     parser.add_argument("--checkpoint", help="trainer checkpoint for the torch reference")
     parser.add_argument("--batch", type=int, default=64, help="the larger batch (default 64)")
     parser.add_argument("--calls", type=int, default=2000, help="hot calls per row")

@@ -40,6 +40,10 @@ from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENGINE_PATH: Path = Path(__file__).resolve().parents[1] / "default" / "lifter.onnx"
+#: The opt-in causal temporal engine (engines/temporal/MODEL_CARD.md).
+TEMPORAL_ENGINE_PATH: Path = Path(__file__).resolve().parents[1] / "temporal" / "lifter.onnx"
+#: Names `load_engine` (and so every `--engine`) accepts for the shipped engines.
+SHIPPED_ENGINES: dict[str, Path] = {"default": DEFAULT_ENGINE_PATH, "temporal": TEMPORAL_ENGINE_PATH}
 METADATA_KEY: str = "posestream"
 INPUT_NAME: str = "joints_2d"
 OUTPUT_NAME: str = "joints_3d"
@@ -208,7 +212,8 @@ def load_engine(
 ) -> Engine:
     """Load an engine file and prepare it on a backend.
 
-    path: the ONNX file from `engines.training.export`; None loads DEFAULT_ENGINE_PATH.
+    path: the ONNX file from `engines.training.export`, or a shipped engine's name
+    (SHIPPED_ENGINES: "default", "temporal"); None loads DEFAULT_ENGINE_PATH.
     backend: "auto" (first available of BACKENDS), "onnxruntime", or one of BACKENDS.
     Raises EngineError naming the file when it is missing, empty, corrupt, lacks our metadata
     or has the wrong inputs/outputs, and when a forced backend is unavailable. Logs one INFO
@@ -217,7 +222,7 @@ def load_engine(
     options = options or EngineOptions()
     if options.intra_op_num_threads < 1:
         raise ValueError(f"intra_op_num_threads must be >= 1, got {options.intra_op_num_threads}")
-    path = Path(DEFAULT_ENGINE_PATH if path is None else path).expanduser()
+    path = resolve_engine_path(path)
     _check_file(path)
     chosen = resolve_backend(backend)
     session = _ort_session_for(path, chosen, forced=backend == chosen, options=options)
@@ -304,12 +309,25 @@ def _ort():
     return onnxruntime
 
 
+def resolve_engine_path(path: str | Path | None) -> Path:
+    """The engine file `path` names: None is the default engine; a shipped engine's name
+    ("default", "temporal") is its file unless a file of that name exists here."""
+    if path is None:
+        return DEFAULT_ENGINE_PATH
+    path = Path(path).expanduser()
+    if str(path) in SHIPPED_ENGINES and not path.exists():
+        return SHIPPED_ENGINES[str(path)]
+    return path
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         hint = (
-            "the default engine is missing from this checkout; restore engines/default/ "
+            f"the {path.parent.name} engine is missing from this checkout; restore "
+            f"engines/{path.parent.name}/ "
             "(git checkout) or export one"
-            if path == DEFAULT_ENGINE_PATH else "check the path given with --engine"
+            if path in SHIPPED_ENGINES.values() else "check the path given with --engine "
+            f"(or name a shipped engine: {', '.join(SHIPPED_ENGINES)})"
         )
         raise EngineError(
             f"engine file {path} not found: {hint}; an engine is made with "

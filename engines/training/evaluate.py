@@ -404,7 +404,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m engines.training.
                     "MPJPE, PA-MPJPE and N-MPJPE (mm) as one JSON object.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--engine", required=True, nargs="+",
-                   help="lifter.onnx (exported) or checkpoint.pt; several: one row each")
+                   help="lifter.onnx (exported), a shipped engine by name (default, temporal) "
+                        "or checkpoint.pt; several: one row each")
     p.add_argument("--poses", required=True, help="npz with joints_mm (N, 17, 3), mm, world +Y up")
     p.add_argument("--cameras", choices=CAMERA_KINDS, default="h36m")
     p.add_argument("--noise-px", type=float, nargs="+", default=[0.0],

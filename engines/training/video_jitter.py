@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engines.training.video_jitter",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--video", type=Path, help="lift this video offline with each --engine")
-    p.add_argument("--engine", nargs="+", help="engine files (.onnx) or checkpoints")
+    p.add_argument("--engine", nargs="+",
+                   help="engine files (.onnx), shipped engines by name (default, temporal) "
+                        "or checkpoints")
     p.add_argument("--recording", type=Path, nargs="+",
                    help="instead: measure what the pipeline published (run_pipeline.py --record)")
     p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view, degrees")
