@@ -108,9 +108,10 @@ def test_pip_install_gives_a_working_command(tmp_path, shared_file):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run([str(py), "-c", "import pipeline, engines.runtime.engine as e; "
-                            "print(pipeline.__file__); print(e.DEFAULT_ENGINE_PATH.is_file())"],
+                            "print(pipeline.__file__); print(e.DEFAULT_ENGINE_PATH.is_file()); "
+                            "print(e.resolve_engine_path('temporal').is_file())"],
                            capture_output=True, text=True, cwd=elsewhere, env=env, timeout=60)
-    assert where.stdout.splitlines() == [str(site / "pipeline" / "__init__.py"), "True"], (
+    assert where.stdout.splitlines() == [str(site / "pipeline" / "__init__.py"), "True", "True"], (
         where.stdout + where.stderr)
 
     command = venv / "bin" / "posestream"

@@ -8,7 +8,8 @@ in the chain but has nothing to smooth on a single frame: the first pose passes 
 
 Run with -s to see the figures the lead quotes:
     .venv/bin/python -m pytest tests/test_h36m_mpjpe.py -q -s
-Another engine (a temporal one: a single image is its whole history, the padding):
+It runs the default engine and the shipped temporal one (`--engine temporal`: a single image
+is its whole history, the padding, which must not hurt it). Another engine instead:
     POSESTREAM_TEST_ENGINE=path/to/lifter.onnx .venv/bin/python -m pytest tests/test_h36m_mpjpe.py -q -s
 """
 
@@ -35,10 +36,12 @@ SHARED = Path(os.environ.get("POSESTREAM_SHARED", REPO.parent / "shared"))
 H36M_DIR = SHARED / "data" / "footage" / "mmpose" / "tests" / "data" / "h36m"
 #: how long one run may take to start (models load on 2 busy cores) and stream its frame, s.
 RUN_TIMEOUT_S = 120.0
-#: the engine the pipeline runs (None: its default).
-ENGINE = os.environ.get("POSESTREAM_TEST_ENGINE") or None
-#: the issue's bar for root-relative MPJPE of the whole pipeline, mm.
-MPJPE_LIMIT_MM = 150.0
+#: the engines the pipeline runs (None: its default) and each one's bar for root-relative MPJPE
+#: of the whole pipeline, mm: the first pipeline issue's 150 for the default; for the temporal
+#: engine issue 11's 95 (the default measures 94.4: padding a single image must not cost).
+ENGINES: dict[str | None, float] = (
+    {os.environ["POSESTREAM_TEST_ENGINE"]: 150.0} if os.environ.get("POSESTREAM_TEST_ENGINE")
+    else {None: 150.0, "temporal": 95.0})
 
 
 def shared_file(path: Path) -> Path:
@@ -79,14 +82,15 @@ def h36m_cases(tmp_path: Path) -> list[dict]:
     return cases
 
 
-def run_pipeline_on(image: Path, calib: Path, log_path: Path) -> list[Pose3D]:
+def run_pipeline_on(image: Path, calib: Path, log_path: Path,
+                    engine: str | None = None) -> list[Pose3D]:
     """Run the whole pipeline on one image; the poses a subscriber received."""
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     cmd = [
         sys.executable, str(REPO / "run_pipeline.py"), "--images", str(image), "--every-frame",
         "--calib", str(calib), "--publish", endpoint, "--wait-for-subscribers", "1",
         "--log-level", "INFO", "--detect-workers", "1",  # the stamps below name one detect
-    ] + (["--engine", ENGINE] if ENGINE else [])
+    ] + (["--engine", engine] if engine else [])
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -114,10 +118,12 @@ def run_pipeline_on(image: Path, calib: Path, log_path: Path) -> list[Pose3D]:
     return poses
 
 
-def test_full_pipeline_mpjpe_on_human36m(tmp_path):
+@pytest.mark.parametrize("engine", list(ENGINES), ids=lambda e: e or "default")
+def test_full_pipeline_mpjpe_on_human36m(tmp_path, engine):
     errors_mm, depth_errors_m, errors_2d_px = [], [], []
     for case in h36m_cases(tmp_path):
-        (frame,) = run_pipeline_on(case["image"], case["calib"], tmp_path / f"{case['name']}.log")
+        (frame,) = run_pipeline_on(case["image"], case["calib"], tmp_path / f"{case['name']}.log",
+                                   engine)
         assert frame.people, f"the pipeline found nobody in {case['name']}"
         assert [s[0] for s in frame.stamps] == ["capture", "detect", "track", "lift", "smooth",
                                                 "output"]
@@ -140,6 +146,6 @@ def test_full_pipeline_mpjpe_on_human36m(tmp_path):
     print(f"\nfull pipeline, Human3.6M (4 frames): root-relative MPJPE {mean_mm:.1f} mm "
           f"(per frame {', '.join(f'{e:.0f}' for e in errors_mm)}); mean root depth error "
           f"{np.mean(depth_errors_m):.2f} m")
-    assert mean_mm < MPJPE_LIMIT_MM
+    assert mean_mm <= ENGINES[engine], f"{engine or 'default'}: {mean_mm:.1f} mm"
     # the detector's joints are where Human3.6M's are (1000 px images; measured 4-13 px)
     assert max(errors_2d_px) < 25.0
