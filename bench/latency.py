@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="X0,Y0,X1,Y1",
                         help="keep this part of the video, px (620,0,1280,720 of the street "
                              "video holds one person in every frame); default all")
-    parser.add_argument("--engine", help="lifter engine (default engines/default/lifter.onnx)")
+    parser.add_argument("--engine", help="lifter engine file, or a shipped engine by name "
+                        "(default, temporal); default engines/default/lifter.onnx")
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                         help="internal edges (default ipc, as run_pipeline.py)")
     parser.add_argument("--no-smooth", action="store_true",
