@@ -21,6 +21,8 @@ from pipeline.config import (
     DetectConfig,
     IMAGE_MAX_PEOPLE,
     LiftConfig,
+    ONE_EURO_SINGLE_FRAME,
+    ONE_EURO_TEMPORAL,
     OutputConfig,
     PipelineConfig,
     SmoothConfig,
@@ -28,6 +30,8 @@ from pipeline.config import (
     TopologyConfig,
     TransportConfig,
     VIDEO_MAX_PEOPLE,
+    one_euro_for_engine_file,
+    parse_one_euro,
 )
 from pipeline.graph import build_graph
 
@@ -167,6 +171,12 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
                            "%(default)s); 0 uses the bone-length prior instead")
     lift.add_argument("--no-smooth", action="store_true",
                       help="publish unsmoothed poses (leaves out the One Euro stage)")
+    lift.add_argument("--one-euro", metavar="MIN_CUTOFF,BETA[,D_CUTOFF]",
+                      help="One Euro settings (Hz, per m/s, Hz); default %s for a single-frame "
+                           "engine, %s for a temporal one (measured: docs/DESIGN.md "
+                           "\"Smoothing\"); lower MIN_CUTOFF or BETA: steadier, more lag"
+                           % tuple(",".join(f"{v:g}" for v in s[:2])
+                                   for s in (ONE_EURO_SINGLE_FRAME, ONE_EURO_TEMPORAL)))
 
     out = p.add_argument_group("output")
     out.add_argument("--publish", default=OutputConfig.publish, metavar="ENDPOINT",
@@ -267,6 +277,15 @@ def _file_period_s(capture: CaptureConfig) -> float | None:
     return 1.0 / fps if fps and 1.0 <= fps <= 1000.0 else None
 
 
+def _one_euro(args: argparse.Namespace) -> tuple[float, float, float]:
+    """--one-euro, else the settings for the engine's kind (read from its metadata)."""
+    if args.one_euro:
+        return parse_one_euro(args.one_euro)
+    if args.no_smooth:
+        return ONE_EURO_SINGLE_FRAME
+    return one_euro_for_engine_file(args.engine)
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Flags -> PipelineConfig. Raises ValueError for inconsistent values.
 
@@ -307,7 +326,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             height_m=args.height if args.height else None,
             frame_period_s=period,
         ),
-        smooth=SmoothConfig(enabled=not args.no_smooth, frame_period_s=period),
+        smooth=SmoothConfig(enabled=not args.no_smooth, frame_period_s=period,
+                            **dict(zip(("min_cutoff", "beta", "d_cutoff"), _one_euro(args)))),
         output=OutputConfig(
             publish=args.publish,
             allow_remote=args.allow_remote,

@@ -154,14 +154,61 @@ class LiftConfig:
             raise ValueError(f"height_m must be 0.5 to 2.6 m, got {self.height_m}")
 
 
+#: One Euro settings (min_cutoff Hz, beta per m/s, d_cutoff Hz) for the poses of a single-frame
+#: engine and of a temporal one, chosen by `engines.training.evaluate --one-euro` on the CMU test
+#: sequences with 0-10 px of 2D noise, independent and correlated (docs/DESIGN.md "Smoothing":
+#: little lag on clean 2D, much less error on noisy 2D; MediaPipe's world-landmark settings,
+#: 0.1 Hz and beta 40, hardly smooth a lifter's noise: 89.0 mm at 5 px for the default engine,
+#: 78.5 with these).
+ONE_EURO_SINGLE_FRAME: tuple[float, float, float] = (2.0, 5.0, 1.0)
+ONE_EURO_TEMPORAL: tuple[float, float, float] = (2.0, 10.0, 1.0)
+
+
+def one_euro_for_engine(receptive_field: int) -> tuple[float, float, float]:
+    """The One Euro settings for an engine that lifts windows of `receptive_field` frames."""
+    return ONE_EURO_TEMPORAL if receptive_field > 1 else ONE_EURO_SINGLE_FRAME
+
+
+def one_euro_for_engine_file(engine_path: str | None) -> tuple[float, float, float]:
+    """The One Euro settings for the engine file (or shipped engine's name) the lift stage will
+    load: None is the default, single-frame engine; a file that cannot be read gets the
+    single-frame settings (the lift stage then says what is wrong with it)."""
+    if engine_path is None:
+        return ONE_EURO_SINGLE_FRAME
+    from engines.runtime.engine import EngineError, read_metadata, resolve_engine_path
+
+    try:
+        metadata = read_metadata(resolve_engine_path(engine_path))
+    except EngineError:
+        return ONE_EURO_SINGLE_FRAME
+    return one_euro_for_engine(metadata["receptive_field"])
+
+
+def parse_one_euro(spec: str) -> tuple[float, float, float]:
+    """"MIN_CUTOFF_HZ,BETA[,D_CUTOFF_HZ]" -> the three settings (d_cutoff 1 Hz if left out);
+    ValueError saying the form otherwise."""
+    try:
+        values = [float(v) for v in spec.split(",")]
+        if len(values) not in (2, 3):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"One Euro settings {spec!r}: give MIN_CUTOFF_HZ,BETA[,D_CUTOFF_HZ], "
+                         "e.g. 2,5") from None
+    min_cutoff, beta, d_cutoff = values if len(values) == 3 else (*values, 1.0)
+    if not (min_cutoff > 0 and d_cutoff > 0 and beta >= 0 and all(map(math.isfinite, values))):
+        raise ValueError(f"One Euro settings {spec!r}: the cutoffs must be > 0 Hz and beta >= 0")
+    return min_cutoff, beta, d_cutoff
+
+
 @dataclass(frozen=True)
 class SmoothConfig:
-    """One Euro filter on the 3D joints (MediaPipe's world-landmark settings), metres."""
+    """One Euro filter on the 3D joints, metres. The defaults suit a single-frame engine;
+    run_pipeline.py takes ONE_EURO_TEMPORAL for a temporal one (`one_euro_for_engine`)."""
 
     enabled: bool = True
-    min_cutoff: float = 0.1  # Hz; lower: steadier when still, more lag
-    beta: float = 40.0  # speed coefficient; higher: less lag when moving fast
-    d_cutoff: float = 1.0  # Hz, cutoff of the derivative filter
+    min_cutoff: float = ONE_EURO_SINGLE_FRAME[0]  # Hz; lower: steadier when still, more lag
+    beta: float = ONE_EURO_SINGLE_FRAME[1]  # per m/s; higher: less lag when moving fast
+    d_cutoff: float = ONE_EURO_SINGLE_FRAME[2]  # Hz, cutoff of the derivative filter
     # a person's root (pelvis) moves at most this fast, m/s (a sprinter's peak is ~12): a
     # faster step of the smoothed root is monocular depth noise and is cut to this speed;
     # None: no limit

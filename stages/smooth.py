@@ -11,8 +11,12 @@ fast movement is followed with little lag. Per sample, with `dt` the time since 
     x_hat      = alpha(cutoff) * x + (1 - alpha(cutoff)) * x_hat_prev
 
 The first sample passes through unchanged (dx_hat = 0). `x_prev_raw` is the previous *raw*
-value, as in the authors' reference code and MediaPipe's `OneEuroFilter`. Settings default to
-MediaPipe's world-landmark smoothing (min_cutoff 0.1 Hz, beta 40, d_cutoff 1 Hz, metres).
+value, as in the authors' reference code and MediaPipe's `OneEuroFilter`. `OneEuroFilter`'s own
+defaults are MediaPipe's world-landmark smoothing (min_cutoff 0.1 Hz, beta 40, d_cutoff 1 Hz,
+metres); the stage takes its settings from `SmoothConfig`, which run_pipeline.py fills for the
+engine's kind (`pipeline.config.one_euro_for_engine`: 2 Hz and beta 5 after a single-frame
+engine, 2 Hz and beta 10 after a temporal one, measured with `engines.training.evaluate
+--one-euro`).
 
 `dt` comes from the capture timestamps (`t_capture_ns`), never from an assumed frame rate, so
 dropped frames and uneven cameras are handled; for a file processed whole (read as fast as the

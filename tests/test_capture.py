@@ -293,6 +293,18 @@ def test_flags_become_the_config():
         fast = config_from_args(build_parser().parse_args(
             [*source, "--realtime", "--as-fast-as-possible"]))
         assert fast.transport.policy == "latest" and fast.capture.as_fast_as_possible
+    # One Euro settings for the engine's kind (its metadata), unless --one-euro says
+    assert (video.smooth.min_cutoff, video.smooth.beta) == (2.0, 5.0)
+    temporal = config_from_args(build_parser().parse_args(["--video", "v.mp4", "--engine",
+                                                           "temporal"]))
+    assert (temporal.smooth.min_cutoff, temporal.smooth.beta, temporal.smooth.d_cutoff) == (
+        2.0, 10.0, 1.0)
+    given = config_from_args(build_parser().parse_args(["--video", "v.mp4", "--engine",
+                                                        "temporal", "--one-euro", "0.5,20,2"]))
+    assert (given.smooth.min_cutoff, given.smooth.beta, given.smooth.d_cutoff) == (0.5, 20, 2)
+    for bad, message in (("1", "MIN_CUTOFF_HZ,BETA"), ("0,5", "cutoffs must be > 0")):
+        with pytest.raises(ValueError, match=message):
+            config_from_args(build_parser().parse_args(["--video", "v.mp4", "--one-euro", bad]))
     camera = config_from_args(build_parser().parse_args([]))
     assert camera.capture.source_kind() == "camera"
     assert camera.transport.policy == "latest" and not camera.capture.as_fast_as_possible

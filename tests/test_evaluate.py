@@ -90,6 +90,31 @@ def test_placement_is_seeded_and_h36m_like(test_poses_mm):
     assert px1.min() > -50 and px1.max() < 1050                # inside the 1000 px frames
 
 
+def test_noise_rho_correlates_the_noise_along_a_sequence(test_poses_mm):
+    """--noise-rho: the 2D noise's correlation from one frame to the next is rho, its std the
+    asked one; rho 0 is the same draws as without the option; the first pose of each group
+    starts its own chain."""
+    group = np.repeat(np.arange(3), 20)
+    clean, _, _ = place_and_project(test_poses_mm, "h36m", seed=4, group=group)
+    white, _, _ = place_and_project(test_poses_mm, "h36m", seed=4, noise_px=5.0, group=group)
+    same, _, _ = place_and_project(test_poses_mm, "h36m", seed=4, noise_px=5.0, group=group,
+                                   noise_rho=0.0)
+    np.testing.assert_array_equal(white, same)
+    red, _, _ = place_and_project(test_poses_mm, "h36m", seed=4, noise_px=5.0, group=group,
+                                  noise_rho=0.8)
+    e_white, e_red = white - clean, red - clean
+    for e, rho in ((e_white, 0.0), (e_red, 0.8)):
+        assert e.std() == pytest.approx(5.0, rel=0.08)
+        pairs = [(e[i].ravel(), e[i + 1].ravel()) for i in range(59) if group[i] == group[i + 1]]
+        lag1 = np.corrcoef(np.concatenate([a for a, _ in pairs]),
+                           np.concatenate([b for _, b in pairs]))[0, 1]
+        assert lag1 == pytest.approx(rho, abs=0.06), (rho, lag1)
+    firsts = [0, 20, 40]
+    np.testing.assert_array_equal(e_red[firsts], e_white[firsts])
+    with pytest.raises(EvaluationError, match="noise-rho"):
+        place_and_project(test_poses_mm, "h36m", seed=4, noise_px=5.0, group=group, noise_rho=1.0)
+
+
 def test_bad_pose_files_give_clear_errors(tmp_path):
     with pytest.raises(EvaluationError, match="not found"):
         load_poses_file(tmp_path / "nope.npz")

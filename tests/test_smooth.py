@@ -181,8 +181,9 @@ def test_stage_smooths_pose_and_root_with_capture_times(stage):
     # same numbers as the reference on the stage's own split (relative pose, root)
     rel_in = noisy_rel.reshape(len(ts), -1)
     ts_msg = np.array([(t0_ns + round(t * 1e9)) * 1e-9 for t in ts])
-    ref_rel = reference_one_euro(rel_in, ts_msg, MIN_CUTOFF, BETA, D_CUTOFF)
-    ref_root = reference_one_euro(root, ts_msg, MIN_CUTOFF, BETA, D_CUTOFF)
+    cfg = stage.config  # SmoothConfig's defaults: the settings after a single-frame engine
+    ref_rel = reference_one_euro(rel_in, ts_msg, cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+    ref_root = reference_one_euro(root, ts_msg, cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
     np.testing.assert_allclose(roots, ref_root, atol=1e-5)
     np.testing.assert_allclose((joints - roots[:, None]).reshape(len(ts), -1), ref_rel, atol=1e-5)
     assert jitter(joints) < 0.6 * jitter(noisy_rel + root[:, None])

@@ -28,6 +28,14 @@ A single-frame engine (receptive field 1) is evaluated the same way (its window 
 itself), so engines compare in one run: `--engine A.onnx B.onnx --noise-px 0 5` prints one JSON
 list with a row per engine and noise level. A temporal engine needs a file with sequences.
 
+`--one-euro SPEC ...` (sequences only) also scores each engine's output after the smooth stage's
+One Euro filter (`stages.smooth.OneEuroFilter`, per sequence, on the root-relative joints in
+metres at the file's rate, as the stage filters a track): SPEC `off`, `pipeline` (the stage's
+settings after a single-frame engine), `temporal` (after a temporal one) or
+`MIN_CUTOFF_HZ,BETA[,D_CUTOFF_HZ]`; a row each. `--noise-rho R` correlates the 2D noise from
+one frame to the next (AR(1), the same std), as a tracking detector's is. This is how the
+stage's settings were chosen (pipeline.config.ONE_EURO_*).
+
 Cameras: `h36m`: the 44 Human3.6M cameras (intrinsics and placement), the subject standing within
 1 m of the point the subject's rig is aimed at; `random`: seeded `engines.runtime.camera.random_cameras`.
 Deterministic for a seed. `--engine` takes an exported `.onnx` (run through `engines.runtime.engine`) or a
@@ -37,6 +45,7 @@ training checkpoint `.pt` (run in torch; for comparing runs before export).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -180,11 +189,14 @@ def read_poses_file(path: str | Path) -> PosesFile:
 
 
 def place_and_project(poses_mm: np.ndarray, cameras: str, seed: int, noise_px: float = 0.0,
-                      shared_dir: Path | None = None, group: np.ndarray | None = None):
+                      shared_dir: Path | None = None, group: np.ndarray | None = None,
+                      noise_rho: float = 0.0):
     """Seeded placement of each pose in front of a camera.
 
     group: (N,) int in [0, G): poses of one group share the heading, camera and placement
-    (drawn once per group, in group order; None: every pose its own group). Noise is per pose.
+    (drawn once per group, in group order; None: every pose its own group). Noise is per pose,
+    Gaussian with std noise_px; noise_rho in [0, 1): its correlation from one pose to the next
+    within a group (AR(1), the same std; 0: independent, the same draws as before the option).
     Returns (joints_2d_px (N, J, 2), joints_cam_m (N, J, 3) camera frame, Cameras (N,)).
     """
     rng = np.random.default_rng(seed)
@@ -218,8 +230,25 @@ def place_and_project(poses_mm: np.ndarray, cameras: str, seed: int, noise_px: f
         raise EvaluationError("a pose ended up behind a camera; this is a bug in the placement")
     px = camera.project(cam, cams.fx, cams.fy, cams.cx, cams.cy)
     if noise_px > 0:
-        px = px + rng.normal(0.0, noise_px, px.shape)
+        noise = rng.normal(0.0, noise_px, px.shape)
+        if noise_rho > 0:
+            noise = ar1_within_groups(noise, group, noise_rho)
+        px = px + noise
     return px, cam, cams
+
+
+def ar1_within_groups(white: np.ndarray, group: np.ndarray, rho: float) -> np.ndarray:
+    """(N, ...) independent draws -> AR(1) with correlation rho from each pose to the next of
+    its group (poses in order), each pose keeping the draws' std."""
+    if not 0.0 <= rho < 1.0:
+        raise EvaluationError(f"--noise-rho must be in [0, 1), got {rho}")
+    out = np.array(white, np.float64)
+    keep = np.sqrt(1.0 - rho * rho)
+    for g in np.unique(group):
+        idx = np.nonzero(group == g)[0]
+        for prev, i in zip(idx[:-1], idx[1:]):
+            out[i] = rho * out[prev] + keep * white[i]
+    return out
 
 
 # --- lifters -------------------------------------------------------------------------------------
@@ -272,12 +301,21 @@ def _load_checkpoint(path: Path) -> LoadedLifter:
 
 def evaluate(lifter: LoadedLifter, poses_mm: np.ndarray, cameras: str = "h36m", seed: int = 0,
              noise_px: float = 0.0, shared_dir: Path | None = None,
-             sequence: np.ndarray | None = None, fps: float | None = None) -> dict:
+             sequence: np.ndarray | None = None, fps: float | None = None,
+             one_euro: OneEuroSetting | None = None, noise_rho: float = 0.0) -> dict:
     """Metrics of `lifter` on `poses_mm` (N, 17, 3) mm, world +Y up; see the module doc.
 
     sequence (N,) ids and fps: evaluate as sequences (one camera each, windows resampled to the
     engine's rate, velocity and acceleration errors). A temporal lifter needs them.
+    one_euro: score the output after this One Euro filter, per sequence (sequences only).
+    noise_rho: the 2D noise's correlation from one frame to the next (sequences only).
     """
+    if one_euro is not None and sequence is None:
+        raise EvaluationError("a One Euro setting needs a sequence file (`sequence` (N,) and "
+                              "`fps` ()): the filter runs along each sequence")
+    if noise_rho and sequence is None:
+        raise EvaluationError("--noise-rho needs a sequence file: it correlates the noise from "
+                              "one frame of a sequence to the next")
     if sequence is None:
         if lifter.receptive_field > 1:
             raise EvaluationError(
@@ -297,16 +335,62 @@ def evaluate(lifter: LoadedLifter, poses_mm: np.ndarray, cameras: str = "h36m", 
     ids, group = np.unique(sequence, return_inverse=True)
     _, first = np.unique(group, return_index=True)
     group = np.argsort(np.argsort(first))[group]       # groups numbered in order of appearance
-    px, cam, cams = place_and_project(poses_mm, cameras, seed, noise_px, shared_dir, group)
+    px, cam, cams = place_and_project(poses_mm, cameras, seed, noise_px, shared_dir, group,
+                                      noise_rho)
     gt_m = cam - cam[:, ROOT : ROOT + 1]
     windows, lags = sequence_windows(px, group, fps, lifter.receptive_field, lifter.fps)
     pred_m = predict_metric(lifter, windows, cams)
+    if one_euro is not None:
+        pred_m = smooth_sequences(pred_m, group, fps, one_euro)
     result = metrics(pred_m * 1000.0, gt_m * 1000.0, lifter.engine_id)
     result.update(motion_metrics(pred_m * 1000.0, gt_m * 1000.0, group))
+    if one_euro is not None:
+        result["one_euro"] = dataclasses.asdict(one_euro)
+    if noise_rho:
+        result["noise_rho"] = float(noise_rho)
     result.update({"sequences": int(len(ids)), "fps": float(fps),
                    "receptive_field": int(lifter.receptive_field),
                    "engine_fps": lifter.fps, "window_s": round(float(lags.max()), 4)})
     return result
+
+
+@dataclass(frozen=True)
+class OneEuroSetting:
+    """The smooth stage's One Euro settings (`pipeline.config.SmoothConfig`'s fields)."""
+
+    min_cutoff: float
+    beta: float
+    d_cutoff: float = 1.0
+
+
+def parse_one_euro(spec: str) -> OneEuroSetting | None:
+    """`off` -> None, `pipeline` -> SmoothConfig's defaults (a single-frame engine's),
+    `temporal` -> a temporal engine's (`pipeline.config.one_euro_for_engine`),
+    `MIN_CUTOFF,BETA[,D_CUTOFF]` -> those; EvaluationError saying the forms otherwise."""
+    from pipeline import config
+
+    if spec == "off":
+        return None
+    if spec in ("pipeline", "temporal"):
+        return OneEuroSetting(*config.one_euro_for_engine(27 if spec == "temporal" else 1))
+    try:
+        return OneEuroSetting(*config.parse_one_euro(spec))
+    except ValueError as err:
+        raise EvaluationError(f"--one-euro: {err}, or off, pipeline or temporal") from None
+
+
+def smooth_sequences(pred_m: np.ndarray, group: np.ndarray, fps: float,
+                     setting: OneEuroSetting) -> np.ndarray:
+    """Root-relative (N, J, 3) metres -> the same after the smooth stage's One Euro filter,
+    run afresh along each sequence (group (N,), poses in order) at 1 / fps seconds a pose."""
+    from stages.smooth import OneEuroFilter
+
+    out = np.empty_like(pred_m, dtype=np.float64)
+    for g in np.unique(group):
+        filt = OneEuroFilter(setting.min_cutoff, setting.beta, setting.d_cutoff)
+        for k, i in enumerate(np.nonzero(group == g)[0]):
+            out[i] = filt.filter(pred_m[i], k / fps)
+    return out
 
 
 def sequence_windows(joints_2d_px: np.ndarray, group: np.ndarray, fps: float, frames: int,
@@ -412,6 +496,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m engines.training.
                    help="Gaussian 2D noise std, pixels; several: one row each")
     p.add_argument("--no-sequences", action="store_true",
                    help="ignore the file's sequence/fps arrays (single poses, as before them)")
+    p.add_argument("--noise-rho", type=float, default=0.0,
+                   help="correlation of the 2D noise from one frame to the next (sequence files; "
+                        "AR(1), same std; 0: independent per frame)")
+    p.add_argument("--one-euro", nargs="+", default=["off"], metavar="SPEC",
+                   help="score the output after the smooth stage's One Euro filter too (sequence "
+                        "files): off, pipeline (the stage's after a single-frame engine), "
+                        "temporal (after a temporal one) or MIN_CUTOFF_HZ,BETA[,D_CUTOFF_HZ]; "
+                        "several: one row each")
     p.add_argument("--seed", type=int, default=0, help="placement, heading and noise seed")
     p.add_argument("--json", help="also write the JSON object to this file")
     a = p.parse_args(argv)
@@ -419,15 +511,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m engines.training.
     try:
         poses = read_poses_file(a.poses)
         seq, fps = (None, None) if a.no_sequences else (poses.sequence, poses.fps)
+        settings = [(spec, parse_one_euro(spec)) for spec in a.one_euro]
+        several = len(a.engine) > 1 or len(a.noise_px) > 1 or len(settings) > 1
         rows = []
         for path in a.engine:
             lifter = load_lifter(path)
             for noise in a.noise_px:
-                row = evaluate(lifter, poses.joints_mm, a.cameras, a.seed, noise,
-                               sequence=seq, fps=fps)
-                if len(a.engine) > 1 or len(a.noise_px) > 1:
-                    row = {"engine": str(path), "noise_px": noise, **row}
-                rows.append(row)
+                for spec, setting in settings:
+                    row = evaluate(lifter, poses.joints_mm, a.cameras, a.seed, noise,
+                                   sequence=seq, fps=fps, one_euro=setting,
+                                   noise_rho=a.noise_rho)
+                    if several:
+                        row = {"engine": str(path), "noise_px": noise, **row}
+                        if len(settings) > 1:
+                            row = {"one_euro_spec": spec, **row}
+                    rows.append(row)
         result = rows[0] if len(rows) == 1 else rows
     except Exception as err:  # EvaluationError, EngineError, FileNotFoundError: all say what to do
         if not isinstance(err, (EvaluationError, FileNotFoundError)) and \

@@ -11,8 +11,8 @@ lifts each frame from a window of the past frames resampled to its rate
 repeated before a track's start, which is what the lift stage must do). Jitter is the mean over
 frames and joints of |x[t+1] - 2 x[t] + x[t-1]| of the root-relative joints (mm/frame^2 at the
 video's rate), within runs of frames with a person, raw and after the smooth stage's One Euro
-filter (`stages.smooth.OneEuroFilter`, `pipeline.config.SmoothConfig` defaults) on the
-root-relative joints.
+filter (`stages.smooth.OneEuroFilter` with the stage's settings for the engine's kind,
+`pipeline.config.one_euro_for_engine`, or `--one-euro`) on the root-relative joints.
 
 This is the lift without the pipeline (no processes, no frame drops): what the engine itself adds
 or removes. Offline tool (mediapipe, OpenCV); the engines run through `engines.runtime.engine`.
@@ -95,8 +95,9 @@ def second_difference_mm(joints_mm: np.ndarray, track: np.ndarray) -> float:
 
 
 def lift_video(engine_path: str, joints_2d_px: np.ndarray, track: np.ndarray, fps: float,
-               intr) -> np.ndarray:
-    """(N, 17, 3) mm root-relative camera-frame joints (NaN where no person) from one engine."""
+               intr) -> tuple[np.ndarray, int]:
+    """(N, 17, 3) mm root-relative camera-frame joints (NaN where no person) from one engine,
+    and the engine's receptive field (frames)."""
     from engines.training.evaluate import load_lifter, predict_metric, sequence_windows
 
     lifter = load_lifter(engine_path)
@@ -107,35 +108,41 @@ def lift_video(engine_path: str, joints_2d_px: np.ndarray, track: np.ndarray, fp
     n = len(px)
     cams = SimpleNamespace(**{k: np.full(n, float(getattr(intr, k))) for k in ("fx", "fy", "cx", "cy")})
     out[keep] = predict_metric(lifter, windows, cams) * 1000.0
-    return out
+    return out, lifter.receptive_field
 
 
-def one_euro(joints_mm: np.ndarray, track: np.ndarray, fps: float) -> np.ndarray:
-    from pipeline.config import SmoothConfig
+def one_euro(joints_mm: np.ndarray, track: np.ndarray, fps: float,
+             settings: tuple[float, float, float]) -> np.ndarray:
+    """The smooth stage's One Euro filter (min_cutoff Hz, beta, d_cutoff Hz) along each run."""
     from stages.smooth import OneEuroFilter
 
-    cfg = SmoothConfig()
     out = np.full_like(joints_mm, np.nan)
     for t in np.unique(track[track >= 0]):
-        filt = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff)
+        filt = OneEuroFilter(*settings)
         for i in np.nonzero(track == t)[0]:
             out[i] = filt.filter(joints_mm[i] / 1000.0, i / fps) * 1000.0
     return out
 
 
-def measure(video: Path, engines: list[str], fov_deg: float = 60.0, max_frames: int = 0) -> dict:
+def measure(video: Path, engines: list[str], fov_deg: float = 60.0, max_frames: int = 0,
+            one_euro_settings: tuple[float, float, float] | None = None) -> dict:
+    """one_euro_settings: the filter for every engine; None: the stage's for each engine's kind
+    (`pipeline.config.one_euro_for_engine`)."""
     from engines.runtime.intrinsics import intrinsics_from_fov
+    from pipeline.config import one_euro_for_engine
 
     px, _, fps, (w, h) = detect_video(video, max_frames)
     track = runs_of_people(px)
     intr = intrinsics_from_fov(fov_deg, w, h)
     rows = []
     for path in engines:
-        rel = lift_video(path, px, track, fps, intr)
+        rel, receptive_field = lift_video(path, px, track, fps, intr)
+        settings = one_euro_settings or one_euro_for_engine(receptive_field)
         rows.append({"engine": path,
                      "jitter_mm_per_frame2": round(second_difference_mm(rel, track), 2),
                      "jitter_one_euro_mm_per_frame2": round(
-                         second_difference_mm(one_euro(rel, track, fps), track), 2)})
+                         second_difference_mm(one_euro(rel, track, fps, settings), track), 2),
+                     "one_euro": list(settings)})
     return {"video": str(video), "frames": int(len(px)), "frames_with_person": int((track >= 0).sum()),
             "fps": fps, "fov_deg": fov_deg, "rows": rows}
 
@@ -189,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: measure what the pipeline published (run_pipeline.py --record)")
     p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view, degrees")
     p.add_argument("--max-frames", type=int, default=0)
+    p.add_argument("--one-euro", metavar="MIN_CUTOFF,BETA[,D_CUTOFF]",
+                   help="One Euro settings for the smoothed figure (default: the smooth stage's "
+                        "for each engine's kind)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -205,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     elif a.video and a.engine:
-        result = measure(a.video, a.engine, a.fov, a.max_frames)
+        from pipeline.config import parse_one_euro
+
+        try:
+            settings = parse_one_euro(a.one_euro) if a.one_euro else None
+        except ValueError as err:
+            p.error(str(err))
+        result = measure(a.video, a.engine, a.fov, a.max_frames, settings)
     else:
         p.error("give --video FILE --engine E [E ...], or --recording FILE [FILE ...]")
     text = json.dumps(result, indent=1)
