@@ -253,7 +253,9 @@ def base_engine_weights(path: str, flag: str = "--base-engine"
     import onnx
     from onnx import numpy_helper
 
-    file = Path(path)
+    from engines.runtime.engine import resolve_engine_path
+
+    file = resolve_engine_path(path)  # a file, or a shipped engine's name ("default")
     if not file.is_file():
         raise ValueError(f"{flag} {path}: no such file; give a single-frame engine such "
                          "as engines/default/lifter.onnx")
@@ -1113,8 +1115,8 @@ def parse_args(argv: list[str] | None = None,
                    help="temporal: share of windows that are one image padded (its 2D repeated "
                         "over the window, as the lift stage pads a single image or a new track)")
     p.add_argument("--base-engine", default=defaults.base_engine,
-                   help="temporal, --head refine: build on this single-frame engine (e.g. "
-                        "engines/default/lifter.onnx): the window corrects its 2D input and its "
+                   help="temporal, --head refine: build on this single-frame engine (a file or "
+                        "'default'): the window corrects its 2D input and its "
                         "depths; training starts exactly at its accuracy")
     p.add_argument("--no-depth-correction", action="store_true",
                    help="with --base-engine: the window corrects the base's 2D input only (a "
@@ -1123,8 +1125,8 @@ def parse_args(argv: list[str] | None = None,
                    help="with --base-engine: train the base's weights too (default: frozen)")
     p.add_argument("--teacher-engine", default=defaults.teacher_engine,
                    help="--method distill: the single-frame engine whose lift of the clean 2D "
-                        "the temporal lifter learns from noisy windows (e.g. "
-                        "engines/default/lifter.onnx, trained without 3D labels)")
+                        "the temporal lifter learns from noisy windows (a file or 'default', "
+                        "the shipped one, trained without 3D labels)")
     p.add_argument("--w-reproj", type=float, default=defaults.w_reproj,
                    help="li2020 own-view re-projection weight (the refine head: a low weight "
                         "lets the 2D corrections undo the detector's noise)")
