@@ -30,6 +30,7 @@ from pipeline.config import (
     TopologyConfig,
     TransportConfig,
     VIDEO_MAX_PEOPLE,
+    one_euro_fields,
     one_euro_for_engine_file,
     parse_one_euro,
 )
@@ -327,7 +328,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             frame_period_s=period,
         ),
         smooth=SmoothConfig(enabled=not args.no_smooth, frame_period_s=period,
-                            **dict(zip(("min_cutoff", "beta", "d_cutoff"), _one_euro(args)))),
+                            **one_euro_fields(_one_euro(args))),
         output=OutputConfig(
             publish=args.publish,
             allow_remote=args.allow_remote,

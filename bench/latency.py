@@ -53,6 +53,7 @@ from pipeline.config import (
     auto_detect_workers,
     auto_follow_threads,
     detect_workers_arg,
+    one_euro_fields,
     one_euro_for_engine_file,
 )
 from pipeline.schema import Pose3D, SchemaError, decode
@@ -90,8 +91,8 @@ def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
         detect=DetectConfig(follow_threads=follow_threads) if max_people is None
         else DetectConfig(max_people=max_people, follow_threads=follow_threads),
         lift=LiftConfig(engine_path=str(engine)),
-        smooth=SmoothConfig(enabled=smooth, **dict(zip(("min_cutoff", "beta", "d_cutoff"),
-                                                       one_euro_for_engine_file(str(engine))))),
+        smooth=SmoothConfig(enabled=smooth,
+                            **one_euro_fields(one_euro_for_engine_file(str(engine)))),
         output=OutputConfig(publish=f"tcp://127.0.0.1:{port}", wait_for_subscribers=1,
                             wait_for_subscribers_s=60.0),
         transport=TransportConfig(kind=transport, policy=policy, shared_memory=shared_memory),

@@ -169,6 +169,11 @@ def one_euro_for_engine(receptive_field: int) -> tuple[float, float, float]:
     return ONE_EURO_TEMPORAL if receptive_field > 1 else ONE_EURO_SINGLE_FRAME
 
 
+def one_euro_fields(settings: tuple[float, float, float]) -> dict[str, float]:
+    """(min_cutoff, beta, d_cutoff) -> SmoothConfig's keyword arguments for them."""
+    return dict(zip(("min_cutoff", "beta", "d_cutoff"), settings))
+
+
 def one_euro_for_engine_file(engine_path: str | None) -> tuple[float, float, float]:
     """The One Euro settings for the engine file (or shipped engine's name) the lift stage will
     load: None is the default, single-frame engine; a file that cannot be read gets the
