@@ -21,7 +21,7 @@ from engines.runtime.engine import (
     load_engine,
     resolve_engine_path,
 )
-from engines.training.evaluate import OneEuroSetting, evaluate, load_lifter
+from engines.training.evaluate import evaluate, load_lifter
 from engines.training.make_eval_poses import cmu_expmap_eval_poses
 from pipeline.config import ONE_EURO_SINGLE_FRAME, ONE_EURO_TEMPORAL
 
@@ -97,9 +97,8 @@ def smoothed(cmu_test_split):
     """Each engine after the smooth stage's One Euro filter: its settings for the engine's kind
     and MediaPipe's world-landmark ones (0.1 Hz, beta 40), clean and at 5 px."""
     joints_mm, sequence, fps = cmu_test_split
-    settings = {"default": OneEuroSetting(*ONE_EURO_SINGLE_FRAME),
-                "temporal": OneEuroSetting(*ONE_EURO_TEMPORAL),
-                "mediapipe": OneEuroSetting(0.1, 40.0, 1.0)}
+    settings = {"default": ONE_EURO_SINGLE_FRAME, "temporal": ONE_EURO_TEMPORAL,
+                "mediapipe": (0.1, 40.0, 1.0)}
     out = {}
     for name in ("default", "temporal"):
         lifter = load_lifter(name)

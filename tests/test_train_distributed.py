@@ -53,21 +53,28 @@ def _env() -> dict:
     return env
 
 
-def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
-    one = _run([sys.executable, "-m", "engines.training.train", *ARGS,
+def _one_and_two_processes(args: list[str], tmp_path: Path) -> tuple[list[float], list[float]]:
+    """Train `args` in one process and under torchrun in two; both loss curves (the second from
+    rank 0's log), after checking both runs and that each rank took part."""
+    one = _run([sys.executable, "-m", "engines.training.train", *args,
                 "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-2000:]
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2", "-m", "engines.training.train", *ARGS,
+                "--nproc_per_node", "2", "-m", "engines.training.train", *args,
                 "--distributed", "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert "rank 1 of 2" in two.stderr and "rank 0 of 2" in two.stderr
+    assert (tmp_path / "two" / "checkpoint.pt").is_file()
     single, double = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(single) == len(double) == 6                    # one log, from rank 0 only
-    assert double[-1] < 0.7 * double[0]                       # it learns
     for a, b in zip(single, double):
         assert abs(a - b) <= TOLERANCE * a, (single, double)
-    assert (tmp_path / "two" / "checkpoint.pt").is_file()
+    return single, double
+
+
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
+    _, double = _one_and_two_processes(ARGS, tmp_path)
+    assert double[-1] < 0.7 * double[0]                       # it learns
 
 
 #: The shipped temporal engine's method (engines/temporal/MODEL_CARD.md), tiny: the default
@@ -83,19 +90,7 @@ def test_the_temporal_engines_method_runs_on_two_processes_as_on_one(tmp_path):
     """distill (the shipped temporal engine's method) under torchrun: the frozen base stays out
     of DistributedDataParallel's gradients, and the loss curve is one process's (measured here:
     at most 0.7 % apart)."""
-    one = _run([sys.executable, "-m", "engines.training.train", *DISTILL_ARGS,
-                "--out", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2", "-m", "engines.training.train", *DISTILL_ARGS,
-                "--distributed", "--out", str(tmp_path / "two")])
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "rank 1 of 2" in two.stderr
-    single, double = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(single) == len(double) == 6
-    for a, b in zip(single, double):
-        assert abs(a - b) <= TOLERANCE * a, (single, double)
-    assert (tmp_path / "two" / "checkpoint.pt").is_file()
+    _one_and_two_processes(DISTILL_ARGS, tmp_path)
 
 
 def test_a_launch_without_torchrun_is_refused_clearly(tmp_path, monkeypatch, caplog):

@@ -45,7 +45,6 @@ training checkpoint `.pt` (run in torch; for comparing runs before export).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -302,12 +301,14 @@ def _load_checkpoint(path: Path) -> LoadedLifter:
 def evaluate(lifter: LoadedLifter, poses_mm: np.ndarray, cameras: str = "h36m", seed: int = 0,
              noise_px: float = 0.0, shared_dir: Path | None = None,
              sequence: np.ndarray | None = None, fps: float | None = None,
-             one_euro: OneEuroSetting | None = None, noise_rho: float = 0.0) -> dict:
+             one_euro: tuple[float, float, float] | None = None,
+             noise_rho: float = 0.0) -> dict:
     """Metrics of `lifter` on `poses_mm` (N, 17, 3) mm, world +Y up; see the module doc.
 
     sequence (N,) ids and fps: evaluate as sequences (one camera each, windows resampled to the
     engine's rate, velocity and acceleration errors). A temporal lifter needs them.
-    one_euro: score the output after this One Euro filter, per sequence (sequences only).
+    one_euro: (min_cutoff Hz, beta, d_cutoff Hz): score the output after this One Euro filter,
+    per sequence (sequences only).
     noise_rho: the 2D noise's correlation from one frame to the next (sequences only).
     """
     if one_euro is not None and sequence is None:
@@ -345,7 +346,9 @@ def evaluate(lifter: LoadedLifter, poses_mm: np.ndarray, cameras: str = "h36m", 
     result = metrics(pred_m * 1000.0, gt_m * 1000.0, lifter.engine_id)
     result.update(motion_metrics(pred_m * 1000.0, gt_m * 1000.0, group))
     if one_euro is not None:
-        result["one_euro"] = dataclasses.asdict(one_euro)
+        from pipeline.config import one_euro_fields
+
+        result["one_euro"] = one_euro_fields(one_euro)
     if noise_rho:
         result["noise_rho"] = float(noise_rho)
     result.update({"sequences": int(len(ids)), "fps": float(fps),
@@ -354,17 +357,8 @@ def evaluate(lifter: LoadedLifter, poses_mm: np.ndarray, cameras: str = "h36m", 
     return result
 
 
-@dataclass(frozen=True)
-class OneEuroSetting:
-    """The smooth stage's One Euro settings (`pipeline.config.SmoothConfig`'s fields)."""
-
-    min_cutoff: float
-    beta: float
-    d_cutoff: float = 1.0
-
-
-def parse_one_euro(spec: str) -> OneEuroSetting | None:
-    """`off` -> None, `pipeline` -> SmoothConfig's defaults (a single-frame engine's),
+def parse_one_euro(spec: str) -> tuple[float, float, float] | None:
+    """One Euro settings (min_cutoff Hz, beta, d_cutoff Hz) from `--one-euro`: `off` -> None, `pipeline` -> SmoothConfig's defaults (a single-frame engine's),
     `temporal` -> a temporal engine's (`pipeline.config.one_euro_for_engine`),
     `MIN_CUTOFF,BETA[,D_CUTOFF]` -> those; EvaluationError saying the forms otherwise."""
     from pipeline import config
@@ -372,22 +366,22 @@ def parse_one_euro(spec: str) -> OneEuroSetting | None:
     if spec == "off":
         return None
     if spec in ("pipeline", "temporal"):
-        return OneEuroSetting(*config.one_euro_for_engine(27 if spec == "temporal" else 1))
+        return config.one_euro_for_engine(27 if spec == "temporal" else 1)
     try:
-        return OneEuroSetting(*config.parse_one_euro(spec))
+        return config.parse_one_euro(spec)
     except ValueError as err:
         raise EvaluationError(f"--one-euro: {err}, or off, pipeline or temporal") from None
 
 
 def smooth_sequences(pred_m: np.ndarray, group: np.ndarray, fps: float,
-                     setting: OneEuroSetting) -> np.ndarray:
+                     setting: tuple[float, float, float]) -> np.ndarray:
     """Root-relative (N, J, 3) metres -> the same after the smooth stage's One Euro filter,
     run afresh along each sequence (group (N,), poses in order) at 1 / fps seconds a pose."""
     from stages.smooth import OneEuroFilter
 
     out = np.empty_like(pred_m, dtype=np.float64)
     for g in np.unique(group):
-        filt = OneEuroFilter(setting.min_cutoff, setting.beta, setting.d_cutoff)
+        filt = OneEuroFilter(*setting)
         for k, i in enumerate(np.nonzero(group == g)[0]):
             out[i] = filt.filter(pred_m[i], k / fps)
     return out

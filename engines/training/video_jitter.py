@@ -113,14 +113,13 @@ def lift_video(engine_path: str, joints_2d_px: np.ndarray, track: np.ndarray, fp
 
 def one_euro(joints_mm: np.ndarray, track: np.ndarray, fps: float,
              settings: tuple[float, float, float]) -> np.ndarray:
-    """The smooth stage's One Euro filter (min_cutoff Hz, beta, d_cutoff Hz) along each run."""
-    from stages.smooth import OneEuroFilter
+    """The smooth stage's One Euro filter (min_cutoff Hz, beta, d_cutoff Hz) along each run of
+    frames with a person (`engines.training.evaluate.smooth_sequences`); NaN elsewhere."""
+    from engines.training.evaluate import smooth_sequences
 
     out = np.full_like(joints_mm, np.nan)
-    for t in np.unique(track[track >= 0]):
-        filt = OneEuroFilter(*settings)
-        for i in np.nonzero(track == t)[0]:
-            out[i] = filt.filter(joints_mm[i] / 1000.0, i / fps) * 1000.0
+    keep = track >= 0
+    out[keep] = smooth_sequences(joints_mm[keep] / 1000.0, track[keep], fps, settings) * 1000.0
     return out
 
 
