@@ -319,6 +319,7 @@ class TemporalLifter(nn.Module):
                 self.shrink.bias.view(num_joints, 3)[:, :2] = 0.0
         self.base: Lifter | None = None
         self._base_frozen = False
+        self._norms_held = False
         self.correct_depth = bool(correct_depth)
         if not self.correct_depth and base is None:
             raise ValueError("correct_depth=False needs a base lifter (it lifts the corrected 2D)")
@@ -345,10 +346,21 @@ class TemporalLifter(nn.Module):
             param.requires_grad_(False)
         self.base.eval()
 
+    def hold_norms(self) -> None:
+        """Keep every batch norm's statistics as they are while training (their scale and
+        shift, and every other weight, still learn): a fine-tune from an exported engine, whose
+        file carries the temporal network's norms folded into its convolutions."""
+        self._norms_held = True
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "TemporalLifter":
         super().train(mode)
         if self._base_frozen:
             self.base.eval()
+        if self._norms_held:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm1d):
+                    module.eval()
         return self
 
     def _check(self, joints_2d_norm: torch.Tensor, frames: int | None) -> None:

@@ -75,6 +75,7 @@ from engines.training.models import (
     PoseDiscriminator,
     RootBranch,
     TemporalDiscriminator,
+    TemporalLifter,
     build_lifter,
 )
 from engines.runtime.skeleton import NUM_JOINTS, ROOT
@@ -129,6 +130,8 @@ class TrainConfig:
                                       # second difference (codec units) penalised: smoothness
     base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
     freeze_base: bool = True          # keep that base's weights (train only the corrections)
+    lr_base_ratio: float = 1.0        # with freeze_base False: the base learns at lr x this
+    init_engine: str = ""             # start from this exported engine's weights (a fine-tune)
     correct_depth: bool = True        # with a base: False corrects the 2D only
     # distill (temporal): the target is what this single-frame engine lifts from clean 2D
     teacher_engine: str = ""
@@ -191,6 +194,12 @@ class TrainConfig:
             base_engine_weights(self.teacher_engine, "--teacher-engine")
         elif self.teacher_engine:
             raise ValueError("--teacher-engine is for --method distill")
+        if not 0.0 < self.lr_base_ratio <= 1.0 or (self.lr_base_ratio != 1.0 and (
+                not self.base_engine or self.freeze_base)):
+            raise ValueError(f"--lr-base-ratio (0 < r <= 1) sets the learning rate of a trained "
+                             f"base (--base-engine with --train-base); got {self.lr_base_ratio}")
+        if self.init_engine:
+            init_engine_weights(self.init_engine, self.model_config())  # an unfit file fails here
         if self.w_accel < 0 or (self.w_accel > 0 and not self.temporal):
             raise ValueError(f"--w-accel (>= 0) is a smoothness term over consecutive frames "
                              f"of the temporal lifter (--receptive-field > 1), got "
@@ -297,6 +306,91 @@ def teacher_lift(path: str):
             return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)]).numpy()
 
     return lift
+
+
+def init_engine_weights(path: str, model_config: dict) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state_dict, norms_folded): the torch weights of the exported engine at `path` (a file or
+    a shipped engine's name) for a run whose model is `model_config` (--init-engine: a
+    fine-tune starts from them).
+
+    The exporter keeps the torch names (`model.<name>`) of every weight it leaves alone; it folds
+    a temporal network's batch norms into the convolutions before them (unnamed initializers).
+    Those come back in the network's own order as the convolution's weight, the norm then the
+    identity plus the folded bias (mean 0, variance 1 - eps, scale 1), so norms_folded True means
+    the run must keep the norms' statistics fixed (`TemporalLifter.hold_norms`). The result is
+    checked against ONNX Runtime on the file itself (1e-4).
+
+    Raises ValueError naming the problem: not an engine, another model_config (a different
+    receptive field, width or base), or weights that cannot be recovered.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from engines.runtime.engine import resolve_engine_path
+
+    file = resolve_engine_path(path)
+    if not file.is_file():
+        raise ValueError(f"--init-engine {path}: no such file; give an exported engine "
+                         "(engines/temporal/lifter.onnx, or its name 'temporal')")
+    try:
+        graph = onnx.load(str(file))
+        meta = json.loads({p.key: p.value for p in graph.metadata_props}["posestream"])
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"--init-engine {path}: not a posestream ONNX engine ({err})") from err
+    want = _to_jsonable(model_config)
+    have = meta.get("model_config", {})
+    if json.dumps(have, sort_keys=True) != json.dumps(want, sort_keys=True):
+        raise ValueError(f"--init-engine {path}: its model_config {have} is not this run's "
+                         f"{want}; give the same architecture flags (--receptive-field, "
+                         "--channels, --head, --base-engine, ...) as the run that made it")
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    model = build_lifter(**model_config)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    named = {k.removeprefix("model."): v for k, v in inits.items() if k.startswith("model.")}
+    for key, value in named.items():
+        if key not in state or tuple(state[key].shape) != value.shape:
+            raise ValueError(f"--init-engine {path}: weight {key} {value.shape} does not fit "
+                             "the model its metadata describes")
+        state[key] = torch.from_numpy(value.copy())
+    missing = [k for k in state if k not in named and not k.endswith("num_batches_tracked")]
+    folded = False
+    if missing:
+        if not isinstance(model, TemporalLifter):
+            raise ValueError(f"--init-engine {path}: weights {missing[:4]} are not in the file")
+        pairs = [("expand", "expand_bn")] + [
+            pair for i in range(len(model.dilated))
+            for pair in ((f"dilated.{i}", f"dilated_bn.{i}"), (f"pointwise.{i}", f"pointwise_bn.{i}"))]
+        convs = [[inits[n] for n in node.input[1:] if n in inits] for node in graph.graph.node
+                 if node.op_type == "Conv" and node.input[1] in inits
+                 and not node.input[1].startswith("model.")]
+        if len(convs) != len(pairs) or any(len(c) != 2 for c in convs):
+            raise ValueError(f"--init-engine {path}: found {len(convs)} folded convolutions, "
+                             f"the model has {len(pairs)}")
+        for (conv, norm), (weight, bias) in zip(pairs, convs):
+            if tuple(state[f"{conv}.weight"].shape) != weight.shape:
+                raise ValueError(f"--init-engine {path}: folded convolution {weight.shape} does "
+                                 f"not fit {conv} {tuple(state[conv + '.weight'].shape)}")
+            eps = model.get_submodule(norm).eps
+            state[f"{conv}.weight"] = torch.from_numpy(weight.copy())
+            state[f"{norm}.weight"] = torch.ones(bias.shape)
+            state[f"{norm}.bias"] = torch.from_numpy(bias.copy())
+            state[f"{norm}.running_mean"] = torch.zeros(bias.shape)
+            state[f"{norm}.running_var"] = torch.full(bias.shape, 1.0 - eps)
+        folded = True
+    model.load_state_dict(state)
+    model.eval()
+    frames = int(meta.get("receptive_field", 1))
+    shape = (3, frames, NUM_JOINTS, 2) if frames > 1 else (3, NUM_JOINTS, 2)
+    probe = np.random.default_rng(0).normal(0.0, 0.3, shape).astype(np.float32)
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(probe)).numpy()
+    if got.shape != expected.shape or float(np.abs(got - expected).max()) > 1e-4:
+        raise ValueError(f"--init-engine {path}: the recovered weights do not give the file's "
+                         f"output (max difference {float(np.abs(got - expected).max()):.2g})")
+    return state, folded
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -447,19 +541,36 @@ class Method:
         self.lifter: Lifter = build_lifter(**cfg.model_config())
         if cfg.base_engine:  # the trained single-frame lifter the temporal network corrects
             self.lifter.base.load_state_dict(base_engine_weights(cfg.base_engine)[1])
-            if cfg.freeze_base:
-                self.lifter.freeze_base()
+        if cfg.init_engine:  # a fine-tune: every weight from an exported engine
+            state, folded = init_engine_weights(cfg.init_engine, cfg.model_config())
+            self.lifter.load_state_dict(state)
+            if folded:
+                self.lifter.hold_norms()
+        if cfg.base_engine and cfg.freeze_base:
+            self.lifter.freeze_base()
         self.extra: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lifter": self.lifter, **self.extra}
 
+    def lifter_params(self) -> list[dict]:
+        """The lifter's trainable weights as optimizer groups: a trained base (--train-base)
+        in its own group at `lr_base_ratio` of the lifter's rate."""
+        trained_base = None if self.cfg.freeze_base else getattr(self.lifter, "base", None)
+        base = set() if trained_base is None else {id(p) for p in trained_base.parameters()}
+        own = [p for p in self.lifter.parameters() if p.requires_grad and id(p) not in base]
+        groups = [{"params": own, "lr_ratio": 1.0}]
+        if base:
+            groups.append({"params": list(trained_base.parameters()),
+                           "lr_ratio": self.cfg.lr_base_ratio})
+        return groups
+
     def set_lr(self, factor: float) -> None:
         for name, opt in self.optimizers.items():
             base = self.cfg.lr_critic if name.startswith("critic") else self.cfg.lr
             for group in opt.param_groups:
-                group["lr"] = base * factor
+                group["lr"] = base * factor * group.get("lr_ratio", 1.0)
 
     def step(self, batch: dict[str, torch.Tensor], step: int, gen: torch.Generator) -> dict[str, float]:
         raise NotImplementedError
@@ -470,7 +581,7 @@ class Supervised(Method):
 
     def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
         super().__init__(cfg, codec)
-        self.optimizers["lifter"] = torch.optim.Adam(self.lifter.parameters(), lr=cfg.lr)
+        self.optimizers["lifter"] = torch.optim.Adam(self.lifter_params(), lr=cfg.lr)
 
     def step(self, batch, step, gen):
         pred, accel = lift_windows(self.lifter, batch["joints_2d_norm"], self.cfg)
@@ -523,7 +634,7 @@ class Chen2019(Method):
         self.extra["critic"] = PoseDiscriminator(NUM_JOINTS)
         self.extra["critic_temporal"] = TemporalDiscriminator(cfg.window, NUM_JOINTS)
         betas = (0.5, 0.9)
-        self.optimizers["lifter"] = torch.optim.Adam(self.lifter.parameters(), lr=cfg.lr, betas=betas)
+        self.optimizers["lifter"] = torch.optim.Adam(self.lifter_params(), lr=cfg.lr, betas=betas)
         self.optimizers["critic"] = torch.optim.Adam(
             list(self.extra["critic"].parameters()) + list(self.extra["critic_temporal"].parameters()),
             lr=cfg.lr_critic, betas=betas)
@@ -686,7 +797,8 @@ class Li2020(Method):
     def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
         super().__init__(cfg, codec)
         self.extra["root_branch"] = RootBranch(NUM_JOINTS)
-        params = list(self.lifter.parameters()) + list(self.extra["root_branch"].parameters())
+        params = self.lifter_params() + [{"params": list(self.extra["root_branch"].parameters()),
+                                          "lr_ratio": 1.0}]
         self.optimizers["lifter"] = torch.optim.Adam(params, lr=cfg.lr)
 
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
@@ -746,8 +858,7 @@ class Distill(Method):
 
     def __init__(self, cfg: TrainConfig, codec: Codec) -> None:
         super().__init__(cfg, codec)
-        self.optimizers["lifter"] = torch.optim.Adam(
-            [p for p in self.lifter.parameters() if p.requires_grad], lr=cfg.lr)
+        self.optimizers["lifter"] = torch.optim.Adam(self.lifter_params(), lr=cfg.lr)
 
     def step(self, batch, step, gen):
         target = batch["teacher_3d_norm"]                               # (N, K, J, 3)
@@ -1123,6 +1234,11 @@ def parse_args(argv: list[str] | None = None,
                         "learned causal 2D filter); the base gives every depth")
     p.add_argument("--train-base", action="store_true",
                    help="with --base-engine: train the base's weights too (default: frozen)")
+    p.add_argument("--lr-base-ratio", type=float, default=defaults.lr_base_ratio,
+                   help="with --train-base: the base learns at --lr x this (0 < r <= 1)")
+    p.add_argument("--init-engine", default=defaults.init_engine,
+                   help="start from this exported engine's weights (a file or a shipped "
+                        "engine's name), a fine-tune; its model_config must be this run's")
     p.add_argument("--teacher-engine", default=defaults.teacher_engine,
                    help="--method distill: the single-frame engine whose lift of the clean 2D "
                         "the temporal lifter learns from noisy windows (a file or 'default', "
@@ -1168,6 +1284,7 @@ def parse_args(argv: list[str] | None = None,
         noise_rho=a.noise_rho, noise_rho_min=a.noise_rho_min,
         static_share=a.static_share, w_accel=a.w_accel, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         base_engine=a.base_engine, freeze_base=not a.train_base,
+        lr_base_ratio=a.lr_base_ratio, init_engine=a.init_engine,
         correct_depth=not a.no_depth_correction, teacher_engine=a.teacher_engine,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, window=a.window, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
