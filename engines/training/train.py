@@ -37,6 +37,11 @@ hold 2D (and cameras) only. chen2019's optional `--w-bone` prior compares the li
 length ratios with the canonical skeleton's (a fixed skeleton prior, the one the codec's
 `to_metric` uses at run time; not a per-pose label).
 
+Fine-tuning: `--init-engine E` starts from the weights of an exported engine E (a file, or
+`default` / `temporal`) instead of fresh ones; the run's architecture flags must describe E's
+model_config (the shipped temporal engine: its MODEL_CARD's command). `--train-base
+--lr-base-ratio R` trains a temporal lifter's base too, at R x `--lr`.
+
 Outputs in --out: `checkpoint.pt` (docs/DESIGN.md "Checkpoint"; `--resume` continues it),
 `log.csv` (one row per `--log-every` steps), `config.json`.
 """
