@@ -392,9 +392,10 @@ def init_engine_weights(path: str, model_config: dict) -> tuple[dict[str, torch.
     expected = session.run(None, {session.get_inputs()[0].name: probe})[0]
     with torch.no_grad():
         got = model(torch.from_numpy(probe)).numpy()
-    if got.shape != expected.shape or float(np.abs(got - expected).max()) > 1e-4:
+    diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else math.inf
+    if diff > 1e-4:
         raise ValueError(f"--init-engine {path}: the recovered weights do not give the file's "
-                         f"output (max difference {float(np.abs(got - expected).max()):.2g})")
+                         f"output (max difference {diff:.2g})")
     return state, folded
 
 
