@@ -105,3 +105,22 @@ def test_engines_a_run_cannot_start_from_are_refused_with_the_reason(tmp_path):
         TrainConfig(out=str(tmp_path), lr_base_ratio=0.1, **SHIPPED)     # the base is frozen
     with pytest.raises(ValueError, match="--lr-base-ratio"):
         TrainConfig(out=str(tmp_path), lr_base_ratio=0.0, freeze_base=False, **SHIPPED)
+
+
+def test_a_base_trained_as_run_learns_with_no_dropout_and_fixed_statistics(tmp_path, clips):
+    codec = canonical_codec()
+    kw = {**SHIPPED, "channels": 32, "receptive_field": 9, "steps": 6, "lr": 1e-3,
+          "freeze_base": False, "base_as_run": True}
+    cfg = TrainConfig(out=str(tmp_path / "run"), **kw)
+    lifter = METHOD_CLASSES["distill"](cfg, codec).lifter.train()
+    assert not lifter.base.training and lifter.training          # the base runs as the engine
+    assert all(p.requires_grad for p in lifter.base.parameters())
+    start = {k: v.clone() for k, v in lifter.state_dict().items() if k.startswith("base.")}
+    end = train(cfg, data=build_data(cfg, clips, codec), codec=codec, progress=False)["state_dict"]
+    stats = [k for k in start if "running" in k]
+    weights = [k for k in start if k.endswith("weight") and start[k].dim() > 1]
+    for key in stats:
+        torch.testing.assert_close(end[key], start[key], rtol=0, atol=0)
+    assert min(float((end[k] - start[k]).abs().max()) for k in weights) > 0
+    with pytest.raises(ValueError, match="--base-as-run"):
+        TrainConfig(out=str(tmp_path), base_as_run=True, **SHIPPED)     # a frozen base

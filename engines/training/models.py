@@ -320,6 +320,7 @@ class TemporalLifter(nn.Module):
         self.base: Lifter | None = None
         self._base_frozen = False
         self._norms_held = False
+        self._base_as_run = False
         self.correct_depth = bool(correct_depth)
         if not self.correct_depth and base is None:
             raise ValueError("correct_depth=False needs a base lifter (it lifts the corrected 2D)")
@@ -353,9 +354,17 @@ class TemporalLifter(nn.Module):
         self._norms_held = True
         self.train(self.training)
 
+    def run_base_as_engine(self) -> None:
+        """Train the base's weights while it runs as the engine runs it (no dropout, fixed
+        batch-norm statistics): a fine-tune of the function the engine computes."""
+        if self.base is None:
+            raise ValueError("this temporal lifter has no base lifter")
+        self._base_as_run = True
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "TemporalLifter":
         super().train(mode)
-        if self._base_frozen:
+        if self._base_frozen or self._base_as_run:
             self.base.eval()
         if self._norms_held:
             for module in self.modules():

@@ -40,7 +40,8 @@ length ratios with the canonical skeleton's (a fixed skeleton prior, the one the
 Fine-tuning: `--init-engine E` starts from the weights of an exported engine E (a file, or
 `default` / `temporal`) instead of fresh ones; the run's architecture flags must describe E's
 model_config (the shipped temporal engine: its MODEL_CARD's command). `--train-base
---lr-base-ratio R` trains a temporal lifter's base too, at R x `--lr`.
+--lr-base-ratio R` trains a temporal lifter's base too, at R x `--lr`; `--base-as-run` trains
+it as the engine runs it (no dropout, fixed batch-norm statistics).
 
 Outputs in --out: `checkpoint.pt` (docs/DESIGN.md "Checkpoint"; `--resume` continues it),
 `log.csv` (one row per `--log-every` steps), `config.json`.
@@ -136,6 +137,7 @@ class TrainConfig:
     base_engine: str = ""             # a single-frame ONNX engine the temporal lifter corrects
     freeze_base: bool = True          # keep that base's weights (train only the corrections)
     lr_base_ratio: float = 1.0        # with freeze_base False: the base learns at lr x this
+    base_as_run: bool = False         # with freeze_base False: no dropout, fixed norms in the base
     init_engine: str = ""             # start from this exported engine's weights (a fine-tune)
     correct_depth: bool = True        # with a base: False corrects the 2D only
     # distill (temporal): the target is what this single-frame engine lifts from clean 2D
@@ -203,6 +205,9 @@ class TrainConfig:
                 not self.base_engine or self.freeze_base)):
             raise ValueError(f"--lr-base-ratio (0 < r <= 1) sets the learning rate of a trained "
                              f"base (--base-engine with --train-base); got {self.lr_base_ratio}")
+        if self.base_as_run and (not self.base_engine or self.freeze_base):
+            raise ValueError("--base-as-run is for a trained base (--base-engine with "
+                             "--train-base)")
         if self.init_engine:
             init_engine_weights(self.init_engine, self.model_config())  # an unfit file fails here
         if self.w_accel < 0 or (self.w_accel > 0 and not self.temporal):
@@ -554,6 +559,8 @@ class Method:
                 self.lifter.hold_norms()
         if cfg.base_engine and cfg.freeze_base:
             self.lifter.freeze_base()
+        elif cfg.base_as_run:
+            self.lifter.run_base_as_engine()
         self.extra: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
@@ -1242,6 +1249,9 @@ def parse_args(argv: list[str] | None = None,
                    help="with --base-engine: train the base's weights too (default: frozen)")
     p.add_argument("--lr-base-ratio", type=float, default=defaults.lr_base_ratio,
                    help="with --train-base: the base learns at --lr x this (0 < r <= 1)")
+    p.add_argument("--base-as-run", action="store_true",
+                   help="with --train-base: the base trains as the engine runs it (no dropout, "
+                        "its batch-norm statistics fixed)")
     p.add_argument("--init-engine", default=defaults.init_engine,
                    help="start from this exported engine's weights (a file or a shipped "
                         "engine's name), a fine-tune; its model_config must be this run's")
@@ -1290,7 +1300,7 @@ def parse_args(argv: list[str] | None = None,
         noise_rho=a.noise_rho, noise_rho_min=a.noise_rho_min,
         static_share=a.static_share, w_accel=a.w_accel, noise_level_max=a.noise_level_max, w_reproj=a.w_reproj,
         base_engine=a.base_engine, freeze_base=not a.train_base,
-        lr_base_ratio=a.lr_base_ratio, init_engine=a.init_engine,
+        lr_base_ratio=a.lr_base_ratio, base_as_run=a.base_as_run, init_engine=a.init_engine,
         correct_depth=not a.no_depth_correction, teacher_engine=a.teacher_engine,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, window=a.window, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
