@@ -90,6 +90,16 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def process_start(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None if it is
+    gone: with the pid, this names one process even after the kernel reuses the number."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago."""
     with socket.socket() as s:
