@@ -226,7 +226,8 @@ def build_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
                       help="N detection processes share the frames (each frame to the first "
                            "free one); lift puts their results back in frame order, waiting "
                            "at most --reorder-wait for an earlier frame. auto (the default): "
-                           "one per free core, at most 3, the choice logged")
+                           "one per core free at start (busy measured over 0.3 s), at most 3, "
+                           "the choice logged")
     dist.add_argument("--reorder-wait", type=float, default=TopologyConfig.reorder_wait_s,
                       metavar="S", help="with --detect-workers: longest hold for an earlier "
                       "frame; one later than that is dropped and counted (default %(default)s)")

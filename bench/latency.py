@@ -84,7 +84,7 @@ def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
     shared_memory False sends frames through the ipc sockets (TransportConfig);
     colocate_smooth runs smoothing in the output process (--colocate-smooth); max_people is
     --max-people (None: run_pipeline.py's default); follow_threads is --follow-threads (0: as
-    run_pipeline.py, one per core, at most 2)."""
+    run_pipeline.py, `auto_follow_threads`)."""
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,
@@ -462,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                              "num_poses (default: run_pipeline.py's)")
     parser.add_argument("--follow-threads", type=int, default=0, metavar="N",
                         help="landmark graphs per detection process in the pipeline runs (0, the "
-                             "default: as run_pipeline.py, one per core, at most 2)")
+                             "default: as run_pipeline.py, two per core, at most 4 "
+                             "and at most --max-people)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="run everything this many times in turn (default 2)")
     parser.add_argument("--no-throughput", action="store_true",

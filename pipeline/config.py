@@ -75,9 +75,10 @@ class DetectConfig:
     #: the whole frame or, every other look, on one of the `video_tiles` x `video_tiles` tiles
     discover_every: int = 10
     video_tiles: int = 2  # 0: looks cover the whole frame only
-    #: video mode: landmark graphs following people at once, each in its own thread; 0: one
-    #: per core, at most MAX_FOLLOW_THREADS (`auto_follow_threads`), whatever the number of
-    #: detection workers (docs/BENCHMARKS.md: 2 workers x 2 graphs beat 2 x 1 on 2 cores)
+    #: video mode: landmark graphs following people at once, each in its own thread; 0: two
+    #: per core, at most MAX_FOLLOW_THREADS (`auto_follow_threads`) and at most max_people,
+    #: whatever the number of detection workers (docs/BENCHMARKS.md: on 2 cores 4 graphs beat
+    #: 2 with 1 and with 2 workers, and 2 workers x 2 graphs beat 2 x 1)
     follow_threads: int = 0
     min_detection_confidence: float = 0.5  # person detector threshold
     min_presence_confidence: float = 0.5  # below this a followed person counts as lost
@@ -109,14 +110,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-#: the most landmark graphs one detection process runs at once (video mode)
-MAX_FOLLOW_THREADS: int = 2
+#: the most landmark graphs one detection process runs at once (video mode) when asked for
+#: none: the default max people (about 20 MB of memory each)
+MAX_FOLLOW_THREADS: int = 4
 
 
 def auto_follow_threads(cores: int | None = None) -> int:
-    """Landmark graphs per detection process (video mode) for `follow_threads` 0: one per
-    core this process may run on, at least 1, at most MAX_FOLLOW_THREADS."""
-    return int(max(1, min(MAX_FOLLOW_THREADS, usable_cores() if cores is None else cores)))
+    """Landmark graphs per detection process (video mode) for `follow_threads` 0: two per
+    core this process may run on, at most MAX_FOLLOW_THREADS (the detect stage starts no more
+    than its max people). With one graph per person every landmark run of a frame starts at
+    once and the cores share them out; with one per core, 3 people on 2 cores leave one
+    thread running two people while the other core idles half the frame (the street video,
+    3 in view, `DetectStage.process` offline on 2 cores: 41 to 49 ms a frame with 3 graphs,
+    47.5 with 4, 58 with 2; docs/BENCHMARKS.md, 2026-12-05)."""
+    cores = usable_cores() if cores is None else cores
+    return int(max(1, min(MAX_FOLLOW_THREADS, 2 * cores)))
 
 
 @dataclass(frozen=True)
@@ -263,24 +271,68 @@ class OutputConfig:
 MAX_AUTO_DETECT_WORKERS: int = 3
 
 
+def _cpu_times(cores: set[int]) -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over `cores` from /proc/stat (Linux), or None."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    busy = total = 0.0
+    seen = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores):
+            continue
+        fields = [float(x) for x in rest.split()]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        used = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+        busy, total, seen = busy + used - idle, total + used, seen + 1
+    return (busy, total) if seen else None
+
+
+def busy_cores_now(window_s: float = 0.3) -> tuple[float, str]:
+    """(cores' worth of CPU in use, how it was measured): the share of the last `window_s`
+    seconds the cores this process may run on were busy (/proc/stat, sampled twice), times
+    their number; where /proc/stat cannot be read, the 1-minute load average. The load
+    average trails the machine by minutes (a job that ended 30 s ago still shows as most of a
+    core), so it is only the fallback."""
+    import time
+
+    try:
+        cores = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        cores = set(range(os.cpu_count() or 1))
+    first = _cpu_times(cores)
+    if first is not None:
+        time.sleep(window_s)
+        second = _cpu_times(cores)
+        if second is not None and second[1] > first[1]:
+            share = (second[0] - first[0]) / (second[1] - first[1])
+            return len(cores) * share, f"busy over {window_s:g} s"
+    try:
+        return os.getloadavg()[0], "1-minute load"
+    except (AttributeError, OSError):
+        return 0.0, "no load figure"
+
+
 def auto_detect_workers(cores: int | None = None,
-                        load_1min: float | None = None) -> tuple[int, str]:
+                        busy: float | None = None) -> tuple[int, str]:
     """(workers, why) for `--detect-workers auto`: one detection process per core that is
-    free now (the cores this process may run on, less the 1-minute load average, to the
-    nearest whole core), at least 1 and at most MAX_AUTO_DETECT_WORKERS. Detection is the one
-    stage that costs per person and per frame (about 16 ms a person at 1280x720 here); the others
-    together use a fraction of a core, so on an idle 2-core machine two workers pay off
-    (docs/BENCHMARKS.md: 1.4-1.5x the frames per second of one)."""
+    free now (the cores this process may run on, less the cores' worth busy right now,
+    `busy_cores_now`, to the nearest whole core), at least 1 and at most
+    MAX_AUTO_DETECT_WORKERS. Detection is the one stage that costs per person and per frame
+    (about 16 ms a person at 1280x720 here); the others together use a fraction of a core, so
+    on an idle 2-core machine two workers pay off (docs/BENCHMARKS.md: 1.4-1.5x the frames
+    per second of one)."""
     if cores is None:
         cores = usable_cores()
-    if load_1min is None:
-        try:
-            load_1min = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load_1min = 0.0
-    free = max(0.0, cores - load_1min)
+    how = "given"
+    if busy is None:
+        busy, how = busy_cores_now()
+    free = max(0.0, cores - busy)
     workers = int(max(1, min(MAX_AUTO_DETECT_WORKERS, cores, math.floor(free + 0.5))))
-    return workers, (f"{cores} cores, load {load_1min:.2f}: {free:.1f} free -> "
+    return workers, (f"{cores} cores, {busy:.2f} busy ({how}): {free:.1f} free -> "
                      f"{workers} detection process{'es' if workers > 1 else ''}")
 
 
