@@ -446,11 +446,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="internal edges (default ipc, as run_pipeline.py)")
     parser.add_argument("--no-smooth", action="store_true",
                         help="pipeline and floor without the smooth process")
-    parser.add_argument("--detect-workers", type=detect_workers_arg, default=1,
+    parser.add_argument("--detect-workers", type=detect_workers_arg, default="auto",
                         metavar="N|auto",
                         help="detection processes in the pipeline runs (run_pipeline.py "
                              "--detect-workers; auto: what run_pipeline.py's default picks "
-                             "from the free cores when the benchmark starts; default 1)")
+                             "from the free cores when the benchmark starts, the default, so the "
+                             "pipeline runs are run_pipeline.py's defaults)")
     parser.add_argument("--no-shm", action="store_true",
                         help="frames through the ipc sockets, not shared memory, in the "
                              "pipeline and the floor")

@@ -272,7 +272,8 @@ MAX_AUTO_DETECT_WORKERS: int = 3
 
 
 def _cpu_times(cores: set[int]) -> tuple[float, float] | None:
-    """(busy, total) jiffies summed over `cores` from /proc/stat (Linux), or None."""
+    """(busy, total) jiffies summed over `cores` from /proc/stat (Linux), or None. Read by
+    hand: psutil.cpu_percent would do it, but it is not a dependency, for one figure."""
     try:
         with open("/proc/stat") as f:
             lines = f.read().splitlines()

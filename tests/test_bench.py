@@ -142,7 +142,8 @@ def test_latency_cli_small_run(video: Path, tmp_path: Path, capsys) -> None:
     from bench import latency
 
     code = latency.main(["--video", str(video), "--frames", "14", "--warmup", "4", "--fps", "60",
-                         "--rounds", "1", "--json", str(tmp_path / "lat.json"),
+                         "--rounds", "1", "--detect-workers", "1",
+                         "--json", str(tmp_path / "lat.json"),
                          "--plot", str(tmp_path / "lat.png")])
     assert code == 0
     printed = capsys.readouterr().out
