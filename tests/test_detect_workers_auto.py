@@ -26,8 +26,8 @@ def test_auto_counts_the_free_cores(cores, busy, want):
 
 
 def test_busy_cores_follow_a_spinning_process_and_drop_as_soon_as_it_ends():
-    """A process spinning on one core shows as about one busy core, and 0.3 s after it ends
-    it no longer does (the 1-minute load average would still show most of it)."""
+    """A process spinning on one core shows as about one busy core, and half a second after
+    it ends it no longer does (the 1-minute load average would still show most of it)."""
     from pipeline.config import busy_cores_now
 
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

@@ -149,6 +149,7 @@ def test_two_runs_joined_over_tcp_deliver_poses(shared_dir, reaper, subscriber, 
         host_b = reaper.python(
             "run_pipeline.py", "--only", "detect,lift,smooth,output", "--endpoint",
             edge.replace("0.0.0.0", "127.0.0.1"), "--every-frame", "--publish", endpoint,
+            "--detect-workers", "1",  # four stages, whatever auto would find free
             "--wait-for-subscribers", "2", stderr=err)
     with open(log_a, "w") as err:
         host_a = reaper.python(
