@@ -213,8 +213,11 @@ PUBLISHER = textwrap.dedent(
     joints_2d = np.array(sys.argv[4].split(","), dtype=np.float32).reshape(17, 2)
     ctx = zmq.Context()
     pub = open_socket(ctx, zmq.XPUB, bind=endpoint, sndhwm=1000)
-    while pub.recv() != b"\\x01pose3d":  # readiness: wait for the viewer's subscription
-        pass
+    # readiness: wait for every one of the viewer's subscriptions (it makes them one after
+    # another: a message sent before its topic's subscription arrives is dropped by XPUB)
+    wanted = {b"\\x01pose3d", b"\\x01status"} | ({b"\\x01frame"} if with_frames else set())
+    while wanted:
+        wanted.discard(pub.recv())
     # frame ids 0..n+2 with 5, 6, 7 missing: three frames "dropped upstream"
     ids = [i for i in range(n + 3) if i not in (5, 6, 7)]
     pub.send_multipart([b"status", *encode(Status(kind="info", text="hello"))])
