@@ -101,13 +101,18 @@ class DetectConfig:
             raise ValueError(f"follow_threads must be 0 (auto) to 16, got {self.follow_threads}")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity; the machine's count where that
-    cannot be read)."""
+def usable_core_ids() -> set[int]:
+    """The ids of the cores this process may run on (its CPU affinity; all the machine's
+    cores where that cannot be read)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on (`usable_core_ids`)."""
+    return len(usable_core_ids())
 
 
 #: the most landmark graphs one detection process runs at once (video mode) when asked for
@@ -280,7 +285,6 @@ def _cpu_times(cores: set[int]) -> tuple[float, float] | None:
     except OSError:
         return None
     busy = total = 0.0
-    seen = 0
     for line in lines:
         name, _, rest = line.partition(" ")
         if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores):
@@ -288,8 +292,8 @@ def _cpu_times(cores: set[int]) -> tuple[float, float] | None:
         fields = [float(x) for x in rest.split()]
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
         used = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-        busy, total, seen = busy + used - idle, total + used, seen + 1
-    return (busy, total) if seen else None
+        busy, total = busy + used - idle, total + used
+    return (busy, total) if total > 0 else None
 
 
 def busy_cores_now(window_s: float = 0.3) -> tuple[float, str]:
@@ -300,10 +304,7 @@ def busy_cores_now(window_s: float = 0.3) -> tuple[float, str]:
     core), so it is only the fallback."""
     import time
 
-    try:
-        cores = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        cores = set(range(os.cpu_count() or 1))
+    cores = usable_core_ids()
     first = _cpu_times(cores)
     if first is not None:
         time.sleep(window_s)
