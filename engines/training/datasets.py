@@ -29,6 +29,7 @@ from engines.runtime import camera
 from engines.runtime.camera import Cameras
 from engines.runtime.codec import Codec
 from engines.runtime.skeleton import NUM_JOINTS, ROOT
+from engines.training.alignment import fuse_views
 
 logger = logging.getLogger(__name__)
 
@@ -476,9 +477,26 @@ def make_supervised_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSam
     return Supervised3D(norm, target)
 
 
+def _clean_view_lift(poses_m: np.ndarray, codec: Codec, cfg: CameraSampling,
+                     rng: np.random.Generator, teacher) -> np.ndarray:
+    """(N, K, J, 3) world m -> the teacher's lift (N, K, J, 3) of their clean 2D from one more
+    random static camera per window (each frame in its own virtual axes and scale)."""
+    n, k = poses_m.shape[:2]
+    cams = camera.random_cameras(n, rng, **cfg.ranges())
+    cam = np.einsum("mij,mfkj->mfki", cams.R, poses_m) + cams.t_m[:, None, None]
+    if np.any(cam[..., 2] < 0.2):
+        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
+    px = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
+                        cams.cy[:, None]).astype(np.float32)
+    norm, _, _ = _encode_frames(codec, px, cams.fx, cams.fy, cams.cx, cams.cy)
+    lifted = np.asarray(teacher(norm.reshape(n * k, NUM_JOINTS, 2)), np.float64)
+    return lifted.reshape(n, k, NUM_JOINTS, 3)
+
+
 def make_distill_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampling,
                          rng: np.random.Generator, teacher, last: int = 1,
-                         noise: TemporalNoise = TemporalNoise()) -> Distilled:
+                         noise: TemporalNoise = TemporalNoise(),
+                         teacher_views: int = 1) -> Distilled:
     """(N, F, J, 3) mm windows -> one random static camera each: detector-like 2D windows and a
     teacher's lift of the same frames' clean 2D (the last `last` frames).
 
@@ -488,10 +506,18 @@ def make_distill_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampli
     virtual axes and scale; it is turned into the noisy frame's (R_noisy^T R_clean, times
     s_noisy / s_clean: the same root depth), which is what the lifter outputs. Static windows
     (`noise.static_share`) hold both the noisy and the clean 2D still.
+
+    teacher_views > 1: the teacher also lifts the same frames seen by teacher_views - 1 more
+    random cameras (clean 2D, never shown to the student), and the target is the views' consensus
+    shape (`alignment.fuse_views`, in the training view's axes and scale, then turned as above):
+    another view resolves what one view's depth leaves open. The extra cameras enter only by
+    projection, as the training view's does; no 3D label reaches the target.
     """
     n, f = windows_mm.shape[:2]
     if not 1 <= last <= f:
         raise DataError(f"make_distill_windows: need 1 <= last <= {f} frames, got {last}")
+    if teacher_views < 1:
+        raise DataError(f"make_distill_windows: need teacher_views >= 1, got {teacher_views}")
     poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), "make_distill_windows")
     poses = poses.reshape(n, f, NUM_JOINTS, 3) / 1000.0
     cams = camera.random_cameras(n, rng, **cfg.ranges())
@@ -510,6 +536,14 @@ def make_distill_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampli
                                             cams.cy)
     lifted = np.asarray(teacher(norm_c.reshape(n * last, NUM_JOINTS, 2)), np.float64)
     lifted = lifted.reshape(n, last, NUM_JOINTS, 3)
+    if teacher_views > 1:
+        held = poses[:, -last:].copy()
+        held[still] = poses[still, -1:]
+        views = [lifted]
+        for _ in range(teacher_views - 1):
+            views.append(_clean_view_lift(held, codec, cfg, rng, teacher))
+        stacked = np.stack(views, axis=2).reshape(n * last, teacher_views, NUM_JOINTS, 3)
+        lifted = fuse_views(stacked).reshape(n, last, NUM_JOINTS, 3)
     turn = np.einsum("nkji,nkjl->nkil", rot[:, -last:].astype(np.float64),
                      rot_c.astype(np.float64))                   # R_noisy^T R_clean
     ratio = (scale[:, -last:] / scale_c)[..., None, None]

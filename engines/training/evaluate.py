@@ -58,6 +58,7 @@ import numpy as np
 from engines.runtime import camera
 from engines.runtime.codec import ANKLE_TO_SOLE_M, Codec
 from engines.runtime.skeleton import JOINT_NAMES, NUM_JOINTS, ROOT
+from engines.training.alignment import procrustes_aligned, scale_aligned
 
 logger = logging.getLogger(__name__)
 
@@ -99,31 +100,6 @@ class PosesFile:
 def mpjpe(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """(N, J) per-joint Euclidean errors."""
     return np.linalg.norm(np.asarray(pred, np.float64) - np.asarray(gt, np.float64), axis=-1)
-
-
-def scale_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """pred scaled per pose by the least-squares factor onto gt (both root-relative)."""
-    pred = np.asarray(pred, np.float64)
-    gt = np.asarray(gt, np.float64)
-    num = np.sum(pred * gt, axis=(1, 2))
-    den = np.maximum(np.sum(pred * pred, axis=(1, 2)), 1e-12)
-    return pred * (num / den)[:, None, None]
-
-
-def procrustes_aligned(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """pred aligned per pose to gt by the best similarity transform (rotation without
-    reflection, uniform scale, translation)."""
-    pred = np.asarray(pred, np.float64)
-    gt = np.asarray(gt, np.float64)
-    mu_p, mu_g = pred.mean(1, keepdims=True), gt.mean(1, keepdims=True)
-    p0, g0 = pred - mu_p, gt - mu_g
-    u, s, vt = np.linalg.svd(np.einsum("nji,njk->nik", p0, g0))  # H = P^T G
-    d = np.sign(np.linalg.det(np.einsum("nij,njk->nik", u, vt)))
-    s[:, -1] *= d
-    u[:, :, -1] *= d[:, None]
-    rot = np.einsum("nij,njk->nik", u, vt)                     # p0 @ rot ~ g0 / scale
-    scale = s.sum(-1) / np.maximum(np.sum(p0 * p0, axis=(1, 2)), 1e-12)
-    return scale[:, None, None] * (p0 @ rot) + mu_g
 
 
 # --- poses and cameras ---------------------------------------------------------------------------

@@ -28,7 +28,9 @@ single-frame engine, frozen, whose 2D input (and depths) the window corrects
 - distill (temporal only, `--teacher-engine E`): the temporal lifter learns, from windows of
   detector-like 2D, what the single-frame engine E (trained without 3D labels, e.g. the shipped
   default) lifts from the same frames' clean 2D; with `--w-accel`, also the teacher's second
-  difference over the last three frames. No 3D label: the teacher's input is 2D.
+  difference over the last three frames; with `--teacher-views V`, the target is the consensus
+  shape of E's lifts from V random cameras (`alignment.fuse_views`). No 3D label: the teacher's
+  input is 2D.
 
 Data: shared mocap (`--sources`, training split), every clip retargeted to the canonical bone
 lengths (or, with `--bone-jitter`, to per-clip random proportions around them), projected through
@@ -142,6 +144,7 @@ class TrainConfig:
     correct_depth: bool = True        # with a base: False corrects the 2D only
     # distill (temporal): the target is what this single-frame engine lifts from clean 2D
     teacher_engine: str = ""
+    teacher_views: int = 1            # > 1: the target fuses the teacher's lifts of this many views
     # chen2019
     gan: str = "lsgan"                # "lsgan" | "wgan-gp"
     critic_steps: int = 1
@@ -199,8 +202,10 @@ class TrainConfig:
                 raise ValueError("--method distill needs --teacher-engine, a single-frame "
                                  "engine such as engines/default/lifter.onnx")
             base_engine_weights(self.teacher_engine, "--teacher-engine")
-        elif self.teacher_engine:
-            raise ValueError("--teacher-engine is for --method distill")
+            if self.teacher_views < 1:
+                raise ValueError(f"--teacher-views must be at least 1, got {self.teacher_views}")
+        elif self.teacher_engine or self.teacher_views != 1:
+            raise ValueError("--teacher-engine and --teacher-views are for --method distill")
         if not 0.0 < self.lr_base_ratio <= 1.0 or (self.lr_base_ratio != 1.0 and (
                 not self.base_engine or self.freeze_base)):
             raise ValueError(f"--lr-base-ratio (0 < r <= 1) sets the learning rate of a trained "
@@ -483,7 +488,8 @@ def build_data(cfg: TrainConfig, sequences_mm: list[np.ndarray], codec: Codec):
             elif cfg.method == "distill":
                 teacher = teacher or teacher_lift(cfg.teacher_engine)
                 parts += [ds.make_distill_windows(windows, codec, cams, rng, teacher,
-                                                  last=3 if cfg.w_accel > 0 else 1, noise=noise)
+                                                  last=3 if cfg.w_accel > 0 else 1, noise=noise,
+                                                  teacher_views=cfg.teacher_views)
                           for _ in range(cfg.views)]
             else:
                 parts += [ds.make_supervised_windows(windows, codec, cams, rng, noise)
@@ -1259,6 +1265,10 @@ def parse_args(argv: list[str] | None = None,
                    help="--method distill: the single-frame engine whose lift of the clean 2D "
                         "the temporal lifter learns from noisy windows (a file or 'default', "
                         "the shipped one, trained without 3D labels)")
+    p.add_argument("--teacher-views", type=int, default=defaults.teacher_views,
+                   help="--method distill: the target is the consensus shape of the teacher's "
+                        "lifts from this many random cameras (clean 2D of each; the first is the "
+                        "training view), a target nearer the true shape than one view's lift")
     p.add_argument("--w-reproj", type=float, default=defaults.w_reproj,
                    help="li2020 own-view re-projection weight (the refine head: a low weight "
                         "lets the 2D corrections undo the detector's noise)")
@@ -1302,6 +1312,7 @@ def parse_args(argv: list[str] | None = None,
         base_engine=a.base_engine, freeze_base=not a.train_base,
         lr_base_ratio=a.lr_base_ratio, base_as_run=a.base_as_run, init_engine=a.init_engine,
         correct_depth=not a.no_depth_correction, teacher_engine=a.teacher_engine,
+        teacher_views=a.teacher_views,
         views=a.views, gan=a.gan, critic_steps=a.critic_steps, lr_critic=a.lr_critic,
         w_adv=a.w_adv, w_temporal=a.w_temporal, window=a.window, w_3d=a.w_3d, w_2d=a.w_2d, w_bone=a.w_bone,
         pretrain_steps=a.pretrain_steps, w_transform=a.w_transform,
