@@ -176,7 +176,8 @@ class LiftStage(Stage):
         """fit_translation_batch with the confidences as weights, clipped to [0, 1] (NaN: 0;
         the schema checks only their dtype); a person the fit refuses (ValueError) gets NaN
         and is left out, the others are fitted alone."""
-        weights = np.clip(np.nan_to_num(np.asarray(conf, np.float64), nan=0.0), 0.0, 1.0)
+        conf = np.asarray(conf, np.float64)
+        weights = np.clip(np.where(np.isnan(conf), 0.0, conf), 0.0, 1.0)
         args = (intr.fx, intr.fy, intr.cx, intr.cy)
         try:
             return fit_translation_batch(rel_m, joints_2d_px, weights, *args)
@@ -227,6 +228,8 @@ class LiftStage(Stage):
             self._windows(msg, joints_2d_px, conf)
         rel_m = self._lift_each(inputs, intr)  # (P, 17, 3), NaN for a person it cannot lift
         t_m, err_px = self._fit_each(rel_m, joints_2d_px, conf, intr)
+        # joints with non-finite input have no error; report 0 (their confidence is 0)
+        err_px = np.nan_to_num(err_px.astype(np.float32), nan=0.0)
         people = []
         for i, person in enumerate(msg.people):
             if not (np.all(np.isfinite(t_m[i])) and np.all(np.isfinite(rel_m[i]))):
@@ -243,8 +246,7 @@ class LiftStage(Stage):
                 root_m=np.asarray(t_m[i], np.float32),
                 joints_2d_px=np.asarray(person.joints_2d_px, np.float32),
                 confidence=np.asarray(person.confidence, np.float32),
-                # joints with non-finite input have no error; report 0 (their confidence is 0)
-                reproj_err_px=np.nan_to_num(np.asarray(err_px[i], np.float32), nan=0.0),
+                reproj_err_px=err_px[i],
             ))
         return Pose3D(frame_id=msg.frame_id, t_capture_ns=msg.t_capture_ns, stamps=msg.stamps,
                       image_size=msg.image_size, people=tuple(people), engine_id=engine_id)

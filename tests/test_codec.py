@@ -112,3 +112,21 @@ def test_off_centre_pose_round_trips_through_the_virtual_camera():
     # without the rotation the axes stay the virtual camera's: a ~31 degree error
     unturned = codec.to_metric(ideal_units[None])
     assert np.abs(unturned[0] - (pose_rel_m - pose_rel_m[:1])).max() > 0.1
+
+
+def test_pixels_to_image_one_camera_or_one_per_pose_by_hand():
+    """Scalars (one camera: the live path) and (B,) arrays give (u - cx) / fx, (v - cy) / fy;
+    a focal length that is not positive (or NaN) is refused either way."""
+    from engines.runtime.codec import pixels_to_image
+
+    px = np.array([[[700.0, 400.0]] * NUM_JOINTS, [[640.0, 360.0]] * NUM_JOINTS])
+    want = np.array([[[60 / 1000, 40 / 800]] * NUM_JOINTS, [[0.0, 0.0]] * NUM_JOINTS])
+    np.testing.assert_allclose(pixels_to_image(px, 1000.0, 800, 640, 360.0), want, atol=1e-15)
+    np.testing.assert_allclose(pixels_to_image(px, np.full(2, 1000.0), np.full(2, 800.0),
+                                               np.full(2, 640.0), np.full(2, 360.0)), want,
+                               atol=1e-15)
+    for bad in (0.0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            pixels_to_image(px, bad, 800.0, 640.0, 360.0)
+    with pytest.raises(ValueError, match="positive"):
+        pixels_to_image(px, np.array([1000.0, -1.0]), 800.0, 640.0, 360.0)

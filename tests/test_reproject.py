@@ -247,3 +247,7 @@ def test_bad_arguments_raise_clear_errors(h36m):
         fit_translation(rel, pix, ones, 0.0, 1000, 500, 500)
     with pytest.raises(ValueError, match="positive focal lengths"):
         fit_translation_batch(rel[None], pix[None], ones[None], [1000.0], [np.nan], 500, 500)
+    for bad in ((np.nan, 1000.0, 500.0, 500.0), (1000.0, 1000.0, np.inf, 500.0),
+                (1000.0, -1.0, 500.0, 500.0)):  # scalars: the live path's one camera
+        with pytest.raises(ValueError, match="positive focal lengths"):
+            fit_translation_batch(rel[None], pix[None], ones[None], *bad)

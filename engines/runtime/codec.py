@@ -18,6 +18,7 @@ or those lengths rescaled to a given subject height.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -67,6 +68,10 @@ def pixels_to_image(
     px = np.asarray(joints_2d_px, dtype=np.float64)
     if px.ndim != 3 or px.shape[-1] != 2:
         raise ValueError(f"joints_2d_px must be (B, J, 2), got shape {px.shape}")
+    if all(isinstance(v, (float, int)) for v in (fx, fy, cx, cy)):  # one camera (per frame)
+        if not (fx > 0 and fy > 0):
+            raise ValueError("focal lengths fx, fy must be positive pixels")
+        return (px - np.array([cx, cy], np.float64)) / np.array([fx, fy], np.float64)
     try:
         f = np.stack([np.broadcast_to(np.asarray(v, np.float64), (px.shape[0],)) for v in (fx, fy)], -1)
         c = np.stack([np.broadcast_to(np.asarray(v, np.float64), (px.shape[0],)) for v in (cx, cy)], -1)
@@ -133,6 +138,16 @@ def stature_from_bone_lengths(bone_lengths_m: np.ndarray) -> float:
     right = lengths[(Joint.R_KNEE, Joint.R_HIP)] + lengths[(Joint.R_ANKLE, Joint.R_KNEE)]
     left = lengths[(Joint.L_KNEE, Joint.L_HIP)] + lengths[(Joint.L_ANKLE, Joint.L_KNEE)]
     return float(trunk + 0.5 * (right + left) + ANKLE_TO_SOLE_M)
+
+
+@functools.lru_cache(maxsize=64)
+def _target_bone_lengths_m(canonical_m: tuple[float, ...], height_m: float | None) -> np.ndarray:
+    lengths = np.asarray(canonical_m, dtype=np.float64)
+    if height_m is not None:
+        chain_m = stature_from_bone_lengths(lengths) - ANKLE_TO_SOLE_M
+        lengths = lengths * ((height_m - ANKLE_TO_SOLE_M) / chain_m)
+    lengths.flags.writeable = False
+    return lengths
 
 
 @dataclass(frozen=True)
@@ -216,14 +231,12 @@ class Codec:
         return Encoded(norm, scale, rotation.astype(np.float32))
 
     def target_bone_lengths_m(self, height_m: float | None = None) -> np.ndarray:
-        """(16,) bone lengths (m) `to_metric` fits to: canonical, or rescaled to `height_m`."""
-        lengths = np.asarray(self.canonical_bone_lengths_m, dtype=np.float64)
-        if height_m is None:
-            return lengths
-        if not (0.3 < float(height_m) < 3.0):
+        """(16,) bone lengths (m) `to_metric` fits to: canonical, or rescaled to `height_m`
+        (read-only: computed once per codec and height, as the lift stage asks every frame)."""
+        if height_m is not None and not (0.3 < float(height_m) < 3.0):
             raise ValueError(f"height_m must be a human height in metres (0.3-3), got {height_m}")
-        chain_m = stature_from_bone_lengths(lengths) - ANKLE_TO_SOLE_M
-        return lengths * ((float(height_m) - ANKLE_TO_SOLE_M) / chain_m)
+        return _target_bone_lengths_m(tuple(self.canonical_bone_lengths_m),
+                                      None if height_m is None else float(height_m))
 
     def to_metric(
         self, joints_3d_norm: np.ndarray, height_m: float | None = None,

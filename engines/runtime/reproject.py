@@ -29,6 +29,7 @@ Runtime module: numpy and numba only, never torch.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 from numba import njit
@@ -239,8 +240,13 @@ def _fit_batch(joints, pix, weights, fx, fy, cx, cy, t_out, err_out) -> None:
 
 def _check_intrinsics(fx, fy, cx, cy) -> None:
     """Scalars or arrays of pixels; raise ValueError unless finite with positive focal lengths."""
-    values = [np.asarray(v, dtype=np.float64) for v in (fx, fy, cx, cy)]
-    if not all(np.all(np.isfinite(v)) for v in values) or np.any(values[0] <= 0) or np.any(values[1] <= 0):
+    if all(isinstance(v, (float, int)) for v in (fx, fy, cx, cy)):  # one camera: per frame
+        ok = all(math.isfinite(v) for v in (fx, fy, cx, cy)) and fx > 0 and fy > 0
+    else:
+        values = [np.asarray(v, dtype=np.float64) for v in (fx, fy, cx, cy)]
+        ok = (all(np.all(np.isfinite(v)) for v in values) and not np.any(values[0] <= 0)
+              and not np.any(values[1] <= 0))
+    if not ok:
         raise ValueError(
             f"intrinsics must be finite with positive focal lengths, got fx={fx}, fy={fy}, "
             f"cx={cx}, cy={cy} (pixels); check the camera calibration (--calib / --fov)"
@@ -328,6 +334,7 @@ def fit_translation_batch(
     _check_intrinsics(fx, fy, cx, cy)
     try:
         intr = [
+            np.full(batch, float(v)) if isinstance(v, (float, int)) else
             np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float64), (batch,)))
             for v in (fx, fy, cx, cy)
         ]
