@@ -438,6 +438,19 @@ def make_multi_view_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSam
     )
 
 
+def _seen_by_random_cameras(poses_m: np.ndarray, cfg: CameraSampling,
+                            rng: np.random.Generator):
+    """(N, F, J, 3) world m, one random static camera per window -> (joints in the camera
+    (N, F, J, 3) m, the cameras, their clean projection (N, F, J, 2) px)."""
+    cams = camera.random_cameras(len(poses_m), rng, **cfg.ranges())
+    cam = np.einsum("mij,mfkj->mfki", cams.R, poses_m) + cams.t_m[:, None, None]
+    if np.any(cam[..., 2] < 0.2):
+        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
+    px = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
+                        cams.cy[:, None])
+    return cam, cams, px
+
+
 def _one_camera_windows(windows_mm: np.ndarray, cfg: CameraSampling, rng: np.random.Generator,
                         noise: TemporalNoise, what: str):
     """(N, F, J, 3) mm windows, one random static camera each -> (joints in the camera (N, F,
@@ -445,12 +458,7 @@ def _one_camera_windows(windows_mm: np.ndarray, cfg: CameraSampling, rng: np.ran
     n, f = windows_mm.shape[:2]
     poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), what)
     poses = poses.reshape(n, f, NUM_JOINTS, 3) / 1000.0
-    cams = camera.random_cameras(n, rng, **cfg.ranges())
-    cam = np.einsum("mij,mfkj->mfki", cams.R, poses) + cams.t_m[:, None, None]
-    if np.any(cam[..., 2] < 0.2):
-        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
-    px = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
-                        cams.cy[:, None])
+    cam, cams, px = _seen_by_random_cameras(poses, cfg, rng)
     px, _ = temporal_detector_noise(px, rng, noise)
     return cam, cams, px
 
@@ -482,13 +490,9 @@ def _clean_view_lift(poses_m: np.ndarray, codec: Codec, cfg: CameraSampling,
     """(N, K, J, 3) world m -> the teacher's lift (N, K, J, 3) of their clean 2D from one more
     random static camera per window (each frame in its own virtual axes and scale)."""
     n, k = poses_m.shape[:2]
-    cams = camera.random_cameras(n, rng, **cfg.ranges())
-    cam = np.einsum("mij,mfkj->mfki", cams.R, poses_m) + cams.t_m[:, None, None]
-    if np.any(cam[..., 2] < 0.2):
-        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
-    px = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
-                        cams.cy[:, None]).astype(np.float32)
-    norm, _, _ = _encode_frames(codec, px, cams.fx, cams.fy, cams.cx, cams.cy)
+    _, cams, px = _seen_by_random_cameras(poses_m, cfg, rng)
+    norm, _, _ = _encode_frames(codec, px.astype(np.float32), cams.fx, cams.fy, cams.cx,
+                                cams.cy)
     lifted = np.asarray(teacher(norm.reshape(n * k, NUM_JOINTS, 2)), np.float64)
     return lifted.reshape(n, k, NUM_JOINTS, 3)
 
@@ -520,12 +524,7 @@ def make_distill_windows(windows_mm: np.ndarray, codec: Codec, cfg: CameraSampli
         raise DataError(f"make_distill_windows: need teacher_views >= 1, got {teacher_views}")
     poses = check_poses(windows_mm.reshape(n * f, NUM_JOINTS, 3), "make_distill_windows")
     poses = poses.reshape(n, f, NUM_JOINTS, 3) / 1000.0
-    cams = camera.random_cameras(n, rng, **cfg.ranges())
-    cam = np.einsum("mij,mfkj->mfki", cams.R, poses) + cams.t_m[:, None, None]
-    if np.any(cam[..., 2] < 0.2):
-        raise DataError("a sampled camera is closer than 0.2 m to a joint; raise distance_m")
-    clean = camera.project(cam, cams.fx[:, None], cams.fy[:, None], cams.cx[:, None],
-                           cams.cy[:, None])
+    _, cams, clean = _seen_by_random_cameras(poses, cfg, rng)
     noisy, _ = temporal_detector_noise(clean, rng, replace(noise, static_share=0.0))
     still = rng.random(n) < noise.static_share
     clean = clean.astype(np.float32)
