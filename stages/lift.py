@@ -229,7 +229,9 @@ class LiftStage(Stage):
         rel_m = self._lift_each(inputs, intr)  # (P, 17, 3), NaN for a person it cannot lift
         t_m, err_px = self._fit_each(rel_m, joints_2d_px, conf, intr)
         # joints with non-finite input have no error; report 0 (their confidence is 0)
-        err_px = np.nan_to_num(err_px.astype(np.float32), nan=0.0)
+        err_px = err_px.astype(np.float32)
+        if not np.isfinite(err_px).all():  # rare: skip nan_to_num's cost on every frame
+            err_px = np.nan_to_num(err_px, nan=0.0)
         people = []
         for i, person in enumerate(msg.people):
             if not (np.all(np.isfinite(t_m[i])) and np.all(np.isfinite(rel_m[i]))):

@@ -6,7 +6,7 @@ import torch
 
 from engines.runtime.codec import Codec, normalise_2d, stature_from_bone_lengths
 from engines.training.losses import normalise_2d_torch
-from engines.runtime.skeleton import NUM_JOINTS, ROOT, Joint, bone_lengths
+from engines.runtime.skeleton import BONES, NUM_JOINTS, ROOT, Joint, bone_lengths
 
 
 def _pose_3d_m(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -130,3 +130,47 @@ def test_pixels_to_image_one_camera_or_one_per_pose_by_hand():
             pixels_to_image(px, bad, 800.0, 640.0, 360.0)
     with pytest.raises(ValueError, match="positive"):
         pixels_to_image(px, np.array([1000.0, -1.0]), 800.0, 640.0, 360.0)
+
+
+def test_encode_and_to_metric_kernels_match_the_numpy_reference():
+    """encode_full and to_metric run compiled kernels; they give what the numpy reference
+    (centre_on_root, then normalise_2d; the to_metric formula written out here) gives, on
+    poses all over the image with one camera per pose, including a NaN joint and a joint
+    turned 90 degrees or more from the root's ray."""
+    from engines.runtime.codec import centre_on_root, pixels_to_image
+
+    codec = _codec()
+    rng = np.random.default_rng(7)
+    n = 300
+    px = rng.uniform(0, 1280, (n, 1, 2)) + rng.normal(0, 120, (n, NUM_JOINTS, 2))
+    px[5, Joint.L_WRIST] = np.nan
+    fx, cx = rng.uniform(500, 1500, n), rng.uniform(300, 900, n)
+    fy, cy = fx * 1.01, cx * 0.6
+    enc = codec.encode_full(px, fx, fy, cx, cy)
+    virtual, rotation = centre_on_root(pixels_to_image(px, fx, fy, cx, cy))
+    norm, scale = normalise_2d(virtual, codec.depth_offset, codec.scale_joint)
+    np.testing.assert_allclose(enc.joints_2d_norm, norm, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(enc.scale, scale, rtol=1e-6)
+    np.testing.assert_allclose(enc.rotation_to_camera, rotation, atol=1e-7)
+    assert np.isnan(enc.joints_2d_norm).sum() == 2 and np.isnan(enc.joints_2d_norm[5, Joint.L_WRIST]).all()
+
+    pose = rng.normal(0, 0.05, (n, NUM_JOINTS, 3))
+    child, parent = np.array([c for c, _ in BONES]), np.array([p for _, p in BONES])
+    for height in (None, 1.62):
+        target = codec.target_bone_lengths_m(height)
+        lengths = np.linalg.norm(pose[:, child] - pose[:, parent], axis=-1)
+        factor = (lengths * target).sum(-1) / (lengths * lengths).sum(-1)
+        rel = (pose - pose[:, ROOT:ROOT + 1]) * factor[:, None, None]
+        turned = np.einsum("bij,bkj->bki", enc.rotation_to_camera.astype(np.float64), rel)
+        np.testing.assert_allclose(codec.to_metric(pose, height), rel, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            codec.to_metric(pose, height, rotation_to_camera=enc.rotation_to_camera), turned,
+            rtol=1e-6, atol=1e-7)
+
+    behind = px[:1].copy()
+    behind[0, ROOT] = [cx[0] + 3 * fx[0], cy[0]]                 # root 72 degrees right
+    behind[0, Joint.HEAD] = [cx[0] - 3 * fx[0], cy[0]]           # head 72 degrees left
+    for encode in (lambda: codec.encode_full(behind, fx[0], fy[0], cx[0], cy[0]),
+                   lambda: centre_on_root(pixels_to_image(behind, fx[0], fy[0], cx[0], cy[0]))):
+        with pytest.raises(ValueError, match="90 degrees"):
+            encode()

@@ -1,4 +1,4 @@
-"""The lifter's codec: detector pixels -> network input, network output -> metres (numpy only).
+"""The lifter's codec: detector pixels -> network input, network output -> metres (numpy and numba, never torch).
 
 docs/DESIGN.md fixes the contract; this module is its only implementation on the runtime side and
 must not import torch. The trainer keeps a torch twin of `normalise_2d`
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
 from engines.runtime.skeleton import BONES, NUM_JOINTS, ROOT, Joint
 
@@ -38,6 +40,7 @@ ANKLE_TO_SOLE_M: float = 0.08
 
 _CHILD = np.array([c for c, _ in BONES], dtype=np.int64)
 _PARENT = np.array([p for _, p in BONES], dtype=np.int64)
+_NO_ROTATION = np.zeros((0, 3, 3))  # to_metric without a rotation (the kernel's typed placeholder)
 
 
 def normalise_2d(
@@ -113,6 +116,100 @@ def centre_on_root(joints_2d_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.any(turned[..., 2] <= 1e-6):
         raise ValueError("2D joints more than 90 degrees from the root's ray; check the intrinsics")
     return turned[..., :2] / turned[..., 2:], np.transpose(rot, (0, 2, 1))
+
+
+# --- per-frame kernels ------------------------------------------------------------------------
+# `encode_full` and `to_metric` run once per frame in the lift stage on (P, 17, .) arrays, where
+# the numpy chains above cost some 30 array operations each (about 0.06 ms hot, several times
+# that when the stage wakes for a frame with cold caches). These kernels do the same arithmetic
+# in one compiled loop per pose; `virtual_rotation`, `centre_on_root` and `normalise_2d` stay
+# the readable numpy reference that tests/test_codec.py holds the encode kernel to (numba is
+# already a runtime dependency: engines.runtime.reproject).
+
+
+@njit(cache=True)
+def _encode_kernel(img: np.ndarray, depth_offset: float, scale_joint: int, root: int,
+                   norm_out: np.ndarray, scale_out: np.ndarray, rot_out: np.ndarray) -> int:
+    """`centre_on_root` then `normalise_2d`, pose by pose: img (B, J, 2) float64 normalised
+    image coordinates -> norm_out (B, J, 2) float32, scale_out (B,) float32, rot_out (B, 3, 3)
+    float32 (virtual -> camera axes). Returns the first pose with a joint 90 degrees or more
+    from the root's ray (numpy's test: turned depth <= 1e-6), or -1."""
+    rot = np.empty((3, 3))
+    virt = np.empty((img.shape[1], 2))
+    for b in range(img.shape[0]):
+        # virtual_rotation: Rodrigues turning the root's unit ray a onto +Z
+        ax, ay = img[b, root, 0], img[b, root, 1]
+        n = math.sqrt(ax * ax + ay * ay + 1.0)
+        ax, ay, az = ax / n, ay / n, 1.0 / n
+        vx, vy = ay, -ax                       # v = a x (0, 0, 1), v_z = 0
+        k = 1.0 / (1.0 + az)
+        rot[0, 0] = 1.0 + k * (-vy * vy)
+        rot[0, 1] = k * (vx * vy)
+        rot[0, 2] = vy
+        rot[1, 0] = k * (vx * vy)
+        rot[1, 1] = 1.0 + k * (-vx * vx)
+        rot[1, 2] = -vx
+        rot[2, 0] = -vy
+        rot[2, 1] = vx
+        rot[2, 2] = 1.0 + k * (-vy * vy - vx * vx)
+        for j in range(img.shape[1]):
+            x, y = img[b, j, 0], img[b, j, 1]
+            tx = rot[0, 0] * x + rot[0, 1] * y + rot[0, 2]
+            ty = rot[1, 0] * x + rot[1, 1] * y + rot[1, 2]
+            tz = rot[2, 0] * x + rot[2, 1] * y + rot[2, 2]
+            if tz <= 1e-6:
+                return b
+            virt[j, 0] = tx / tz
+            virt[j, 1] = ty / tz
+        # normalise_2d: root-centred, head-to-root distance 1 / depth_offset
+        rx, ry = virt[root, 0], virt[root, 1]
+        dx, dy = virt[scale_joint, 0] - rx, virt[scale_joint, 1] - ry
+        dist = math.sqrt(dx * dx + dy * dy)
+        if dist < MIN_SCALE_DISTANCE:
+            dist = MIN_SCALE_DISTANCE
+        scale = 1.0 / (depth_offset * dist)
+        for j in range(img.shape[1]):
+            norm_out[b, j, 0] = (virt[j, 0] - rx) * scale
+            norm_out[b, j, 1] = (virt[j, 1] - ry) * scale
+        scale_out[b] = scale
+        for r in range(3):
+            for c in range(3):
+                rot_out[b, r, c] = rot[c, r]    # transposed: virtual -> camera axes
+    return -1
+
+
+@njit(cache=True)
+def _to_metric_kernel(pose: np.ndarray, target: np.ndarray, child: np.ndarray,
+                      parent: np.ndarray, root: int, rot: np.ndarray, turn: bool,
+                      out: np.ndarray) -> None:
+    """`to_metric`'s arithmetic pose by pose: pose (B, J, 3) float64 codec units -> out
+    (B, J, 3) float32 metres; rot (B, 3, 3) float64, applied when turn."""
+    for b in range(pose.shape[0]):
+        num = 0.0
+        den = 0.0
+        for i in range(child.shape[0]):
+            dx = pose[b, child[i], 0] - pose[b, parent[i], 0]
+            dy = pose[b, child[i], 1] - pose[b, parent[i], 1]
+            dz = pose[b, child[i], 2] - pose[b, parent[i], 2]
+            length = math.sqrt(dx * dx + dy * dy + dz * dz)
+            num += length * target[i]
+            den += length * length
+        if den < 1e-12:
+            den = 1e-12
+        factor = num / den
+        r0, r1, r2 = pose[b, root, 0], pose[b, root, 1], pose[b, root, 2]
+        for j in range(pose.shape[1]):
+            x = (pose[b, j, 0] - r0) * factor
+            y = (pose[b, j, 1] - r1) * factor
+            z = (pose[b, j, 2] - r2) * factor
+            if turn:
+                out[b, j, 0] = rot[b, 0, 0] * x + rot[b, 0, 1] * y + rot[b, 0, 2] * z
+                out[b, j, 1] = rot[b, 1, 0] * x + rot[b, 1, 1] * y + rot[b, 1, 2] * z
+                out[b, j, 2] = rot[b, 2, 0] * x + rot[b, 2, 1] * y + rot[b, 2, 2] * z
+            else:
+                out[b, j, 0] = x
+                out[b, j, 1] = y
+                out[b, j, 2] = z
 
 
 class Encoded(NamedTuple):
@@ -226,9 +323,15 @@ class Codec:
         if np.shape(joints_2d_px)[-2:] != (NUM_JOINTS, 2):
             raise ValueError(f"joints_2d_px must be (B, {NUM_JOINTS}, 2), got {np.shape(joints_2d_px)}")
         image = pixels_to_image(joints_2d_px, fx, fy, cx, cy)
-        virtual, rotation = centre_on_root(image)
-        norm, scale = normalise_2d(virtual, self.depth_offset, self.scale_joint)
-        return Encoded(norm, scale, rotation.astype(np.float32))
+        b = image.shape[0]
+        norm = np.empty((b, NUM_JOINTS, 2), np.float32)
+        scale = np.empty(b, np.float32)
+        rotation = np.empty((b, 3, 3), np.float32)
+        # = centre_on_root, then normalise_2d (the reference; tests/test_codec.py)
+        if _encode_kernel(image, float(self.depth_offset), int(self.scale_joint), ROOT,
+                          norm, scale, rotation) >= 0:
+            raise ValueError("2D joints more than 90 degrees from the root's ray; check the intrinsics")
+        return Encoded(norm, scale, rotation)
 
     def target_bone_lengths_m(self, height_m: float | None = None) -> np.ndarray:
         """(16,) bone lengths (m) `to_metric` fits to: canonical, or rescaled to `height_m`
@@ -254,13 +357,15 @@ class Codec:
         if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
             raise ValueError(f"joints_3d_norm must be (B, {NUM_JOINTS}, 3), got {pose.shape}")
         target = self.target_bone_lengths_m(height_m)
-        lengths = np.linalg.norm(pose[:, _CHILD] - pose[:, _PARENT], axis=-1)  # (B, 16)
-        denom = np.sum(lengths * lengths, axis=-1)
-        factor = np.sum(lengths * target, axis=-1) / np.maximum(denom, 1e-12)
-        rel = (pose - pose[:, ROOT : ROOT + 1]) * factor[:, None, None]
-        if rotation_to_camera is not None:
+        turn = rotation_to_camera is not None
+        rot = _NO_ROTATION
+        if turn:
             rot = np.asarray(rotation_to_camera, dtype=np.float64)
             if rot.shape != (pose.shape[0], 3, 3):
                 raise ValueError(f"rotation_to_camera must be ({pose.shape[0]}, 3, 3), got {rot.shape}")
-            rel = np.einsum("bij,bkj->bki", rot, rel)
-        return rel.astype(np.float32)
+        out = np.empty(pose.shape, np.float32)
+        # per pose: factor = sum(l * target) / max(sum(l^2), 1e-12) over the 16 bone lengths
+        # l, then (pose - root) * factor, then the rotation (tests/test_codec.py checks this
+        # against the same formula in numpy)
+        _to_metric_kernel(pose, target, _CHILD, _PARENT, ROOT, rot, turn, out)
+        return out
