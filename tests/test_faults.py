@@ -509,7 +509,11 @@ def test_ctrl_c_at_random_moments_leaves_no_process_and_no_ipc_file(reaper, shar
         if code == 130:
             assert "Traceback" not in stderr, (seed, at_s, stderr[-2000:])
         else:
-            assert uncaught or code == -signal.SIGINT, (seed, at_s, stderr[-2000:])
+            # CPython prints a bare "KeyboardInterrupt" (no traceback) when the signal lands
+            # while its start-up runs no Python frame (reproduced: SIGINT 20 ms into
+            # `run_pipeline.py --help`)
+            bare = stderr.strip().splitlines()[-1:] == ["KeyboardInterrupt"]
+            assert uncaught or bare or code == -signal.SIGINT, (seed, at_s, stderr[-2000:])
         assert all(e.startswith("KeyboardInterrupt") for e in uncaught), \
             (seed, at_s, uncaught, stderr[-2000:])
     print(f"Ctrl-C (seed {seed}; at s, exit code, stage processes seen, s to exit):", report)
