@@ -15,6 +15,7 @@ import logging
 import sys
 
 from pipeline.config import (
+    WHOLE_FILE_LOOK_FRAMES,
     auto_detect_workers,
     detect_workers_arg,
     CaptureConfig,
@@ -319,7 +320,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         capture=capture,
         detect=DetectConfig(static_image_mode=capture.source_kind() == "images",
                             max_people=args.max_people, tiles=_tiles(args.tiles),
-                            discover_every=args.discover_every),
+                            discover_every=args.discover_every,
+                            look_join_frames=(min(WHOLE_FILE_LOOK_FRAMES, args.discover_every)
+                                              if whole else 0)),
         lift=LiftConfig(
             engine_path=args.engine,
             backend=args.backend,

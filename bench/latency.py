@@ -42,6 +42,7 @@ from bench import mediapipe_peer, report, single_process, transport_floor
 from bench.lifter import engine_file
 from bench.mediapipe_peer import parse_fps
 from pipeline.config import (
+    WHOLE_FILE_LOOK_FRAMES,
     DetectConfig,
     LiftConfig,
     OutputConfig,
@@ -88,8 +89,10 @@ def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
     port = transport_floor.free_tcp_ports(1)[0]
     return PipelineConfig(
         capture=capture,
-        detect=DetectConfig(follow_threads=follow_threads) if max_people is None
-        else DetectConfig(max_people=max_people, follow_threads=follow_threads),
+        detect=DetectConfig(**({} if max_people is None else {"max_people": max_people}),
+                            follow_threads=follow_threads,
+                            look_join_frames=WHOLE_FILE_LOOK_FRAMES if policy == "lossless"
+                            else 0),
         lift=LiftConfig(engine_path=str(engine)),
         smooth=SmoothConfig(enabled=smooth,
                             **one_euro_fields(one_euro_for_engine_file(str(engine)))),
@@ -244,7 +247,10 @@ def run_all(video: str, fps: float | None, frames: int | None, warmup: int,
                                     colocate_smooth=colocate_smooth, max_people=max_people,
                                     follow_threads=follow_threads),
                     None, warmup)),
-                ("single_max", lambda: single_process.run(fastest, config, warmup)),
+                # the same stages, every frame: looks join on fixed frames as in the pipeline
+                ("single_max", lambda: single_process.run(
+                    fastest, pipeline_config(fastest, eng, transport, policy="lossless",
+                                             smooth=smooth, max_people=max_people), warmup)),
             ]
         for i in range(rounds):
             for name, job in jobs:

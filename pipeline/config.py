@@ -60,6 +60,13 @@ VIDEO_MAX_PEOPLE: int = 4
 IMAGE_MAX_PEOPLE: int = 16
 
 
+#: video mode, every frame processed (a file processed whole, --every-frame): a look's people
+#: join this many frames after the look began (`DetectConfig.look_join_frames`): on the next
+#: frame, so its regions are one frame old when followed (on the street video's first 205
+#: frames, every frame: 5 track ids with 1, as live runs give, against 7 with 2)
+WHOLE_FILE_LOOK_FRAMES: int = 1
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     """2D keypoints of several people with mediapipe's PoseLandmarker (BlazePose full)."""
@@ -80,6 +87,12 @@ class DetectConfig:
     #: whatever the number of detection workers (docs/BENCHMARKS.md: on 2 cores 4 graphs beat
     #: 2 with 1 and with 2 workers, and 2 workers x 2 graphs beat 2 x 1)
     follow_threads: int = 0
+    #: video mode: 0 (live): a look's people join on the frame it finishes in (it runs at the
+    #: lowest priority beside the following; how many frames that takes depends on the
+    #: machine's load). N > 0 (files processed whole, --every-frame: WHOLE_FILE_LOOK_FRAMES):
+    #: exactly N frames after the look began, waited for if need be, so the same file gives
+    #: the same people on the same frames however busy the machine is
+    look_join_frames: int = 0
     min_detection_confidence: float = 0.5  # person detector threshold
     min_presence_confidence: float = 0.5  # below this a followed person counts as lost
     min_tracking_confidence: float = 0.5  # the MediaPipe peer's (bench) tracking threshold
@@ -97,6 +110,9 @@ class DetectConfig:
             raise ValueError(f"video_tiles must be 0 or a grid size 2 to 6, got {self.video_tiles}")
         if any(not 2 <= g <= 6 for g in self.tiles):
             raise ValueError(f"tiles are grid sizes from 2 to 6, got {self.tiles}")
+        if not 0 <= self.look_join_frames <= self.discover_every:
+            raise ValueError(f"look_join_frames must be 0 (live) to discover_every "
+                             f"({self.discover_every}), got {self.look_join_frames}")
         if not 0 <= self.follow_threads <= 16:
             raise ValueError(f"follow_threads must be 0 (auto) to 16, got {self.follow_threads}")
 

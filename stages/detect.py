@@ -479,7 +479,8 @@ class DetectStage(Stage):
         finishes in; while nobody is followed the look is waited for, so a person is found on
         the frame they are first seen in, as a single-person BlazePose finds them. A look still
         running discover_every frames after it began (a machine so busy that its low priority
-        starves it) is waited for too."""
+        starves it) is waited for too. With `look_join_frames` N (every frame processed) a look
+        joins exactly N frames after it began, waited for if need be."""
         cfg = self.config
         height, width = rgb.shape[:2]
         found = []
@@ -490,7 +491,11 @@ class DetectStage(Stage):
                 found.append(person)
         self._lost = [(r, n - 1) for r, n in self._lost if n > 1]
         self._frames_since_look += 1
-        looked = self._looker.done()
+        if cfg.look_join_frames:  # every frame processed: on a fixed frame, the same each run
+            looked = (self._looker.wait() if self._frames_since_look >= cfg.look_join_frames
+                      else [])
+        else:
+            looked = self._looker.done()
         if not looked and self._looker.busy and self._frames_since_look >= cfg.discover_every:
             # a machine too busy for the look's low priority: wait for it rather than let
             # newcomers (and the lost) go unfound; the frame pays for the look this once
