@@ -18,7 +18,8 @@ from bench import frames as bench_frames
 from bench import report
 from bench.lifter import engine_file
 from bench.mediapipe_peer import parse_fps
-from pipeline.config import CaptureConfig, LiftConfig, PipelineConfig
+from pipeline.config import (WHOLE_FILE_LOOK_FRAMES, CaptureConfig, DetectConfig, LiftConfig,
+                             PipelineConfig)
 from pipeline.schema import Frame
 from stages.detect import DetectStage
 from stages.lift import LiftStage
@@ -73,12 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="frames to use (default all)")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--engine", help="lifter engine (default engines/default/lifter.onnx)")
+    parser.add_argument("--look-join-frames", type=int, default=0, metavar="N",
+                        help="a look's people join N frames after it began (DetectConfig."
+                             "look_join_frames: run_pipeline.py's for a file processed whole "
+                             "is %d); 0, the default: on the frame it finishes in, as live"
+                             % WHOLE_FILE_LOOK_FRAMES)
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with bench_frames.decoded_frames(args.video, args.frames) as folder, \
             engine_file(args.engine) as engine:
-        config = PipelineConfig(lift=LiftConfig(engine_path=str(engine)))
+        config = PipelineConfig(detect=DetectConfig(look_join_frames=args.look_join_frames),
+                                lift=LiftConfig(engine_path=str(engine)))
         out = run(bench_frames.capture_config(folder, args.fps), config, warmup=args.warmup)
     out["machine"] = report.machine_info()
     print(f"single process (detect -> lift -> smooth), {args.fps or 'max'} fps, "
