@@ -90,8 +90,9 @@ class DetectConfig:
     #: video mode: 0 (live): a look's people join on the frame it finishes in (it runs at the
     #: lowest priority beside the following; how many frames that takes depends on the
     #: machine's load). N > 0 (files processed whole, --every-frame: WHOLE_FILE_LOOK_FRAMES):
-    #: exactly N frames after the look began, waited for if need be, so the same file gives
-    #: the same people on the same frames however busy the machine is
+    #: exactly N frames after the look began, waited for if need be, so one detection process
+    #: given the same frames finds the same people on them however busy the machine is (with
+    #: several detection processes, which frames each is given depends on timing)
     look_join_frames: int = 0
     min_detection_confidence: float = 0.5  # person detector threshold
     min_presence_confidence: float = 0.5  # below this a followed person counts as lost
