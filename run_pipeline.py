@@ -12,25 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
 import sys
-
-#: set by a Ctrl-C that comes before the supervisor's own handler is in (start-up: imports,
-#: flags, preflight). Such a Ctrl-C raises KeyboardInterrupt as Python's default handler
-#: does, but a library's bare `except:` or a `__del__` may swallow that exception (a CI run
-#: once went on streaming after a Ctrl-C 50 ms in); the flag is checked before any stage
-#: starts, so the Ctrl-C is never lost.
-_interrupted = False
-
-
-def _on_early_sigint(signum, frame) -> None:
-    global _interrupted
-    _interrupted = True
-    raise KeyboardInterrupt
-
-
-if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup)
-    signal.signal(signal.SIGINT, _on_early_sigint)
 
 from pipeline.config import (
     WHOLE_FILE_LOOK_FRAMES,
@@ -441,9 +423,6 @@ def main(argv: list[str] | None = None, prog: str = "run_pipeline.py") -> int:
         )
     from pipeline.supervisor import Supervisor  # after logging is set up
 
-    if _interrupted:  # a Ctrl-C during start-up whose KeyboardInterrupt was swallowed
-        logging.getLogger("run_pipeline").error("stopped by a signal during start-up")
-        return 130
     supervisor = Supervisor(config, graph)
     companions.start()
     try:

@@ -22,6 +22,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config) -> None:
+    """Tests send Ctrl-C (SIGINT) to the runs they start. A test session started in the
+    background (`nohup`, `cmd &` in a script) ignores SIGINT, and every child inherits that:
+    a run then ignores a Ctrl-C that comes before the supervisor's own handler is in (seen:
+    a run that streamed on after a Ctrl-C 50 ms in). So this session takes SIGINT as Python
+    does by default, and its children start with the default disposition."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def shared_root() -> Path:
     """The shared folder holding data/ ($POSESTREAM_SHARED, else <repo>/../shared)."""
     return Path(os.environ.get("POSESTREAM_SHARED", REPO.parent / "shared"))
