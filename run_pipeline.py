@@ -15,7 +15,6 @@ import logging
 import sys
 
 from pipeline.config import (
-    WHOLE_FILE_LOOK_FRAMES,
     auto_detect_workers,
     detect_workers_arg,
     CaptureConfig,
@@ -31,6 +30,7 @@ from pipeline.config import (
     TopologyConfig,
     TransportConfig,
     VIDEO_MAX_PEOPLE,
+    look_join_frames_for,
     one_euro_fields,
     one_euro_for_engine_file,
     parse_one_euro,
@@ -321,8 +321,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         detect=DetectConfig(static_image_mode=capture.source_kind() == "images",
                             max_people=args.max_people, tiles=_tiles(args.tiles),
                             discover_every=args.discover_every,
-                            look_join_frames=(min(WHOLE_FILE_LOOK_FRAMES, args.discover_every)
-                                              if whole else 0)),
+                            look_join_frames=look_join_frames_for(
+                                "lossless" if whole else "latest", args.discover_every)),
         lift=LiftConfig(
             engine_path=args.engine,
             backend=args.backend,

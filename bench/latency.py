@@ -42,7 +42,6 @@ from bench import mediapipe_peer, report, single_process, transport_floor
 from bench.lifter import engine_file
 from bench.mediapipe_peer import parse_fps
 from pipeline.config import (
-    WHOLE_FILE_LOOK_FRAMES,
     DetectConfig,
     LiftConfig,
     OutputConfig,
@@ -54,6 +53,7 @@ from pipeline.config import (
     auto_detect_workers,
     auto_follow_threads,
     detect_workers_arg,
+    look_join_frames_for,
     one_euro_fields,
     one_euro_for_engine_file,
 )
@@ -91,8 +91,8 @@ def pipeline_config(capture: Any, engine: Path, transport: str = "ipc",
         capture=capture,
         detect=DetectConfig(**({} if max_people is None else {"max_people": max_people}),
                             follow_threads=follow_threads,
-                            look_join_frames=WHOLE_FILE_LOOK_FRAMES if policy == "lossless"
-                            else 0),
+                            look_join_frames=look_join_frames_for(
+                                policy, DetectConfig.discover_every)),
         lift=LiftConfig(engine_path=str(engine)),
         smooth=SmoothConfig(enabled=smooth,
                             **one_euro_fields(one_euro_for_engine_file(str(engine)))),

@@ -67,6 +67,13 @@ IMAGE_MAX_PEOPLE: int = 16
 WHOLE_FILE_LOOK_FRAMES: int = 1
 
 
+def look_join_frames_for(policy: str, discover_every: int) -> int:
+    """`DetectConfig.look_join_frames` for edge policy `policy` (TransportConfig): every frame
+    processed ("lossless") joins looks on a fixed frame (WHOLE_FILE_LOOK_FRAMES, at most
+    discover_every); newest frame wins ("latest", live) joins them when they finish (0)."""
+    return min(WHOLE_FILE_LOOK_FRAMES, discover_every) if policy == "lossless" else 0
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     """2D keypoints of several people with mediapipe's PoseLandmarker (BlazePose full)."""
